@@ -1,0 +1,61 @@
+"""meshlib: a service mesh as a Python library.
+
+Outbound calls get routing, load balancing, retries with a budget, circuit
+breaking, deadlines, mTLS and tracing; inbound requests get trace context,
+identity and authz, admission control and health endpoints. One policy,
+hot-reloaded from a file or the control plane, drives all of it.
+
+Importing meshlib starts nothing and imports no web framework.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from meshlib.errors import (
+    CertificateError,
+    CircuitOpenError,
+    ControlPlaneError,
+    DeadlineExceeded,
+    MeshError,
+    NoEndpointsError,
+    PeerIdentityError,
+    PolicyError,
+    PolicyIssue,
+    SettingsError,
+)
+from meshlib.policy.model import Policy
+from meshlib.policy.parse import load_policy, parse_policy
+from meshlib.policy.resolve import EffectivePolicy, resolve
+from meshlib.policy.sources import FileSource, PolicySource
+from meshlib.policy.store import PolicySnapshot, PolicyStore
+from meshlib.settings import MeshSettings
+
+try:
+    __version__ = version("meshlib")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "CertificateError",
+    "CircuitOpenError",
+    "ControlPlaneError",
+    "DeadlineExceeded",
+    "EffectivePolicy",
+    "FileSource",
+    "MeshError",
+    "MeshSettings",
+    "NoEndpointsError",
+    "PeerIdentityError",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "PolicySnapshot",
+    "PolicySource",
+    "PolicyStore",
+    "SettingsError",
+    "__version__",
+    "load_policy",
+    "parse_policy",
+    "resolve",
+]

@@ -1,0 +1,160 @@
+"""meshlib's exceptions, which also plug into the trees users already catch.
+
+Runtime errors on the outbound path subclass the httpx exception a caller
+would already handle, so code written for plain httpx keeps working::
+
+    MeshError
+    ├── PolicyError(ValueError)              a policy document is invalid (source, line, column, field)
+    ├── SettingsError(ValueError)            a MESH_* setting is invalid
+    ├── CertificateError(ValueError)         a certificate, key or CA file is unusable
+    ├── ControlPlaneError                    the control plane answered badly (never raised into requests)
+    ├── CircuitOpenError(httpx.TransportError)   no endpoint can take the call: every breaker is open
+    ├── NoEndpointsError(httpx.TransportError)   the destination has no endpoints at all
+    ├── PeerIdentityError(httpx.ConnectError)    the server's SPIFFE identity is not the expected one
+    └── DeadlineExceeded(httpx.TimeoutException) the call's total deadline ran out
+
+When retries run out, meshlib re-raises the last real error (an
+``httpx.ConnectError``, say), not a wrapper; the attempts made are attached
+to it as ``exc.__meshlib_attempts__`` and to the returned response as
+``response.extensions["meshlib.attempts"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+__all__ = [
+    "CertificateError",
+    "CircuitOpenError",
+    "ControlPlaneError",
+    "DeadlineExceeded",
+    "MeshError",
+    "NoEndpointsError",
+    "PeerIdentityError",
+    "PolicyError",
+    "PolicyIssue",
+    "SettingsError",
+]
+
+
+class MeshError(Exception):
+    """Base class of every exception meshlib raises itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    """One problem found in a policy document, located as precisely as the parser knows.
+
+    ``field`` is a dotted path (``services.payments.retry.attempts``); ``line`` and
+    ``column`` are 1-based and ``None`` when the format does not tell.
+    """
+
+    message: str
+    field: str = ""
+    source: str = "<policy>"
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"
+
+
+class PolicyError(MeshError, ValueError):
+    """A policy document is invalid; every problem found is in ``issues``.
+
+    The attributes ``source``, ``line``, ``column`` and ``field`` describe the
+    first issue, for callers that only show one::
+
+        try:
+            meshlib.load_policy("mesh.yaml")
+        except meshlib.PolicyError as exc:
+            for issue in exc.issues:
+                print(issue)   # mesh.yaml:12:17 services.payments.retry.attempts: ...
+    """
+
+    def __init__(self, issues: Sequence[PolicyIssue]) -> None:
+        if not issues:
+            raise ValueError("PolicyError needs at least one issue")
+        self.issues: tuple[PolicyIssue, ...] = tuple(issues)
+        first = self.issues[0]
+        self.source = first.source
+        self.line = first.line
+        self.column = first.column
+        self.field = first.field
+        super().__init__(str(self))
+
+    @classmethod
+    def single(
+        cls,
+        message: str,
+        *,
+        source: str = "<policy>",
+        field: str = "",
+        line: int | None = None,
+        column: int | None = None,
+    ) -> PolicyError:
+        """Build a ``PolicyError`` holding one issue."""
+        return cls([PolicyIssue(message, field, source, line, column)])
+
+    def __str__(self) -> str:
+        if len(self.issues) == 1:
+            return str(self.issues[0])
+        lines = [f"{len(self.issues)} problems in {self.source}:"]
+        lines += [f"  {issue}" for issue in self.issues]
+        return "\n".join(lines)
+
+
+class SettingsError(MeshError, ValueError):
+    """A ``MESH_*`` setting is missing or invalid."""
+
+
+class CertificateError(MeshError, ValueError):
+    """A certificate, private key or CA bundle cannot be used; the message names the file."""
+
+
+class ControlPlaneError(MeshError):
+    """The control plane is unreachable or answered something unusable.
+
+    Raised only from explicit calls (a first fetch with no fallback, the CLI);
+    the background watcher logs and counts these instead of raising.
+    """
+
+
+class CircuitOpenError(MeshError, httpx.TransportError):
+    """Every endpoint of the destination has its circuit breaker open; the call failed fast."""
+
+
+class NoEndpointsError(MeshError, httpx.TransportError):
+    """The destination service is in the policy but has no endpoints to call."""
+
+
+class PeerIdentityError(MeshError, httpx.ConnectError):
+    """The server proved an identity other than the one the policy expects.
+
+    Raised during the TLS handshake, before any request byte is sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: str,
+        presented: Sequence[str],
+        request: httpx.Request | None = None,
+    ) -> None:
+        self.expected = expected
+        self.presented = tuple(presented)
+        super().__init__(message, request=request)
+
+
+class DeadlineExceeded(MeshError, httpx.TimeoutException):
+    """The call's total deadline (policy ``timeouts.total`` or an incoming deadline) ran out."""

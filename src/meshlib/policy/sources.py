@@ -1,0 +1,175 @@
+"""Where policy documents come from: a watched local file, or the control plane.
+
+A source only fetches documents and hands them to a :class:`PolicyStore`;
+validation, last-good bookkeeping and swapping are the store's. Like
+pydantic-settings' sources, precedence is explicit: the control plane when
+``MESH_CONTROL_PLANE_URL`` is set (with the policy file as bootstrap), else
+the policy file::
+
+    store = PolicyStore()
+    source = FileSource("mesh.yaml")
+    source.start(store)      # loads now (raises PolicyError if the file is bad), then watches
+    ...
+    source.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from meshlib.errors import PolicyError, SettingsError
+from meshlib.policy.store import PolicyStore
+from meshlib.settings import MeshSettings
+
+__all__ = ["FileSource", "PolicySource", "close_shared_store", "shared_store"]
+
+logger = logging.getLogger("meshlib.policy")
+
+
+@runtime_checkable
+class PolicySource(Protocol):
+    """Something that feeds policy documents into a store."""
+
+    name: str
+
+    def start(self, store: PolicyStore) -> None:
+        """Load what is available now, then keep the store up to date in the background."""
+
+    def close(self) -> None:
+        """Stop watching; idempotent."""
+
+
+class FileSource:
+    """A local policy file, polled for changes (mtime, size, inode) every ``poll_interval`` seconds.
+
+    Polling keeps this dependency-free and works on every filesystem, bind
+    mounts and Kubernetes ConfigMap symlink swaps included. A bad edit is
+    logged with its precise error, counted in ``store.reload_failures``, and
+    the last good policy stays in force.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 0.25) -> None:
+        self.path = Path(path)
+        self.name = str(path)
+        self.poll_interval = poll_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: tuple[int, int, int] | None = None
+        self.errors = 0
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def load_into(self, store: PolicyStore) -> bool:
+        """Read the file now and apply it; raises PolicyError when it is unreadable or invalid."""
+        stat = self._stat()
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            error = PolicyError.single(f"cannot read the policy file: {exc}", source=self.name)
+            store.reject(error)
+            raise error from None
+        self._seen = stat
+        return store.update_from_text(text, source=self.name)
+
+    def start(self, store: PolicyStore) -> None:
+        """Load the file (errors propagate: there is no last good policy yet), then watch it."""
+        self.load_into(store)
+        self._thread = threading.Thread(
+            target=self._watch,
+            args=(store,),
+            name=f"meshlib-policy-file:{self.path.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _watch(self, store: PolicyStore) -> None:
+        while not self._stop.wait(self.poll_interval):
+            stat = self._stat()
+            if stat is None or stat == self._seen:
+                continue
+            try:
+                self.load_into(store)
+            except PolicyError:
+                self.errors += 1  # the store logged and counted it; the old policy stays
+            except Exception:  # never let the watcher die
+                self.errors += 1
+                logger.exception("policy file watcher failed on %s", self.name)
+
+    def close(self) -> None:
+        """Stop the watcher thread and wait for it."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._thread = None
+
+
+_shared_lock = threading.Lock()
+_shared: tuple[PolicyStore, list[PolicySource]] | None = None
+
+
+def _sources_for(settings: MeshSettings) -> list[PolicySource]:
+    sources: list[PolicySource] = []
+    if settings.control_plane_url:
+        from meshlib.controlplane.client import ControlPlaneSource
+
+        sources.append(ControlPlaneSource.from_settings(settings))
+    elif settings.policy_file is not None:
+        sources.append(
+            FileSource(settings.policy_file, poll_interval=settings.policy_poll_interval)
+        )
+    return sources
+
+
+def shared_store(settings: MeshSettings | None = None) -> PolicyStore:
+    """The process-wide store fed by the sources ``MeshSettings`` selects, started on first use.
+
+    Every MeshClient and MeshMiddleware built without an explicit policy
+    shares it, so a process watches its policy once.
+
+    Raises:
+        SettingsError: neither MESH_POLICY_FILE nor MESH_CONTROL_PLANE_URL is set.
+        PolicyError: the policy file is invalid and there is no cached policy.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is not None:
+            return _shared[0]
+        settings = settings or MeshSettings()
+        sources = _sources_for(settings)
+        if not sources:
+            raise SettingsError(
+                "no policy: set MESH_POLICY_FILE to a policy file, or MESH_CONTROL_PLANE_URL to "
+                "the control plane, or pass a policy to the client"
+            )
+        store = PolicyStore()
+        started: list[PolicySource] = []
+        try:
+            for source in sources:
+                source.start(store)
+                started.append(source)
+        except BaseException:
+            for source in started:
+                source.close()
+            raise
+        _shared = (store, started)
+        return store
+
+
+def close_shared_store() -> None:
+    """Stop the shared store's sources and forget it (tests, shutdown)."""
+    global _shared
+    with _shared_lock:
+        shared, _shared = _shared, None
+    if shared is not None:
+        for source in shared[1]:
+            source.close()
