@@ -100,6 +100,7 @@ class EffectivePolicy:
     identity: str | None = None
     split: tuple[SplitTarget, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
+    route_index: int = -1
 
     def source_of(self, dotted: str) -> str:
         """The layer that set a field, e.g. ``source_of("retry.attempts")`` -> ``services.payments``."""
@@ -268,6 +269,7 @@ class Resolver:
             identity=svc.identity,
             split=split,
             sources=sources,
+            route_index=route_index,
             **values,
         )
 
