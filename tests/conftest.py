@@ -14,7 +14,9 @@ _PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def clean_environ(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """Strip MESH_*, OTEL_* and proxy variables, and run where no stray .env is read."""
     for name in list(os.environ):
         if name.startswith(_STRIP) or name.lower() in _PROXIES:

@@ -10,7 +10,8 @@ Importing meshlib starts nothing and imports no web framework.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from meshlib.errors import (
     CertificateError,
@@ -32,8 +33,8 @@ from meshlib.policy.store import PolicySnapshot, PolicyStore
 from meshlib.settings import MeshSettings
 
 try:
-    __version__ = version("meshlib")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("meshlib")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [

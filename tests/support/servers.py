@@ -52,7 +52,9 @@ def serve_asgi(app: Any, *, port: int | None = None, **config: Any) -> Iterator[
     """Run ``app`` under uvicorn on 127.0.0.1 in a thread until the block ends."""
     port = port or free_port()
     server = _ThreadedUvicorn(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **config)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **config
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
