@@ -80,7 +80,7 @@ def docs(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Run the demo mesh on 127.0.0.1 for a bounded time (`nox -s demo -- --keep-running`)."""
     _install(session, "demo")
-    session.run("python", "-m", "meshlib", "demo", *session.posargs)
+    session.run("python", "examples/demo.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
