@@ -22,7 +22,6 @@ _COMMAND_MODULES = (
     "meshlib.cli.policy",
     "meshlib.cli.ca",
     "meshlib.cli.controlplane",
-    "meshlib.cli.demo",
 )
 
 Handler = Callable[[argparse.Namespace], int]
