@@ -1,0 +1,14 @@
+"""OpenTelemetry tracing and metrics for meshlib.
+
+Importing this package configures nothing. Modules:
+
+- `meshlib.telemetry.names`: every meshlib instrument, span event and attribute name.
+- `meshlib.telemetry.setup`: ``configure_telemetry(settings)``, providers from MeshSettings.
+- `meshlib.telemetry.client` / `meshlib.telemetry.server`: spans and metrics per call and request.
+- `meshlib.telemetry.policy_metrics`: the policy revision in force and reload failures.
+- `meshlib.telemetry.prometheus`: a Prometheus scrape endpoint.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
