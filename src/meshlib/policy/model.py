@@ -36,13 +36,17 @@ __all__ = [
     "ConcurrencyLimit",
     "Defaults",
     "DeadlinePolicy",
+    "Discovery",
+    "DnsDiscovery",
     "Endpoint",
     "Fault",
     "FaultAbort",
     "FaultDelay",
+    "HealthCheck",
     "Inbound",
     "InboundRoute",
     "LoadBalancer",
+    "Locality",
     "Mode",
     "OutlierDetection",
     "PathMatch",
@@ -461,6 +465,146 @@ class Endpoint(_Model):
         return f"{parts.scheme}://{parts.netloc}"
 
 
+# --------------------------------------------------------------------------- discovery
+
+
+class DnsDiscovery(_Model):
+    """Endpoints from DNS: A/AAAA records of ``name`` with ``port``, or SRV records (``srv: true``).
+
+    Re-resolved in the background when the answer's TTL runs out, the TTL held
+    between ``min_ttl`` and ``max_ttl``; a failed or empty answer keeps the
+    endpoints last known.
+    """
+
+    name: str = Field(
+        description="The DNS name, e.g. payments.prod.svc.cluster.local (a headless service) or _http._tcp.payments.example.org for SRV."
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Port of every address (A/AAAA); leave out with srv."
+    )
+    srv: bool = Field(False, description="Resolve SRV records, which carry each instance's port.")
+    scheme: Literal["http", "https"] = Field("http", description="Scheme of the endpoints built.")
+    zone: str | None = Field(None, description="Zone given to every endpoint found this way.")
+    min_ttl: Duration = Field(
+        5.0, description="Resolve no more often than this, whatever the records' TTL says."
+    )
+    max_ttl: Duration = Field(
+        300.0, description="Resolve at least this often, whatever the records' TTL says."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        name = value.rstrip(".")
+        labels = name.split(".")
+        if (
+            not name
+            or len(name) > 253
+            or not all(
+                re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?", label)
+                for label in labels
+            )
+        ):
+            raise ValueError(
+                f"{value!r} is not a DNS name: write labels of letters, digits, '-' and '_' "
+                "separated by dots, e.g. payments.prod.svc.cluster.local"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _port_or_srv(self) -> DnsDiscovery:
+        if self.srv and self.port is not None:
+            raise ValueError(
+                "give either port (A/AAAA records) or srv: true (SRV records), not both"
+            )
+        if not self.srv and self.port is None:
+            raise ValueError(
+                "A/AAAA records carry no port: add port (e.g. port: 8080) or set srv: true"
+            )
+        if self.min_ttl <= 0:
+            raise ValueError("min_ttl must be longer than 0; write e.g. '1s'")
+        if self.min_ttl > self.max_ttl:
+            raise ValueError(
+                f"min_ttl ({self.min_ttl:g}s) is longer than max_ttl ({self.max_ttl:g}s)"
+            )
+        return self
+
+
+class HealthCheck(_Model):
+    """Active health checking: ``GET path`` on every endpoint every ``interval``.
+
+    An endpoint turns unhealthy after ``unhealthy_threshold`` failed probes in a
+    row (an answer outside 2xx, a connection error or no answer within
+    ``timeout``) and healthy again after ``healthy_threshold`` passes in a row;
+    a new endpoint's first probe decides at once. Unhealthy endpoints leave load
+    balancing unless too few are left (``panic_threshold``).
+    """
+
+    path: str = Field("/healthz", description="Path probed on each endpoint.")
+    interval: Duration = Field(10.0, description="Time between probes of one endpoint.")
+    timeout: Duration = Field(1.0, description="A probe without an answer by then fails.")
+    healthy_threshold: int = Field(
+        2, ge=1, le=100, description="Passes in a row that make an unhealthy endpoint healthy."
+    )
+    unhealthy_threshold: int = Field(
+        3, ge=1, le=100, description="Failures in a row that make a healthy endpoint unhealthy."
+    )
+    jitter: Duration = Field(
+        0.0,
+        description="Up to this much, at random, added to each interval so probes do not align.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"a path starts with '/'; write '/{value}'")
+        return value
+
+    @model_validator(mode="after")
+    def _timing(self) -> HealthCheck:
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("interval and timeout must be longer than 0; write e.g. '5s'")
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) is longer than interval ({self.interval:g}s): "
+                "probes of one endpoint would overlap"
+            )
+        return self
+
+
+class Locality(_Model):
+    """Zone-aware routing: prefer endpoints in the caller's zone (``MESH_ZONE``) while it copes."""
+
+    enabled: bool = Field(True, description="Prefer the caller's zone at all.")
+    min_healthy_percent: float = Field(
+        70.0,
+        ge=0.0,
+        le=100.0,
+        description="The caller's zone takes all its traffic while at least this share of its endpoints is healthy; below that, calls fail over to every zone's healthy endpoints.",
+    )
+
+
+class Discovery(_Model):
+    """Where a service's endpoints come from beyond ``endpoints``, and how their health is judged."""
+
+    dns: DnsDiscovery | None = Field(None, description="Endpoints from DNS records.")
+    registry: bool = Field(
+        False,
+        description="Endpoints from the instances that registered with the control plane.",
+    )
+    health_check: HealthCheck | None = Field(
+        None, description="Active health probes; none means every endpoint counts as healthy."
+    )
+    panic_threshold: float = Field(
+        50.0,
+        ge=0.0,
+        le=100.0,
+        description="When fewer than this percentage of endpoints are healthy, route to all of them rather than overload the few (as Envoy does); 0 turns it off.",
+    )
+    locality: Locality = Field(default_factory=Locality)
+
+
 # --------------------------------------------------------------------------- inbound
 
 
@@ -570,6 +714,10 @@ class Service(_Layered):
     )
     routes: tuple[Route, ...] = ()
     inbound: Inbound = Field(default_factory=Inbound)
+    discovery: Discovery | None = Field(
+        None,
+        description="Endpoints from DNS or the control plane's registry, active health checks, locality and panic threshold.",
+    )
 
     @field_validator("identity")
     @classmethod
