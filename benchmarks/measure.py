@@ -1,0 +1,92 @@
+"""One round of load on one path: sequential (sync) or N-in-flight (async), bounded in count and time.
+
+A round returns per-request latencies plus the round's wall time and the client
+process's CPU time (``time.process_time``: every thread of this process, so
+the event loop and any telemetry thread are counted too)::
+
+    result = sync_round(opened.call, requests=500, time_limit=5.0)
+    result.latencies_us, result.cpu_s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+__all__ = ["RoundResult", "async_round", "sync_round"]
+
+
+@dataclass
+class RoundResult:
+    """What one round measured."""
+
+    latencies_us: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    errors: int = 0
+    first_error: str | None = None
+
+    @property
+    def requests(self) -> int:
+        """Requests completed (successful or not)."""
+        return len(self.latencies_us)
+
+
+def sync_round(call: Callable[[], int], *, requests: int, time_limit: float) -> RoundResult:
+    """Call ``call()`` one after the other, at most ``requests`` times and ``time_limit`` seconds."""
+    result = RoundResult()
+    latencies = result.latencies_us
+    perf = time.perf_counter_ns
+    stop = perf() + int(time_limit * 1e9)
+    cpu0, wall0 = time.process_time(), perf()
+    for _ in range(requests):
+        start = perf()
+        try:
+            status = call()
+        except Exception as exc:  # a failed request is counted, never fatal
+            status = 0
+            result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
+        end = perf()
+        latencies.append((end - start) / 1e3)
+        if status != 200:
+            result.errors += 1
+        if end > stop:
+            break
+    result.wall_s = (perf() - wall0) / 1e9
+    result.cpu_s = time.process_time() - cpu0
+    return result
+
+
+async def async_round(
+    call: Callable[[], Awaitable[int]], *, requests: int, concurrency: int, time_limit: float
+) -> RoundResult:
+    """Keep ``concurrency`` calls in flight until ``requests`` are done or ``time_limit`` passes."""
+    result = RoundResult()
+    latencies = result.latencies_us
+    perf = time.perf_counter_ns
+    stop = perf() + int(time_limit * 1e9)
+    left = requests
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0 and perf() < stop:
+            left -= 1
+            start = perf()
+            try:
+                status = await call()
+            except Exception as exc:  # a failed request is counted, never fatal
+                status = 0
+                result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
+            latencies.append((perf() - start) / 1e3)
+            if status != 200:
+                result.errors += 1
+
+    cpu0, wall0 = time.process_time(), perf()
+    await asyncio.wait_for(
+        asyncio.gather(*(worker() for _ in range(concurrency))), timeout=time_limit + 30
+    )
+    result.wall_s = (perf() - wall0) / 1e9
+    result.cpu_s = time.process_time() - cpu0
+    return result

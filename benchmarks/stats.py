@@ -1,0 +1,128 @@
+"""Summaries of the rounds of one path, ratios within a table, and the targets the mesh must meet.
+
+::
+
+    totals = PathTotals("httpx")
+    totals.add(round_result, sidecar_cpu_s=0.0)
+    row = totals.summary()        # p50/p90/p99 µs, req/s, CPU µs per request
+    ratios(rows, base="httpx")    # each path ÷ the base, same run
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.measure import RoundResult
+
+__all__ = ["TARGETS", "PathTotals", "percentile", "ratios", "targets"]
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, linearly interpolated."""
+    if not ordered:
+        return math.nan
+    pos = (len(ordered) - 1) * q / 100
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass
+class PathTotals:
+    """Everything measured for one path across its rounds."""
+
+    name: str
+    latencies_us: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    sidecar_cpu_s: float = 0.0
+    errors: int = 0
+    first_error: str | None = None
+    round_p50s: list[float] = field(default_factory=list)
+
+    def add(self, result: RoundResult, *, sidecar_cpu_s: float) -> None:
+        """Fold one round in."""
+        self.latencies_us.extend(result.latencies_us)
+        self.wall_s += result.wall_s
+        self.cpu_s += result.cpu_s
+        self.sidecar_cpu_s += sidecar_cpu_s
+        self.errors += result.errors
+        self.first_error = self.first_error or result.first_error
+        if result.latencies_us:
+            self.round_p50s.append(percentile(sorted(result.latencies_us), 50))
+
+    def summary(self) -> dict[str, Any]:
+        """Latency percentiles (µs), throughput (req/s), CPU per request (µs), errors."""
+        ordered = sorted(self.latencies_us)
+        n = len(ordered)
+        per_req = 1e6 / n if n else math.nan
+        return {
+            "requests": n,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "p50_us": percentile(ordered, 50),
+            "p90_us": percentile(ordered, 90),
+            "p99_us": percentile(ordered, 99),
+            "mean_us": sum(ordered) / n if n else math.nan,
+            "round_p50_min_us": min(self.round_p50s, default=math.nan),
+            "round_p50_max_us": max(self.round_p50s, default=math.nan),
+            "throughput_rps": n / self.wall_s if self.wall_s else math.nan,
+            "client_cpu_us_per_req": self.cpu_s * per_req,
+            "sidecar_cpu_us_per_req": self.sidecar_cpu_s * per_req,
+            "total_cpu_us_per_req": (self.cpu_s + self.sidecar_cpu_s) * per_req,
+        }
+
+
+_RATIO_KEYS = {
+    "p50": "p50_us",
+    "p90": "p90_us",
+    "p99": "p99_us",
+    "throughput": "throughput_rps",
+    "client_cpu": "client_cpu_us_per_req",
+    "total_cpu": "total_cpu_us_per_req",
+}
+
+
+def ratios(rows: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str, float]]:
+    """Each path's figures divided by ``base``'s, from the same run (empty if base is missing)."""
+    if base not in rows:
+        return {}
+    ref = rows[base]
+    out: dict[str, dict[str, float]] = {}
+    for name, row in rows.items():
+        out[name] = {
+            short: (row[key] / ref[key] if ref[key] else math.nan)
+            for short, key in _RATIO_KEYS.items()
+        }
+    return out
+
+
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    # (label, numerator figure, denominator path, limit); the numerator path is the mesh path
+    ("p50 ÷ bare httpx", "p50_us", "{httpx}", 1.10),
+    ("p99 ÷ bare httpx", "p99_us", "{httpx}", 1.20),
+    ("p50 ÷ httpx through nginx pair", "p50_us", "{httpx}+nginx-pair", 0.75),
+    ("p99 ÷ httpx through nginx pair", "p99_us", "{httpx}+nginx-pair", 0.90),
+    ("client CPU/req ÷ nginx pair's CPU/req", "cpu", "{httpx}+nginx-pair", 2.0),
+)
+
+
+def targets(rows: dict[str, dict[str, Any]], *, mesh: str, httpx: str) -> list[dict[str, Any]]:
+    """The issue's targets for ``mesh`` against the bare and nginx-pair paths of the same table."""
+    checks: list[dict[str, Any]] = []
+    if mesh not in rows:
+        return checks
+    for label, key, denominator, limit in TARGETS:
+        other = denominator.format(httpx=httpx)
+        if other not in rows:
+            continue
+        if key == "cpu":
+            value = rows[mesh]["client_cpu_us_per_req"] / rows[other]["sidecar_cpu_us_per_req"]
+        else:
+            value = rows[mesh][key] / rows[other][key]
+        checks.append(
+            {"target": f"{mesh} {label}", "value": value, "limit": limit, "met": value <= limit}
+        )
+    return checks

@@ -1,0 +1,327 @@
+"""The paths under test, the routes they take to an upstream, and the interleaved rounds of a table.
+
+A *table* is one mode (sequential sync, or N-in-flight async) against one
+upstream (nginx ``return 200``, or uvicorn). Its paths run in interleaved
+rounds, ``A B C D, A B C D, ...``, so drift on a shared machine hits all of them
+alike, and every ratio is taken against the table's own bare-httpx path::
+
+    topo = Topology(procs, tools, "nginx-200", pki)
+    result = run_sync_table(SYNC_PATHS, topo, settings, telemetry, deadline, None)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.certs import Pki
+from benchmarks.clients import AsyncOpened, Opened, Target, open_async, open_sync
+from benchmarks.measure import RoundResult, async_round, sync_round
+from benchmarks.procs import ProcessSet, Started, cpu_seconds
+from benchmarks.servers import (
+    INSTALL_HINT,
+    Pair,
+    SystemTools,
+    start_haproxy_pair,
+    start_nginx_pair,
+    start_nginx_upstream,
+    start_uvicorn_upstream,
+)
+from benchmarks.stats import PathTotals, ratios, targets
+from benchmarks.telemetry import Telemetry
+
+__all__ = [
+    "ASYNC_PATHS",
+    "SYNC_PATHS",
+    "UPSTREAM_NEEDS",
+    "PathSpec",
+    "Settings",
+    "Topology",
+    "run_async_table",
+    "run_sync_table",
+]
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One path: which client, which route to the upstream, and whether traces are sampled."""
+
+    name: str
+    client: str
+    route: str
+    sampled: bool = False
+
+
+SYNC_PATHS = (
+    PathSpec("httpx", "httpx", "direct"),
+    PathSpec("httpx+nginx-pair", "httpx", "nginx-pair"),
+    PathSpec("httpx+haproxy-pair", "httpx", "haproxy-pair"),
+    PathSpec("naive", "naive", "direct"),
+    PathSpec("naive-sampled", "naive", "direct", sampled=True),
+    PathSpec("mesh", "mesh", "direct"),
+    PathSpec("mesh-sampled", "mesh", "direct", sampled=True),
+    PathSpec("httpx-mtls", "httpx", "mtls-direct"),
+    PathSpec("httpx+nginx-pair-mtls", "httpx", "nginx-pair-mtls"),
+    PathSpec("mesh-mtls", "mesh", "mtls-direct"),
+)
+ASYNC_PATHS = (
+    PathSpec("httpx-async", "httpx", "direct"),
+    PathSpec("aiohttp", "aiohttp", "direct"),
+    PathSpec("httpx-async+nginx-pair", "httpx", "nginx-pair"),
+    PathSpec("httpx-async+haproxy-pair", "httpx", "haproxy-pair"),
+    PathSpec("naive-async", "naive", "direct"),
+    PathSpec("mesh-async", "mesh", "direct"),
+    PathSpec("mesh-async-sampled", "mesh", "direct", sampled=True),
+    PathSpec("httpx-async-mtls", "httpx", "mtls-direct"),
+    PathSpec("httpx-async+nginx-pair-mtls", "httpx", "nginx-pair-mtls"),
+    PathSpec("mesh-async-mtls", "mesh", "mtls-direct"),
+)
+_ROUTE_NEEDS = {
+    "direct": (),
+    "nginx-pair": ("nginx",),
+    "haproxy-pair": ("haproxy",),
+    "mtls-direct": ("nginx",),
+    "nginx-pair-mtls": ("nginx",),
+}
+UPSTREAM_NEEDS = {"nginx-200": ("nginx",), "uvicorn": ()}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much load: rounds, requests per path per round, concurrency, time bounds."""
+
+    rounds: int
+    requests: int
+    async_requests: int
+    concurrency: int
+    warmup: int
+    round_time: float
+
+
+class Topology:
+    """One upstream and the routes to it; upstream and sidecar pairs start on first use."""
+
+    def __init__(
+        self, procs: ProcessSet, tools: SystemTools, upstream: str, pki: Pki, *, no_system: bool
+    ) -> None:
+        self.procs, self.tools, self.upstream, self.pki = procs, tools, upstream, pki
+        self.no_system = no_system
+        self._upstream: Started | None = None
+        self._pairs: dict[str, Pair] = {}
+
+    def missing(self, route: str) -> str | None:
+        """Why ``route`` cannot run here, or None."""
+        needs = UPSTREAM_NEEDS[self.upstream] + _ROUTE_NEEDS[route]
+        if self.no_system and needs:
+            return f"needs {', '.join(needs)} (--no-system)"
+        absent = [n for n in needs if getattr(self.tools, n) is None]
+        if absent:
+            return f"{', '.join(absent)} not installed; {INSTALL_HINT}"
+        return None
+
+    def _up(self) -> Started:
+        if self._upstream is None:
+            if self.upstream == "nginx-200":
+                self._upstream = start_nginx_upstream(self.procs, self.tools)
+            else:
+                self._upstream = start_uvicorn_upstream(self.procs)
+        return self._upstream
+
+    def _pair(self, kind: str) -> Pair:
+        if kind not in self._pairs:
+            up = self._up().port
+            label = f"{self.upstream}-{kind}"
+            if kind == "haproxy-pair":
+                self._pairs[kind] = start_haproxy_pair(self.procs, self.tools, up, label=label)
+            else:
+                pki = self.pki if kind == "nginx-pair-mtls" else None
+                self._pairs[kind] = start_nginx_pair(
+                    self.procs, self.tools, up, label=label, pki=pki
+                )
+        return self._pairs[kind]
+
+    def route(self, route: str) -> tuple[Target, tuple[int, ...]]:
+        """The target for ``route`` and the PIDs of the sidecars on it."""
+        if route == "direct":
+            return Target(url=f"http://127.0.0.1:{self._up().port}/"), ()
+        if route == "mtls-direct":
+            ingress = self._pair("nginx-pair-mtls").ingress
+            url = f"https://127.0.0.1:{ingress.port}/"
+            return Target(url=url, mesh_service="secure", pki=self.pki), (ingress.pid,)
+        pair = self._pair(route)
+        return Target(url=f"http://127.0.0.1:{pair.egress.port}/"), pair.pids
+
+
+def _sidecar_cpu(pids: tuple[int, ...]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+@dataclass
+class _Live:
+    spec: PathSpec
+    pids: tuple[int, ...]
+    opened: Opened | AsyncOpened
+    totals: PathTotals
+
+
+def _finish(
+    mode: str,
+    upstream: str,
+    cfg: Settings,
+    live: list[_Live],
+    skipped: dict[str, str],
+    rounds_done: int,
+    truncated: bool,
+) -> dict[str, Any]:
+    base = "httpx" if mode == "seq" else "httpx-async"
+    rows = {item.spec.name: item.totals.summary() for item in live}
+    concurrency = "1 in flight" if mode == "seq" else f"{cfg.concurrency} in flight"
+    return {
+        "title": f"{'sequential' if mode == 'seq' else 'async'} ({concurrency}) against {upstream}",
+        "mode": mode,
+        "upstream": upstream,
+        "base": base,
+        "rounds_done": rounds_done,
+        "truncated": truncated,
+        "paths": rows,
+        "ratios": ratios(rows, base),
+        "targets": targets(rows, mesh="mesh" if mode == "seq" else "mesh-async", httpx=base),
+        "skipped": skipped,
+        "sampled_paths": [item.spec.name for item in live if item.spec.sampled],
+        "latencies_us": {item.spec.name: item.totals.latencies_us for item in live},
+    }
+
+
+def _plan(
+    paths: tuple[PathSpec, ...], topo: Topology, mesh_reason: str | None
+) -> tuple[list[tuple[PathSpec, Target, tuple[int, ...]]], dict[str, str]]:
+    runnable, skipped = [], {}
+    for spec in paths:
+        reason = topo.missing(spec.route)
+        if reason is None and spec.client == "mesh" and mesh_reason:
+            reason = mesh_reason
+        if reason:
+            skipped[spec.name] = reason
+            continue
+        target, pids = topo.route(spec.route)
+        runnable.append((spec, target, pids))
+    return runnable, skipped
+
+
+def _warm_ok(spec: PathSpec, warm: RoundResult, skipped: dict[str, str]) -> bool:
+    if warm.requests and warm.errors == warm.requests:
+        skipped[spec.name] = f"every warm-up request failed: {warm.first_error or 'non-200 status'}"
+        return False
+    return True
+
+
+def run_sync_table(
+    paths: tuple[PathSpec, ...],
+    topo: Topology,
+    cfg: Settings,
+    tel: Telemetry,
+    deadline: float,
+    mesh_reason: str | None,
+) -> dict[str, Any]:
+    """Sequential rounds, one request in flight, interleaved across ``paths``."""
+    runnable, skipped = _plan(paths, topo, mesh_reason)
+    live: list[_Live] = []
+    opened: list[Opened] = []
+    rounds_done, truncated = 0, False
+    try:
+        for spec, target, pids in runnable:
+            try:
+                client = open_sync(spec.client, target)
+            except Exception as exc:
+                skipped[spec.name] = f"could not open the client: {type(exc).__name__}: {exc}"
+                continue
+            opened.append(client)
+            with tel.sampling(spec.sampled):
+                warm = sync_round(client.call, requests=cfg.warmup, time_limit=cfg.round_time)
+            if _warm_ok(spec, warm, skipped):
+                live.append(_Live(spec, pids, client, PathTotals(spec.name)))
+        for _ in range(cfg.rounds):
+            if time.monotonic() > deadline:
+                truncated = True
+                break
+            for item in live:
+                assert isinstance(item.opened, Opened)
+                gc.collect()
+                before = _sidecar_cpu(item.pids)
+                with tel.sampling(item.spec.sampled):
+                    result = sync_round(
+                        item.opened.call, requests=cfg.requests, time_limit=cfg.round_time
+                    )
+                item.totals.add(result, sidecar_cpu_s=_sidecar_cpu(item.pids) - before)
+            rounds_done += 1
+    finally:
+        for client in opened:
+            client.close()
+    return _finish("seq", topo.upstream, cfg, live, skipped, rounds_done, truncated)
+
+
+async def _async_table(
+    runnable: list[tuple[PathSpec, Target, tuple[int, ...]]],
+    skipped: dict[str, str],
+    cfg: Settings,
+    tel: Telemetry,
+    deadline: float,
+) -> tuple[list[_Live], int, bool]:
+    live: list[_Live] = []
+    opened: list[AsyncOpened] = []
+    rounds_done, truncated = 0, False
+    try:
+        for spec, target, pids in runnable:
+            try:
+                client = await open_async(spec.client, target)
+            except Exception as exc:
+                skipped[spec.name] = f"could not open the client: {type(exc).__name__}: {exc}"
+                continue
+            opened.append(client)
+            with tel.sampling(spec.sampled):
+                warm = await async_round(
+                    client.call,
+                    requests=cfg.warmup,
+                    concurrency=cfg.concurrency,
+                    time_limit=cfg.round_time,
+                )
+            if _warm_ok(spec, warm, skipped):
+                live.append(_Live(spec, pids, client, PathTotals(spec.name)))
+        for _ in range(cfg.rounds):
+            if time.monotonic() > deadline:
+                truncated = True
+                break
+            for item in live:
+                assert isinstance(item.opened, AsyncOpened)
+                gc.collect()
+                before = _sidecar_cpu(item.pids)
+                with tel.sampling(item.spec.sampled):
+                    result = await async_round(
+                        item.opened.call,
+                        requests=cfg.async_requests,
+                        concurrency=cfg.concurrency,
+                        time_limit=cfg.round_time,
+                    )
+                item.totals.add(result, sidecar_cpu_s=_sidecar_cpu(item.pids) - before)
+            rounds_done += 1
+    finally:
+        for client in opened:
+            await client.close()
+    return live, rounds_done, truncated
+
+
+def run_async_table(
+    paths: tuple[PathSpec, ...],
+    topo: Topology,
+    cfg: Settings,
+    tel: Telemetry,
+    deadline: float,
+    mesh_reason: str | None,
+) -> dict[str, Any]:
+    """Async rounds with ``cfg.concurrency`` requests in flight, interleaved across ``paths``."""
+    runnable, skipped = _plan(paths, topo, mesh_reason)
+    live, rounds_done, truncated = asyncio.run(_async_table(runnable, skipped, cfg, tel, deadline))
+    return _finish("async", topo.upstream, cfg, live, skipped, rounds_done, truncated)

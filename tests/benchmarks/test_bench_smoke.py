@@ -1,0 +1,65 @@
+"""The benchmark harness still runs end to end: a tiny pass without system packages.
+
+Timings are never asserted (performance is measured by ``benchmarks/run.py``,
+not judged by the test suite); only that every table, path and file appears.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.clients import mesh_unavailable
+
+RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+ROUNDS, REQUESTS = 2, 20
+
+
+def test_quick_bench_runs_and_writes_tables(tmp_path: Path) -> None:
+    """A quick pass over uvicorn prints both tables and writes JSON with every no-system path."""
+    argv = [
+        sys.executable,
+        str(RUN),
+        "--quick",
+        "--no-system",
+        "--upstreams=uvicorn",
+        f"--rounds={ROUNDS}",
+        f"--requests={REQUESTS}",
+        f"--async-requests={REQUESTS}",
+        "--concurrency=4",
+        "--warmup=5",
+        "--round-time=20",
+        f"--out={tmp_path}",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "== seq/uvicorn" in done.stdout
+    assert "== async/uvicorn" in done.stdout
+
+    document = json.loads((tmp_path / "latest.json").read_text())
+    seq, concurrent = document["tables"]["seq/uvicorn"], document["tables"]["async/uvicorn"]
+    expected_seq = {"httpx", "naive", "naive-sampled"}
+    expected_async = {"httpx-async", "naive-async"}
+    if importlib.util.find_spec("aiohttp"):
+        expected_async.add("aiohttp")
+    if mesh_unavailable() is None:
+        expected_seq |= {"mesh", "mesh-sampled"}
+        expected_async |= {"mesh-async", "mesh-async-sampled"}
+    assert expected_seq <= set(seq["paths"]), seq["skipped"]
+    assert expected_async <= set(concurrent["paths"]), concurrent["skipped"]
+    for table in (seq, concurrent):
+        assert table["rounds_done"] == ROUNDS
+        for name, row in table["paths"].items():
+            assert row["requests"] == ROUNDS * REQUESTS, name
+            assert row["errors"] == 0, (name, row["first_error"])
+        assert set(table["ratios"]) == set(table["paths"])
+        assert (
+            "needs"
+            in table["skipped"]["httpx+nginx-pair" if table is seq else "httpx-async+nginx-pair"]
+        )
+    assert document["meta"]["cpu_model"]
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "latency.png").stat().st_size > 0
