@@ -1,0 +1,185 @@
+"""MeshMiddleware: the pure ASGI driver of the inbound core (FastAPI, Starlette, any ASGI app).
+
+A plain ``(scope, receive, send)`` class rather than Starlette's
+``BaseHTTPMiddleware``, which stops ``ContextVar`` changes from reaching the
+app and would lose the trace context and the deadline. Per-request state
+lives in ``__call__`` locals; scopes other than ``http`` (websocket,
+lifespan) pass through untouched::
+
+    app = FastAPI()
+    app.add_middleware(MeshMiddleware, service_name="payments", policy="mesh.yaml")
+    # or: app = MeshMiddleware(app, service_name="payments")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.inbound.config import PolicyArg, build_core
+from meshlib.inbound.core import Exchange, RequestInfo
+from meshlib.inbound.health import MeshResponse
+from meshlib.inbound.timing import SERVER_TIMING
+from meshlib.settings import MeshSettings
+
+__all__ = ["ASGIApp", "MeshMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_SERVER_TIMING = SERVER_TIMING.encode()
+# ASGI servers send header names lower-cased; each wanted header maps to a RequestInfo field.
+_WANTED = {
+    b"host": "host",
+    b"user-agent": "user_agent",
+    b"x-mesh-deadline-ms": "deadline_ms",
+    b"grpc-timeout": "grpc_timeout",
+    b"x-envoy-expected-rq-timeout-ms": "envoy_timeout_ms",
+}
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """A :class:`RequestInfo` from an ASGI ``http`` scope."""
+    info = RequestInfo(scope["method"], scope["path"], scope.get("scheme") or "http")
+    traceparent: list[str] = []
+    tracestate: list[str] = []
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            traceparent.append(value.decode("latin-1"))
+        elif name == b"tracestate":
+            tracestate.append(value.decode("latin-1"))
+        else:
+            field = _WANTED.get(name)
+            if field is not None:
+                setattr(info, field, value.decode("latin-1"))
+    info.traceparent = traceparent
+    info.tracestate = tracestate
+    query = scope.get("query_string")
+    if query:
+        info.query = query.decode("latin-1")
+    info.http_version = scope.get("http_version") or "1.1"
+    client = scope.get("client")
+    if client:
+        info.client = (client[0], client[1])
+    extensions = scope.get("extensions")
+    if extensions:
+        tls = extensions.get("tls")
+        if tls and tls.get("client_cert_error") is None:
+            chain = tls.get("client_cert_chain")
+            if chain:
+                info.peer_cert = next(iter(chain), None)
+    return info
+
+
+def route_template(scope: Scope, root_path: str) -> str | None:
+    """The route template Starlette/FastAPI matched (``scope["route"].path``), if known.
+
+    Under a ``Mount`` only the inner route's template is known, which would
+    mislead, so no template is reported there.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str) and path and scope.get("root_path", "") == root_path:
+        return path
+    return None
+
+
+async def _send_reply(send: Send, reply: MeshResponse, timing: str, head: bool) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    headers.append((_SERVER_TIMING, timing.encode("latin-1")))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else reply.body})
+
+
+class MeshMiddleware:
+    """Trace context, Server-Timing, deadlines, authz, admission and health for an ASGI app.
+
+    Configured from ``services.<service_name>.inbound`` in the policy,
+    re-read on every request so policy reloads apply at once::
+
+        app = MeshMiddleware(app, service_name="payments", policy=policy)
+        app.drain()   # /readyz answers 503 from now on
+
+    ``tracer_provider`` and ``meter_provider`` default to the global ones.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: PolicyArg = None,
+        service_name: str | None = None,
+        settings: MeshSettings | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.app = app
+        self.core = build_core(
+            policy,
+            service_name=service_name,
+            settings=settings,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            clock=clock,
+        )
+
+    def drain(self) -> None:
+        """Answer readiness probes with 503 from now on (graceful shutdown)."""
+        self.core.drain()
+
+    def close(self) -> None:
+        """Stop the policy file watcher this middleware started, if any."""
+        self.core.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection scope."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        core = self.core
+        health = core.health(scope["path"])
+        if health is not None:
+            await _send_reply(send, health, "app;dur=0.0", scope["method"] == "HEAD")
+            return
+        info = request_info(scope)
+        exchange = core.begin(info)
+        reply = exchange.reply
+        if reply is not None:
+            try:
+                await _send_reply(send, reply, exchange.server_timing(), info.method == "HEAD")
+            finally:
+                exchange.finish(reply.status, None, None)
+            return
+        await self._run_app(scope, receive, send, exchange)
+
+    async def _run_app(
+        self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
+    ) -> None:
+        status = 0
+        root_path = scope.get("root_path", "")
+
+        async def send_with_timing(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((_SERVER_TIMING, exchange.server_timing().encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        exchange.enter()
+        try:
+            await self.app(scope, receive, send_with_timing)
+        except BaseException as exc:
+            exchange.exit()
+            exchange.finish(status or 500, route_template(scope, root_path), exc)
+            raise
+        exchange.exit()
+        exchange.finish(status, route_template(scope, root_path), None)

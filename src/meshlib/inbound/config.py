@@ -1,0 +1,78 @@
+"""From the middleware's arguments to an :class:`~meshlib.inbound.core.InboundCore`.
+
+``policy`` may be a :class:`~meshlib.policy.model.Policy`, a path to a policy
+file (loaded now and watched for changes), a
+:class:`~meshlib.policy.store.PolicyStore`, or ``None`` for the process-wide
+store that ``MeshSettings`` selects. The service whose ``inbound`` section
+applies is ``service_name``, else ``MESH_SERVICE_NAME``::
+
+    core = build_core(policy="mesh.yaml", service_name="payments")
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.errors import SettingsError
+from meshlib.inbound.core import InboundCore
+from meshlib.policy.model import Policy
+from meshlib.policy.sources import FileSource, shared_store
+from meshlib.policy.store import PolicyStore
+from meshlib.settings import MeshSettings
+from meshlib.telemetry.server import ServerTelemetry
+
+__all__ = ["PolicyArg", "build_core"]
+
+PolicyArg = Policy | PolicyStore | str | os.PathLike[str] | None
+"""What ``policy=`` accepts."""
+
+
+def build_core(
+    policy: PolicyArg = None,
+    *,
+    service_name: str | None = None,
+    settings: MeshSettings | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> InboundCore:
+    """Resolve the policy store and the service name, and build the shared core.
+
+    Raises:
+        SettingsError: no service name was given and MESH_SERVICE_NAME is unset,
+            or no policy was given and MeshSettings names no policy source.
+        PolicyError: the policy file is invalid.
+    """
+    settings = settings if settings is not None else MeshSettings()
+    service = service_name or settings.service_name
+    if not service:
+        raise SettingsError(
+            "MeshMiddleware needs to know which service it protects: pass "
+            "service_name='payments' or set MESH_SERVICE_NAME; its rules are read from "
+            "services.<service_name>.inbound in the policy"
+        )
+    closers: list[Any] = []
+    if policy is None:
+        store = shared_store(settings)
+    elif isinstance(policy, PolicyStore):
+        store = policy
+    elif isinstance(policy, Policy):
+        store = PolicyStore(policy)
+    elif isinstance(policy, str | os.PathLike):
+        store = PolicyStore()
+        source = FileSource(policy, poll_interval=settings.policy_poll_interval)
+        source.start(store)
+        closers.append(source)
+    else:
+        raise TypeError(
+            f"policy must be a Policy, a PolicyStore, a path to a policy file or None, "
+            f"not {type(policy).__name__}"
+        )
+    telemetry = ServerTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return InboundCore(
+        store, service, settings=settings, telemetry=telemetry, clock=clock, on_close=closers
+    )
