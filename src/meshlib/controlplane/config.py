@@ -1,0 +1,80 @@
+"""ControlPlaneSettings: the control plane server's own settings, from ``MESH_CONTROLPLANE_*``.
+
+Tokens belong in the environment (or a secrets manager feeding it), not on
+the command line where ``ps`` shows them; they are ``SecretStr`` so no repr
+or log line prints them::
+
+    settings = ControlPlaneSettings(policy="mesh/", publish_tokens=("alice=s3cret",))
+    # MESH_CONTROLPLANE_POLICY=mesh/ MESH_CONTROLPLANE_PUBLISH_TOKENS=alice=s3cret,bob=0ther
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ControlPlaneSettings"]
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class ControlPlaneSettings(BaseSettings):
+    """Server settings; every field reads ``MESH_CONTROLPLANE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_CONTROLPLANE_", extra="ignore", frozen=True)
+
+    policy: Path = Field(
+        Path("policy"),
+        description="Policy directory (holding policy.yaml and history/) or a single policy file.",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8700, ge=0, le=65535, description="Port to listen on.")
+    read_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="Bearer tokens that may read policy and send reports, comma-separated, each `secret` or `name=secret`. None: reading is open.",
+    )
+    publish_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="Bearer tokens that may publish and roll back (and read). None: publishing is refused.",
+    )
+    read_identities: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="SPIFFE IDs of mTLS clients that may read."
+    )
+    publish_identities: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="SPIFFE IDs of mTLS clients that may publish."
+    )
+    poll_interval: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between checks of the policy file and history (hand edits, other replicas).",
+    )
+    max_wait: float = Field(
+        60.0, gt=0, description="Longest long-poll a watcher may ask for, in seconds."
+    )
+    report_ttl: float = Field(
+        60.0, gt=0, description="Seconds after which a silent instance is dropped."
+    )
+    max_instances: int = Field(1000, ge=1, description="Most instances whose reports are kept.")
+    max_destinations: int = Field(100, ge=1, description="Most destinations kept per report.")
+    max_endpoints: int = Field(32, ge=1, description="Most endpoints kept per destination.")
+    max_policy_bytes: int = Field(1 << 20, ge=1024, description="Largest policy document accepted.")
+    max_report_bytes: int = Field(256 << 10, ge=1024, description="Largest report accepted.")
+    tls_cert: Path | None = Field(None, description="Server certificate chain (turns TLS on).")
+    tls_key: Path | None = Field(None, description="Server private key.")
+    tls_ca: Path | None = Field(
+        None, description="CA that client certificates must chain to (turns mTLS on)."
+    )
+
+    @field_validator(
+        "read_tokens", "publish_tokens", "read_identities", "publish_identities", mode="before"
+    )
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        return _split(value)
