@@ -1,0 +1,15 @@
+"""Security for the mesh: SPIFFE identities, mutual TLS contexts, rotation, and a dev CA.
+
+- :mod:`meshlib.security.identity`: SPIFFE IDs, a peer's identity from its certificate.
+- :mod:`meshlib.security.tls`: client and server SSLContexts from policy and settings.
+- :mod:`meshlib.security.handshake`: the checks run at the end of every handshake.
+- :mod:`meshlib.security.reload`: certificate rotation without restarts.
+- :mod:`meshlib.security.ca`: a development CA (needs ``cryptography``: ``meshlib[ca]``).
+- :mod:`meshlib.security.bridge`: how servers hand the verified peer certificate to apps.
+
+Importing this package imports neither ``cryptography`` nor a web server.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
