@@ -156,7 +156,13 @@ class DevCA:
             ValueError: ``trust_domain`` is not a valid SPIFFE trust domain.
             FileExistsError: the files exist and ``force`` is false.
         """
-        SpiffeID.parse(f"spiffe://{trust_domain}/ca")  # validates the trust domain
+        try:
+            SpiffeID.parse(f"spiffe://{trust_domain}/ca")
+        except ValueError:
+            raise ValueError(
+                f"{trust_domain!r} is not a SPIFFE trust domain: use lowercase letters, digits, "
+                "'.' and '-', e.g. example.org"
+            ) from None
         directory = Path(directory)
         if write and not force:
             for name in (CA_CERT, CA_KEY):
@@ -274,7 +280,12 @@ class DevCA:
             if identity
             else SpiffeID.for_service(self.trust_domain, service)
         )
-        addresses = [ipaddress.ip_address(ip) for ip in ips]
+        addresses = []
+        for ip in ips:
+            try:
+                addresses.append(ipaddress.ip_address(ip))
+            except ValueError:
+                raise ValueError(f"IP SAN {ip!r} is not an IPv4 or IPv6 address") from None
         out = Path(directory) if directory is not None else self.directory
         name = name or service.replace("/", "-")
         cert_path, key_path = out / f"{name}.pem", out / f"{name}.key"
