@@ -52,10 +52,11 @@ class TokenBucket:
         self._tokens = self.burst
         self._stamp = clock.monotonic()
 
-    def try_acquire(self, *, consume: bool = True) -> float:
+    def try_acquire(self) -> float:
         """Take a token: 0.0 when one was free, else the seconds until one will be.
 
-        ``consume=False`` only asks (shadow mode): nothing is taken either way.
+        Shadow mode uses it the same way (the bucket tracks what enforcing
+        would do) and only ignores the answer.
         """
         with self._lock:
             now = self._clock.monotonic()
@@ -64,7 +65,7 @@ class TokenBucket:
                 tokens = self.burst
             self._stamp = now
             if tokens >= 1.0:
-                self._tokens = tokens - 1.0 if consume else tokens
+                self._tokens = tokens - 1.0
                 return 0.0
             self._tokens = tokens
             return (1.0 - tokens) / self.rate

@@ -270,7 +270,7 @@ class InboundCore:
         limits = plan.limits_for(info.method, path) if plan.routes else plan.service_limits
         rate = limits.rate
         if rate is not None:
-            wait = rate.bucket.try_acquire(consume=not rate.shadow)
+            wait = rate.bucket.try_acquire()
             if wait > 0.0:
                 telemetry.shed(span, "rate_limit", rate.where, rate.shadow, wait)
                 if not rate.shadow:
