@@ -1,0 +1,125 @@
+"""payments: a Flask service behind MeshWSGIMiddleware, flaky on demand.
+
+It captures charges with an idempotent ``PUT /v1/charges/<id>`` (a retried
+charge is answered from memory, never charged twice). ``PUT /admin/fault``
+makes it fail or slow down, so the callers' retries, breaker, retry budget
+and deadlines have something to do::
+
+    curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
+         -d '{"error_rate": 0.5}'           # half the charges answer 503
+    curl -X PUT localhost:8002/admin/fault -d '{"delay": 1.5}' -H 'content-type: application/json'
+    curl -X PUT localhost:8002/admin/fault -d '{}' -H 'content-type: application/json'   # healthy
+
+Run it with ``python examples/payments.py`` (port 8002, policy ``examples/mesh.yaml``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, request
+from servicekit import Counters, install_metrics, parse_args, stats_document
+from werkzeug.serving import run_simple
+
+import meshlib
+from meshlib import MeshWSGIMiddleware
+
+__all__ = ["FaultSwitch", "create_app", "main"]
+
+_REMEMBERED_CHARGES = 10_000
+
+
+@dataclass
+class FaultSwitch:
+    """The failure this instance fakes: a share of 503s, and a delay before every answer."""
+
+    error_rate: float = 0.0
+    delay: float = 0.0
+    status: int = 503
+
+    def update(self, document: dict[str, Any]) -> None:
+        """Replace the fault with ``document``'s keys; a missing key means healthy."""
+        error_rate = float(document.get("error_rate", 0.0))
+        delay = float(document.get("delay", 0.0))
+        status = int(document.get("status", 503))
+        if not 0.0 <= error_rate <= 1.0 or not 0.0 <= delay <= 30.0 or not 500 <= status <= 599:
+            raise ValueError("error_rate is 0..1, delay 0..30 seconds, status 500..599")
+        self.error_rate, self.delay, self.status = error_rate, delay, status
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fault as JSON."""
+        return {"error_rate": self.error_rate, "delay": self.delay, "status": self.status}
+
+
+def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None) -> Flask:
+    """The payments Flask app, wrapped in meshlib's WSGI middleware.
+
+    ``policy`` as for MeshWSGIMiddleware: None reads MESH_POLICY_FILE or the control plane.
+    """
+    app = Flask("payments")
+    fault = FaultSwitch()
+    counters = Counters()
+    lock = threading.Lock()
+    charges: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    @app.put("/v1/charges/<charge_id>")
+    def capture(charge_id: str) -> tuple[dict[str, Any], int]:
+        counters.add("requests")
+        body = request.get_json(silent=True) or {}
+        if fault.delay:
+            time.sleep(fault.delay)
+        if random.random() < fault.error_rate:
+            counters.add("failed")
+            return {"error": "payments is failing on purpose (see PUT /admin/fault)"}, fault.status
+        with lock:
+            charge = charges.get(charge_id)
+            if charge is None:
+                counters.add("charged")
+                charge = {
+                    "charge_id": charge_id,
+                    "amount_cents": int(body.get("amount_cents", 0)),
+                    "status": "captured",
+                }
+                charges[charge_id] = charge
+                if len(charges) > _REMEMBERED_CHARGES:
+                    charges.popitem(last=False)
+            else:
+                counters.add("replayed")
+        return charge, 200
+
+    @app.get("/admin/fault")
+    def show_fault() -> dict[str, Any]:
+        return fault.as_dict()
+
+    @app.put("/admin/fault")
+    def set_fault() -> tuple[dict[str, Any], int]:
+        try:
+            fault.update(request.get_json(force=True) or {})
+        except (TypeError, ValueError, AttributeError) as exc:
+            return {"error": str(exc)}, 422
+        return fault.as_dict(), 200
+
+    @app.get("/mesh/stats")
+    def stats() -> dict[str, Any]:
+        return stats_document("payments", counters)
+
+    app.wsgi_app = MeshWSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, policy=policy, service_name="payments"
+    )
+    return app
+
+
+def main() -> None:
+    """Serve payments with werkzeug's threaded server."""
+    args = parse_args("payments", 8002)
+    install_metrics()
+    run_simple(args.host, args.port, create_app(), threaded=True)
+
+
+if __name__ == "__main__":
+    main()
