@@ -94,7 +94,7 @@ def _explain(conn: ssl.SSLSocket | ssl.SSLObject, exc: ssl.SSLCertVerificationEr
         f"{whose} certificate was rejected: {exc.verify_message}: "
         f"{hint.format(ca=ca)} (SSL: CERTIFICATE_VERIFY_FAILED)"
     )
-    err = ssl.SSLCertVerificationError(message)
+    err = ssl.SSLCertVerificationError(1, message)
     err.verify_code = exc.verify_code
     err.verify_message = exc.verify_message
     err.reason = exc.reason
