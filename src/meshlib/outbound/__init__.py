@@ -1,0 +1,20 @@
+"""The outbound data path: mesh clients, their transport, and the decisions behind each call.
+
+See :mod:`meshlib.outbound.flow` for the algorithm and
+:mod:`meshlib.outbound.transport` for the sync and async drivers.
+"""
+
+from __future__ import annotations
+
+from meshlib.outbound.client import AsyncMeshClient, MeshClient
+from meshlib.outbound.flow import ATTEMPTS_EXTENSION, Attempt
+from meshlib.outbound.transport import AsyncMeshTransport, MeshTransport
+
+__all__ = [
+    "ATTEMPTS_EXTENSION",
+    "AsyncMeshClient",
+    "AsyncMeshTransport",
+    "Attempt",
+    "MeshClient",
+    "MeshTransport",
+]

@@ -1,0 +1,193 @@
+"""MeshClient and AsyncMeshClient: httpx clients with the mesh transport installed.
+
+They are ``httpx.Client`` / ``httpx.AsyncClient`` with every argument and
+method of those (base_url, headers, auth, hooks, streaming, ``with``
+blocks); only the transport differs. Built from a :class:`~meshlib.Policy`,
+a policy file path, a :class:`~meshlib.PolicyStore`, or nothing (the
+process-wide store from ``MESH_POLICY_FILE`` / the control plane)::
+
+    with MeshClient("mesh.yaml", service_name="orders") as client:
+        client.get("http://payments/v1/charges")      # routed, retried, traced
+
+``transport=`` wraps an existing transport for URLs that are not mesh
+services, so adopting meshlib is one line. Timeouts come from the policy; a
+``timeout=`` given here can only shorten them. TLS settings given here
+(``verify``, ``cert``) apply to non-mesh URLs and to mesh endpoints whose
+policy has ``tls: {mode: disabled}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from opentelemetry import metrics, trace
+
+from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.outbound.transport import AsyncMeshTransport, MeshTransport, PolicyArg
+from meshlib.settings import MeshSettings
+
+if TYPE_CHECKING:
+    import ssl
+
+    from httpx._types import (
+        AuthTypes,
+        CertTypes,
+        CookieTypes,
+        HeaderTypes,
+        ProxyTypes,
+        QueryParamTypes,
+        TimeoutTypes,
+    )
+
+__all__ = ["AsyncMeshClient", "MeshClient"]
+
+EventHook = Callable[..., Any]
+
+
+def _pool_kwargs(
+    verify: Any, cert: Any, trust_env: bool, http1: bool, http2: bool, limits: httpx.Limits
+) -> dict[str, Any]:
+    return {
+        "verify": verify,
+        "cert": cert,
+        "trust_env": trust_env,
+        "http1": http1,
+        "http2": http2,
+        "limits": limits,
+    }
+
+
+class MeshClient(httpx.Client):
+    """An ``httpx.Client`` whose calls go through the mesh (routing, retries, breakers, tracing).
+
+    Example::
+
+        client = MeshClient(load_policy("mesh.yaml"), service_name="orders")
+        response = client.post("http://payments/v1/charges", json={"amount": 5})
+        response.extensions["meshlib.attempts"]      # every try, with outcomes
+        client.close()
+    """
+
+    def __init__(
+        self,
+        policy: PolicyArg = None,
+        *,
+        service_name: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        settings: MeshSettings | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        auth: AuthTypes | None = None,
+        params: QueryParamTypes | None = None,
+        headers: HeaderTypes | None = None,
+        cookies: CookieTypes | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        proxy: ProxyTypes | None = None,
+        mounts: Mapping[str, httpx.BaseTransport | None] | None = None,
+        timeout: TimeoutTypes = None,
+        follow_redirects: bool = False,
+        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
+        max_redirects: int = 20,
+        event_hooks: Mapping[str, list[EventHook]] | None = None,
+        base_url: httpx.URL | str = "",
+        default_encoding: str | Callable[[bytes], str] = "utf-8",
+    ) -> None:
+        self.mesh_transport = MeshTransport(
+            policy,
+            service_name=service_name,
+            transport=transport,
+            settings=settings,
+            clock=clock,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            **_pool_kwargs(verify, cert, trust_env, http1, http2, limits),
+        )
+        super().__init__(
+            auth=auth,
+            params=params,
+            headers=headers,
+            cookies=cookies,
+            trust_env=trust_env,
+            proxy=proxy,
+            mounts=mounts,
+            timeout=timeout,
+            follow_redirects=follow_redirects,
+            max_redirects=max_redirects,
+            event_hooks=event_hooks,
+            base_url=base_url,
+            transport=self.mesh_transport,
+            default_encoding=default_encoding,
+        )
+
+
+class AsyncMeshClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose calls go through the mesh; the twin of :class:`MeshClient`.
+
+    Example::
+
+        async with AsyncMeshClient(policy, service_name="orders") as client:
+            response = await client.get("http://payments/v1/charges")
+    """
+
+    def __init__(
+        self,
+        policy: PolicyArg = None,
+        *,
+        service_name: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        settings: MeshSettings | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        auth: AuthTypes | None = None,
+        params: QueryParamTypes | None = None,
+        headers: HeaderTypes | None = None,
+        cookies: CookieTypes | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        proxy: ProxyTypes | None = None,
+        mounts: Mapping[str, httpx.AsyncBaseTransport | None] | None = None,
+        timeout: TimeoutTypes = None,
+        follow_redirects: bool = False,
+        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
+        max_redirects: int = 20,
+        event_hooks: Mapping[str, list[EventHook]] | None = None,
+        base_url: httpx.URL | str = "",
+        default_encoding: str | Callable[[bytes], str] = "utf-8",
+    ) -> None:
+        self.mesh_transport = AsyncMeshTransport(
+            policy,
+            service_name=service_name,
+            transport=transport,
+            settings=settings,
+            clock=clock,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            **_pool_kwargs(verify, cert, trust_env, http1, http2, limits),
+        )
+        super().__init__(
+            auth=auth,
+            params=params,
+            headers=headers,
+            cookies=cookies,
+            trust_env=trust_env,
+            proxy=proxy,
+            mounts=mounts,
+            timeout=timeout,
+            follow_redirects=follow_redirects,
+            max_redirects=max_redirects,
+            event_hooks=event_hooks,
+            base_url=base_url,
+            transport=self.mesh_transport,
+            default_encoding=default_encoding,
+        )

@@ -1,0 +1,384 @@
+"""The outbound algorithm, written once, as a generator of I/O steps (after httpx's ``Auth.auth_flow``).
+
+``Outbound.flow(request)`` decides everything and yields only what needs
+I/O: :class:`Send` (run this request on that transport, send me the
+response or throw me the exception) and :class:`Sleep` (wait, after closing
+a discarded response). The generator's return value is the response.
+:mod:`meshlib.outbound.transport` drives it in ~40 lines, sync or async::
+
+    deadline -> fault -> [ pick endpoint -> breaker -> Send -> classify -> record
+                           -> retry? (attempts, replayable, budget, deadline) -> Sleep ]
+
+One call reads the policy snapshot once; the plan and destination it gets
+stay valid for the whole call even if the policy is swapped meanwhile.
+When retries run out the last real outcome is returned or raised, with the
+attempt history in ``response.extensions["meshlib.attempts"]`` or
+``exc.__meshlib_attempts__``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from meshlib.clock import Clock
+from meshlib.deadline import DEADLINE_HEADER, current_deadline
+from meshlib.errors import CircuitOpenError, DeadlineExceeded
+from meshlib.outbound.breaker import PROBE
+from meshlib.outbound.destination import Destination, EndpointState
+from meshlib.outbound.endpoints import Pools
+from meshlib.outbound.fault import FAULT_HEADER, decide_fault
+from meshlib.outbound.retry import IDEMPOTENCY_HEADER, classify_exception, parse_retry_after
+from meshlib.outbound.routing import Plan, Router
+from meshlib.policy.store import PolicyStore
+from meshlib.telemetry import names
+from meshlib.telemetry.client import CallTelemetry, ClientTelemetry
+
+__all__ = ["ATTEMPTS_EXTENSION", "Attempt", "Outbound", "Send", "Sleep", "Step"]
+
+ATTEMPTS_EXTENSION = "meshlib.attempts"
+"""Response extension holding the tuple of :class:`Attempt` records of the call."""
+
+
+class Send:
+    """Step: send ``request`` through ``transport``; resume with the response or throw the error."""
+
+    __slots__ = ("request", "transport")
+
+    def __init__(self, transport: Any, request: httpx.Request) -> None:
+        self.transport = transport
+        self.request = request
+
+
+class Sleep:
+    """Step: close ``discard`` (a response thrown away) if set, then wait ``seconds``."""
+
+    __slots__ = ("discard", "seconds")
+
+    def __init__(self, seconds: float, discard: httpx.Response | None = None) -> None:
+        self.seconds = seconds
+        self.discard = discard
+
+
+Step = Send | Sleep
+Flow = Generator[Step, Any, httpx.Response]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of a call, as recorded in its history.
+
+    ``outcome`` is the status code or the exception class name; ``backoff``
+    the wait before the next try (0.0 for the last); ``note`` why the call
+    went on or stopped (``retry``, ``budget``, ``deadline``, ...).
+    """
+
+    number: int
+    endpoint: str
+    outcome: int | str
+    elapsed: float
+    backoff: float = 0.0
+    note: str = ""
+
+
+def _readdress(url: httpx.URL, endpoint: EndpointState) -> httpx.URL:
+    """``url`` aimed at ``endpoint``; path and query kept.
+
+    ``URL.copy_with`` re-parses the whole URL (~19 us here); replacing three
+    fields of httpx's parsed form costs ~1 us, so we do that when it exists.
+    """
+    ref = getattr(url, "_uri_reference", None)
+    if ref is None:  # pragma: no cover - a future httpx without the parsed form
+        return url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port)
+    new = httpx.URL.__new__(httpx.URL)
+    new._uri_reference = ref._replace(
+        scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port
+    )
+    return new
+
+
+class Outbound:
+    """Everything one mesh transport shares across calls: policy store, routing, pools, telemetry."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        router: Router,
+        pools: Pools[Any],
+        telemetry: ClientTelemetry,
+        clock: Clock,
+        *,
+        is_async: bool,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.pools = pools
+        self.telemetry = telemetry
+        self.clock = clock
+        self.is_async = is_async
+
+    def flow(self, request: httpx.Request) -> Flow:
+        """The generator that carries out one call (see the module docstring)."""
+        clock = self.clock
+        start = clock.monotonic()
+        snapshot = self.store.current
+        plan, dest = self.router.route(snapshot, request)
+        deadline_at = start + plan.total
+        incoming = current_deadline.get()
+        if incoming is not None and incoming.at < deadline_at:
+            deadline_at = incoming.at
+        call = self.telemetry.start_call(
+            request, dest.name, plan.route, start, clock, self.is_async
+        )
+        dest.requests += 1
+        budget = dest.budget
+        assert budget is not None
+        budget.record_request()
+        original_url = request.url
+        try:
+            response = yield from self._attempts(request, plan, dest, call, start, deadline_at)
+        except BaseException as exc:
+            dest.errors += 1
+            if call is not None:
+                if isinstance(exc, DeadlineExceeded):
+                    call.event(names.EVENT_DEADLINE_EXCEEDED, {})
+                call.finish_error(exc)
+            raise
+        finally:
+            request.url = original_url
+        if response.status_code >= 500:
+            dest.errors += 1
+        dest.latencies.append(clock.monotonic() - start)
+        if call is not None:
+            call.finish_response(response)
+        return response
+
+    def _attempts(
+        self,
+        request: httpx.Request,
+        plan: Plan,
+        dest: Destination,
+        call: CallTelemetry | None,
+        start: float,
+        deadline_at: float,
+    ) -> Flow:
+        clock = self.clock
+        rules = plan.retry
+        method = request.method
+        headers = request.headers
+        history: list[Attempt] = []
+        if (
+            rules.idempotency_key
+            and method not in rules.methods
+            and IDEMPOTENCY_HEADER not in headers
+        ):
+            headers[IDEMPOTENCY_HEADER] = uuid.uuid4().hex
+        if plan.fault is not None:
+            fault = decide_fault(plan.fault, clock)
+            if fault.delay:
+                delay = min(fault.delay, max(0.0, deadline_at - clock.monotonic()))
+                self._fault_event(dest, call, "delay")
+                yield Sleep(delay)
+                if call is not None:
+                    call.waits += delay
+            if fault.abort is not None:
+                self._fault_event(dest, call, "abort")
+                aborted = httpx.Response(fault.abort, headers={FAULT_HEADER: "abort"})
+                aborted.extensions[ATTEMPTS_EXTENSION] = ()
+                return aborted
+        limit = plan.attempt
+        own = request.extensions.get("timeout")
+        if own and own.get("read") is not None and own["read"] < limit:
+            limit = own["read"]  # a timeout= given to the client or call only shortens attempts
+        tried: list[EndpointState] = []
+        last: httpx.Response | Exception | None = None
+        number = 0
+        while True:
+            now = clock.monotonic()
+            remaining = deadline_at - now
+            if remaining <= 0.0:
+                self._deadline(dest, call)
+                error = DeadlineExceeded(
+                    f"the deadline for {dest.name!r} ran out before attempt {number + 1}",
+                    request=request,
+                )
+                error.__meshlib_attempts__ = tuple(history)  # type: ignore[attr-defined]
+                raise error
+            if number == 0:
+                endpoint, permit = dest.pick()
+            else:
+                try:
+                    endpoint, permit = dest.pick(tried)
+                except CircuitOpenError:
+                    return (yield from self._give_up(history, last, "breaker-open"))
+            if endpoint.rewrite:
+                request.url = _readdress(request.url, endpoint)
+                headers[DEADLINE_HEADER] = str(int(remaining * 1000.0))
+            capped = remaining < limit
+            if capped or limit != plan.attempt:
+                budget_s = remaining if capped else limit
+                request.extensions["timeout"] = {
+                    "connect": min(plan.connect, budget_s),
+                    "read": budget_s,
+                    "write": budget_s,
+                    "pool": budget_s,
+                }
+            else:
+                request.extensions["timeout"] = plan.timeout
+            if call is not None:
+                call.before_attempt(request, endpoint.url, number)
+            response: httpx.Response | None = None
+            error_: Exception | None = None
+            endpoint.in_flight += 1
+            sent = False
+            try:
+                response = yield Send(endpoint.transport, request)
+                sent = True
+            except Exception as exc:
+                error_ = exc
+                sent = True
+            finally:
+                endpoint.in_flight -= 1
+                if not sent:
+                    endpoint.breaker.release(permit)
+            elapsed = clock.monotonic() - now
+            if call is not None:
+                call.after_attempt(request, response, error_)
+            if response is not None:
+                status = response.status_code
+                success = status < 500
+                reason: str | int = status
+                wanted = rules.retryable_status(status) and rules.may_replay(method, headers)
+                outcome: int | str = status
+            else:
+                assert error_ is not None
+                condition, reached = classify_exception(error_)
+                success = condition is None  # not the endpoint's fault (a bad URL, say)
+                reason = condition or type(error_).__name__
+                wanted = rules.retryable_exception(condition, reached) and (
+                    not reached or rules.may_replay(method, headers)
+                )
+                outcome = type(error_).__name__
+            self._record(dest, endpoint, permit, success, call)
+            number += 1
+            last = response if response is not None else error_
+            history.append(Attempt(number, endpoint.url, outcome, elapsed))
+            if error_ is not None and capped and isinstance(error_, httpx.TimeoutException):
+                self._deadline(dest, call)
+                error = DeadlineExceeded(
+                    f"the deadline for {dest.name!r} ran out during attempt {number}",
+                    request=request,
+                )
+                error.__meshlib_attempts__ = tuple(history)  # type: ignore[attr-defined]
+                raise error from error_
+            if not wanted:
+                return (yield from self._give_up(history, last, ""))
+            if rules.exhausted(number):
+                return (yield from self._give_up(history, last, "attempts"))
+            if not isinstance(request.stream, httpx.ByteStream):
+                return (yield from self._give_up(history, last, "stream"))
+            backoff = rules.backoff(number, clock)
+            if response is not None:
+                retry_after = response.headers.get("retry-after")
+                if retry_after is not None:
+                    asked = parse_retry_after(retry_after, clock)
+                    if asked is not None:
+                        if asked > rules.retry_after_max:
+                            return (yield from self._give_up(history, last, "retry-after"))
+                        backoff = rules.honour_retry_after(asked)
+            if clock.monotonic() + backoff >= deadline_at:
+                return (yield from self._give_up(history, last, "deadline"))
+            if rules.shadow:
+                dest.shadow_retries += 1
+                return (yield from self._give_up(history, last, "shadow"))
+            if not dest.budget.try_retry():  # type: ignore[union-attr]
+                dest.budget_refusals += 1
+                attributes = {names.ATTR_DESTINATION: dest.name}
+                self.telemetry.budget_refusals.add(1, attributes)
+                if call is not None:
+                    call.event(names.EVENT_BUDGET_REFUSED, attributes)
+                return (yield from self._give_up(history, last, "budget"))
+            dest.retries += 1
+            history[-1] = Attempt(number, endpoint.url, outcome, elapsed, backoff, "retry")
+            attributes = {
+                names.ATTR_DESTINATION: dest.name,
+                names.ATTR_ENDPOINT: endpoint.url,
+                names.ATTR_RETRY_REASON: str(reason),
+            }
+            self.telemetry.retries.add(1, attributes)
+            if call is not None:
+                call.event(
+                    names.EVENT_RETRY,
+                    {
+                        **attributes,
+                        names.ATTR_RETRY_ATTEMPT: number - 1,
+                        names.ATTR_RETRY_BACKOFF: backoff,
+                    },
+                )
+                call.discard_attempt()
+                call.waits += backoff
+            tried.append(endpoint)
+            yield Sleep(backoff, response)
+
+    def _give_up(
+        self, history: list[Attempt], last: httpx.Response | Exception | None, note: str
+    ) -> Flow:
+        """Return or raise the last real outcome, with the history attached."""
+        assert last is not None
+        if note:
+            a = history[-1]
+            history[-1] = Attempt(a.number, a.endpoint, a.outcome, a.elapsed, 0.0, note)
+        attempts = tuple(history)
+        if isinstance(last, httpx.Response):
+            last.extensions[ATTEMPTS_EXTENSION] = attempts
+            return last
+        last.__meshlib_attempts__ = attempts  # type: ignore[attr-defined]
+        raise last
+        yield  # pragma: no cover - makes this a generator for ``yield from``
+
+    def _record(
+        self,
+        dest: Destination,
+        endpoint: EndpointState,
+        permit: Any,
+        success: bool,
+        call: CallTelemetry | None,
+    ) -> None:
+        """Tell the breaker and outlier detector; report state changes as events and metrics."""
+        if success and permit is not PROBE and endpoint.breaker.state == "closed":
+            dest.record(endpoint, permit, True)
+            return
+        before = endpoint.breaker.state
+        ejected = dest.record(endpoint, permit, success)
+        after = endpoint.breaker.state
+        tel = self.telemetry
+        if before != after:
+            attributes = {
+                names.ATTR_DESTINATION: dest.name,
+                names.ATTR_ENDPOINT: endpoint.url,
+                names.ATTR_BREAKER_STATE: after,
+            }
+            tel.breaker_transitions.add(1, attributes)
+            if call is not None:
+                call.event(
+                    names.EVENT_BREAKER_STATE_CHANGE,
+                    {**attributes, names.ATTR_BREAKER_PREVIOUS_STATE: before},
+                )
+        if ejected:
+            attributes = {names.ATTR_DESTINATION: dest.name, names.ATTR_ENDPOINT: endpoint.url}
+            tel.ejections.add(1, attributes)
+            if call is not None:
+                call.event(names.EVENT_EJECTION, attributes)
+
+    def _deadline(self, dest: Destination, call: CallTelemetry | None) -> None:
+        self.telemetry.deadline_exceeded.add(1, {names.ATTR_DESTINATION: dest.name})
+
+    def _fault_event(self, dest: Destination, call: CallTelemetry | None, kind: str) -> None:
+        attributes = {names.ATTR_DESTINATION: dest.name, names.ATTR_FAULT_KIND: kind}
+        self.telemetry.faults.add(1, attributes)
+        if call is not None:
+            call.event(names.EVENT_FAULT_INJECTED, attributes)

@@ -1,0 +1,187 @@
+"""Routing: from a request and the policy snapshot to a compiled plan and a destination.
+
+A URL whose host is a service in the policy goes to that service's
+endpoints (a route's ``split`` may send it to another service's); any other
+URL goes where it says, under ``defaults``. Everything per call is a few
+dictionary look-ups: :class:`Plan` objects are compiled once per effective
+policy and :class:`Destination` state lives across snapshots::
+
+    router = Router(store, pools, base_transport, clock)
+    plan, dest = router.route(snapshot, request)
+
+A policy swap (:meth:`Router.sync`, subscribed to the store) reconfigures
+destinations, keeps the pools of kept endpoints and retires the others.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+
+from meshlib.clock import Clock
+from meshlib.outbound.breaker import Breaker
+from meshlib.outbound.destination import Destination, EndpointState
+from meshlib.outbound.endpoints import PoolKey, Pools
+from meshlib.outbound.fault import has_fault
+from meshlib.outbound.retry import RetryRules
+from meshlib.policy.model import Endpoint
+from meshlib.policy.resolve import EffectivePolicy
+from meshlib.policy.store import PolicySnapshot, PolicyStore
+
+__all__ = ["Plan", "Router"]
+
+_MAX_ORIGINS = 256
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Plan:
+    """One effective policy compiled for the hot path; built once, shared by every call it governs."""
+
+    __slots__ = (
+        "attempt",
+        "connect",
+        "effective",
+        "fault",
+        "retry",
+        "route",
+        "split",
+        "split_total",
+        "timeout",
+        "total",
+    )
+
+    def __init__(self, effective: EffectivePolicy) -> None:
+        self.effective = effective
+        t = effective.timeouts
+        self.connect = t.connect
+        self.attempt = t.attempt
+        self.total = t.total
+        self.timeout = {
+            "connect": t.connect,
+            "read": t.attempt,
+            "write": t.attempt,
+            "pool": t.attempt,
+        }
+        """The httpx ``timeout`` extension of an attempt with time to spare."""
+        self.retry = RetryRules(effective.retry)
+        self.fault = effective.fault if has_fault(effective.fault) else None
+        self.route = effective.route_name
+        self.split = tuple((s.service, s.weight) for s in effective.split if s.weight > 0)
+        self.split_total = sum(w for _, w in self.split)
+
+
+class Router:
+    """Maps requests to plans and destinations; owns the destinations of one transport."""
+
+    def __init__(self, store: PolicyStore, pools: Pools[Any], base: Any, clock: Clock) -> None:
+        self.store = store
+        self.pools = pools
+        self.base = base
+        self.clock = clock
+        self.destinations: dict[str, Destination] = {}
+        self.origins: dict[str, Destination] = {}
+        self.dropped: list[EndpointState] = []
+        self._plans: dict[int, Plan] = {}
+        self._synced: PolicySnapshot | None = None
+        self._lock = threading.Lock()
+
+    def plan_for(self, effective: EffectivePolicy) -> Plan:
+        """The compiled plan of an effective policy (cached on the object's identity, per snapshot)."""
+        plan = self._plans.get(id(effective))
+        if plan is None or plan.effective is not effective:
+            plan = self._plans[id(effective)] = Plan(effective)
+        return plan
+
+    def route(self, snapshot: PolicySnapshot, request: httpx.Request) -> tuple[Plan, Destination]:
+        """The plan and destination for ``request`` under ``snapshot``."""
+        if snapshot is not self._synced:
+            self.sync(snapshot)
+        url = request.url
+        host = url.host
+        dest = self.destinations.get(host)
+        if dest is None:
+            plan = self.plan_for(snapshot.resolver.resolve(None))
+            return plan, self._origin(url, plan)
+        effective = snapshot.resolver.resolve(host, request.method, url.path, request.headers)
+        plan = self.plan_for(effective)
+        if plan.split:
+            dest = self.destinations.get(self._split(plan), dest)
+        return plan, dest
+
+    def _split(self, plan: Plan) -> str:
+        roll = self.clock.random() * plan.split_total
+        for service, weight in plan.split:
+            roll -= weight
+            if roll < 0:
+                return service
+        return plan.split[-1][0]
+
+    def _origin(self, url: httpx.URL, plan: Plan) -> Destination:
+        key = f"{url.scheme}://{url.host}:{url.port or _DEFAULT_PORTS.get(url.scheme, 0)}"
+        dest = self.origins.get(key)
+        if dest is None or dest.effective is not plan.effective:
+            with self._lock:
+                dest = self.origins.get(key) or Destination(key, self.clock)
+                effective = plan.effective
+                state = EndpointState(
+                    key,
+                    url.scheme,
+                    url.host,
+                    url.port,
+                    self.base,
+                    Breaker(effective.circuit_breaker, self.clock, name=key),
+                )
+                state.rewrite = False
+                dest.configure(effective, [state])
+                if len(self.origins) >= _MAX_ORIGINS and key not in self.origins:
+                    self.origins.pop(next(iter(self.origins)))
+                self.origins[key] = dest
+        return dest
+
+    def sync(self, snapshot: PolicySnapshot) -> None:
+        """Bring destinations and pools in line with ``snapshot`` (idempotent, thread-safe)."""
+        with self._lock:
+            if snapshot is self._synced:
+                return
+            resolver = snapshot.resolver
+            keys: set[PoolKey] = set()
+            destinations: dict[str, Destination] = {}
+            for name, service in snapshot.policy.services.items():
+                effective = resolver.resolve(name)
+                dest = self.destinations.get(name) or Destination(name, self.clock)
+                identity = (
+                    None
+                    if effective.tls.mode == "disabled"
+                    else snapshot.policy.service_identity(name)
+                )
+                fresh = [self._endpoint(e, effective, identity, keys) for e in service.endpoints]
+                self.dropped.extend(dest.configure(effective, fresh))
+                destinations[name] = dest
+            for name, dest in self.destinations.items():
+                if name not in destinations:
+                    self.dropped.extend(dest.endpoints)
+            self.pools.keep_only(keys)
+            self.destinations = destinations
+            self._plans = {}
+            self._synced = snapshot
+
+    def _endpoint(
+        self,
+        endpoint: Endpoint,
+        effective: EffectivePolicy,
+        identity: str | None,
+        keys: set[PoolKey],
+    ) -> EndpointState:
+        keys.add((endpoint.url, effective.tls, identity))
+        transport = self.pools.get(endpoint.url, effective.tls, identity)
+        url = httpx.URL(endpoint.url)
+        return EndpointState(
+            endpoint.url,
+            url.scheme,
+            url.host,
+            url.port,
+            transport,
+            Breaker(effective.circuit_breaker, self.clock, name=endpoint.url),
+        )

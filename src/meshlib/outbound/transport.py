@@ -1,0 +1,222 @@
+"""MeshTransport and AsyncMeshTransport: thin drivers of the outbound flow.
+
+Both run :meth:`meshlib.outbound.flow.Outbound.flow` and differ only in
+``await`` and in which sleep they call, as httpx's ``sync_auth_flow`` and
+``async_auth_flow`` do. They wrap one httpx transport per endpoint (and a
+base transport for URLs that are not mesh services) and pass ``close()`` on
+to all of them::
+
+    transport = MeshTransport(policy, service_name="orders")
+    client = httpx.Client(transport=transport)    # what MeshClient does for you
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import anyio
+import httpx
+from opentelemetry import metrics, trace
+
+from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.outbound import stats
+from meshlib.outbound.endpoints import Pools
+from meshlib.outbound.flow import Outbound, Send
+from meshlib.outbound.routing import Router
+from meshlib.policy.model import Policy
+from meshlib.policy.sources import FileSource, PolicySource, shared_store
+from meshlib.policy.store import PolicyStore
+from meshlib.settings import MeshSettings
+from meshlib.telemetry.client import ClientTelemetry
+
+__all__ = ["AsyncMeshTransport", "MeshTransport", "PolicyArg"]
+
+PolicyArg = Policy | PolicyStore | str | os.PathLike[str] | None
+"""What a mesh client is built from: a Policy, a store, a policy file path, or None (MeshSettings)."""
+
+
+def _store_for(
+    policy: PolicyArg, settings: MeshSettings | None
+) -> tuple[PolicyStore, PolicySource | None]:
+    if isinstance(policy, PolicyStore):
+        return policy, None
+    if isinstance(policy, Policy):
+        return PolicyStore(policy), None
+    if policy is None:
+        return shared_store(settings), None
+    store = PolicyStore()
+    source = FileSource(policy, poll_interval=(settings or MeshSettings()).policy_poll_interval)
+    source.start(store)
+    return store, source
+
+
+class _MeshBase:
+    """What both transports share: the store, the router, the pools, and closing them."""
+
+    _pool_class: Any = httpx.HTTPTransport
+    _is_async = False
+
+    def __init__(
+        self,
+        policy: PolicyArg = None,
+        *,
+        service_name: str | None = None,
+        transport: Any = None,
+        settings: MeshSettings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        **pool_kwargs: Any,
+    ) -> None:
+        store, self._source = _store_for(policy, settings)
+        self.service_name = service_name or (settings.service_name if settings else None)
+        pools: Pools[Any] = Pools(self._pool_class, settings=settings, **pool_kwargs)
+        base = transport if transport is not None else self._pool_class(**pool_kwargs)
+        self.router = Router(store, pools, base, clock)
+        telemetry = ClientTelemetry(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, caller=self.service_name
+        )
+        self.outbound = Outbound(
+            store, self.router, pools, telemetry, clock, is_async=self._is_async
+        )
+        self.router.sync(store.current)
+        self._unsubscribe = store.subscribe(lambda old, new: self.router.sync(new))
+        stats.register(self.router)
+
+    @property
+    def store(self) -> PolicyStore:
+        """The policy store this transport reads (shared with the client's other users)."""
+        return self.outbound.store
+
+    def _detach(self) -> list[Any]:
+        """Stop following the policy; return every transport to close."""
+        self._unsubscribe()
+        stats.unregister(self.router)
+        if self._source is not None:
+            self._source.close()
+        # Like OTel's and httpx's wrapping transports, closing passes on to the wrapped one.
+        return [*self.outbound.pools.drain(), self.router.base]
+
+
+class MeshTransport(_MeshBase, httpx.BaseTransport):
+    """An httpx transport with the mesh's routing, resilience and telemetry.
+
+    Example::
+
+        with httpx.Client(transport=MeshTransport("mesh.yaml")) as client:
+            client.get("http://payments/v1/charges")
+    """
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Carry out one call: every attempt, backoff and decision of the flow."""
+        flow = self.outbound.flow(request)
+        try:
+            step = next(flow)
+            while True:
+                if step.__class__ is Send:
+                    try:
+                        response = step.transport.handle_request(step.request)
+                    except Exception as exc:
+                        step = flow.throw(exc)
+                    else:
+                        step = flow.send(response)
+                    continue
+                discard = step.discard  # type: ignore[union-attr]
+                if discard is not None:
+                    _discard(discard)
+                if step.seconds > 0:  # type: ignore[union-attr]
+                    time.sleep(step.seconds)  # type: ignore[union-attr]
+                step = next(flow)
+        except StopIteration as stop:
+            response = stop.value
+            return response  # type: ignore[no-any-return]
+        finally:
+            flow.close()
+            if self.outbound.pools._retired:
+                for pool in self.outbound.pools.idle_retired():
+                    pool.close()
+
+    def close(self) -> None:
+        """Close every endpoint pool and the base transport."""
+        for transport in self._detach():
+            transport.close()
+
+    def __enter__(self) -> MeshTransport:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+
+class AsyncMeshTransport(_MeshBase, httpx.AsyncBaseTransport):
+    """The asyncio (anyio) twin of :class:`MeshTransport`; same flow, awaited.
+
+    Example::
+
+        async with httpx.AsyncClient(transport=AsyncMeshTransport(policy)) as client:
+            await client.get("http://payments/v1/charges")
+    """
+
+    _pool_class = httpx.AsyncHTTPTransport
+    _is_async = True
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Carry out one call: every attempt, backoff and decision of the flow."""
+        flow = self.outbound.flow(request)
+        try:
+            step = next(flow)
+            while True:
+                if step.__class__ is Send:
+                    try:
+                        response = await step.transport.handle_async_request(step.request)
+                    except Exception as exc:
+                        step = flow.throw(exc)
+                    else:
+                        step = flow.send(response)
+                    continue
+                discard = step.discard  # type: ignore[union-attr]
+                if discard is not None:
+                    await _adiscard(discard)
+                if step.seconds > 0:  # type: ignore[union-attr]
+                    await anyio.sleep(step.seconds)  # type: ignore[union-attr]
+                step = next(flow)
+        except StopIteration as stop:
+            response = stop.value
+            return response  # type: ignore[no-any-return]
+        finally:
+            flow.close()
+            if self.outbound.pools._retired:
+                for pool in self.outbound.pools.idle_retired():
+                    await pool.aclose()
+
+    async def aclose(self) -> None:
+        """Close every endpoint pool and the base transport."""
+        for transport in self._detach():
+            await transport.aclose()
+
+    async def __aenter__(self) -> AsyncMeshTransport:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        await self.aclose()
+
+
+def _discard(response: httpx.Response) -> None:
+    """Read (so the connection is reused) and close a response that is being retried."""
+    try:
+        response.read()
+    except httpx.HTTPError:
+        pass
+    finally:
+        response.close()
+
+
+async def _adiscard(response: httpx.Response) -> None:
+    try:
+        await response.aread()
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()

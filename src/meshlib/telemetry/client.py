@@ -1,0 +1,441 @@
+"""Client-side telemetry: a logical span per call, a CLIENT span per attempt, metrics, and the latency split.
+
+Per the OpenTelemetry HTTP semantic conventions ("HTTP request retries and
+redirects"), every attempt is its own CLIENT span carrying
+``http.request.resend_count`` (0 for the first), children of one INTERNAL
+span named ``meshlib.call <METHOD>`` that covers the whole call, retries and
+backoff included. Resilience decisions are events on the call span (names in
+:mod:`meshlib.telemetry.names`). Spans end when the response body is done,
+streamed bodies included. W3C trace context is injected into every attempt.
+
+The latency split answers "was it the service, the network or the mesh?"::
+
+    total    = call start -> response body done, as the caller saw it
+    service  = the callee's own time, from its ``Server-Timing: app;dur=<ms>``
+    network  = attempt windows (httpx ``trace`` events: connect/send start ->
+               response headers) + body transfer - service
+    meshlib  = total - attempt windows - body transfer - waits (backoff, injected delay)
+
+so ``service + network + meshlib + waits == total``; with no retries, waits
+is 0. Everything here is skipped when nothing records: a non-recording span
+costs one ``start_span`` and one ``is_recording()`` per call::
+
+    telemetry = ClientTelemetry(tracer_provider=provider, meter_provider=meter_provider)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_RESEND_COUNT,
+    HTTP_RESPONSE_STATUS_CODE,
+)
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_FULL, URL_SCHEME
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from meshlib.clock import Clock
+from meshlib.telemetry import names
+
+__all__ = ["CallTelemetry", "ClientTelemetry", "LatencySplit", "parse_server_timing"]
+
+_SUPPRESS_KEY: str | None
+try:  # the key opentelemetry-instrumentation-httpx checks to stay out of our way
+    from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY as _SUPPRESS_KEY
+except ImportError:  # pragma: no cover - older opentelemetry-api
+    _SUPPRESS_KEY = None
+
+
+def parse_server_timing(value: str | None) -> float | None:
+    """Seconds in the ``app`` entry of a Server-Timing header, or None.
+
+    ``parse_server_timing("db;dur=2, app;dur=12.5") == 0.0125``
+    """
+    if not value:
+        return None
+    for entry in value.split(","):
+        name, _, params = entry.strip().partition(";")
+        if name.strip() != names.SERVER_TIMING_APP:
+            continue
+        for param in params.split(";"):
+            key, _, number = param.strip().partition("=")
+            if key.strip() == "dur":
+                try:
+                    return max(0.0, float(number.strip().strip('"')) / 1000.0)
+                except ValueError:
+                    return None
+    return None
+
+
+def _httpx_instrumented() -> bool:
+    """Whether opentelemetry-instrumentation-httpx patched httpx's transports (wrapt leaves __wrapped__)."""
+    return hasattr(httpx.HTTPTransport.handle_request, "__wrapped__") or hasattr(
+        httpx.AsyncHTTPTransport.handle_async_request, "__wrapped__"
+    )
+
+
+class LatencySplit:
+    """One call's time, split: ``service + network + meshlib + waits == total`` (seconds)."""
+
+    __slots__ = ("meshlib", "network", "service", "total", "waits")
+
+    def __init__(
+        self, total: float, service: float | None, network: float, meshlib: float, waits: float
+    ) -> None:
+        self.total = total
+        self.service = service
+        self.network = network
+        self.meshlib = meshlib
+        self.waits = waits
+
+    def __repr__(self) -> str:
+        service = "n/a" if self.service is None else f"{self.service * 1000:.2f}ms"
+        return (
+            f"<LatencySplit total={self.total * 1000:.2f}ms service={service} "
+            f"network={self.network * 1000:.2f}ms meshlib={self.meshlib * 1000:.2f}ms "
+            f"waits={self.waits * 1000:.2f}ms>"
+        )
+
+
+class ClientTelemetry:
+    """Tracer and instruments for one mesh transport, taken from the given or global providers."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        caller: str | None = None,
+    ) -> None:
+        from meshlib import __version__
+
+        self.tracer = trace.get_tracer(names.SCOPE, __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(names.SCOPE, __version__, meter_provider=meter_provider)
+        self._meter_provider = meter_provider
+        self._metrics_on = meter_provider is not None
+        self.caller = caller
+        make = names.create_instrument
+        self.duration = make(meter, names.CLIENT_REQUEST_DURATION)
+        self.retries = make(meter, names.CLIENT_RETRIES)
+        self.budget_refusals = make(meter, names.CLIENT_BUDGET_REFUSALS)
+        self.breaker_transitions = make(meter, names.CLIENT_BREAKER_TRANSITIONS)
+        self.ejections = make(meter, names.CLIENT_EJECTIONS)
+        self.deadline_exceeded = make(meter, names.CLIENT_DEADLINE_EXCEEDED)
+        self.faults = make(meter, names.CLIENT_FAULTS_INJECTED)
+        self.service_time = make(meter, names.CLIENT_LATENCY_SERVICE)
+        self.network_time = make(meter, names.CLIENT_LATENCY_NETWORK)
+        self.meshlib_time = make(meter, names.CLIENT_LATENCY_MESHLIB)
+
+    def metrics_on(self) -> bool:
+        """Whether a real meter provider is in place (so the latency split is worth measuring)."""
+        if self._metrics_on:
+            return True
+        provider = metrics.get_meter_provider()
+        name = type(provider).__name__
+        if name in ("_ProxyMeterProvider", "NoOpMeterProvider", "ProxyMeterProvider"):
+            return False
+        self._metrics_on = True
+        return True
+
+    def start_call(
+        self,
+        request: httpx.Request,
+        destination: str,
+        route: str | None,
+        start: float,
+        clock: Clock,
+        is_async: bool,
+    ) -> CallTelemetry | None:
+        """Begin a call's telemetry; None when nothing records and there is no context to pass on."""
+        span = self.tracer.start_span(
+            f"{names.SPAN_CALL_PREFIX} {request.method}", kind=SpanKind.INTERNAL
+        )
+        recording = span.is_recording()
+        split = recording or self.metrics_on()
+        if not split and not span.get_span_context().is_valid:
+            return None
+        call = CallTelemetry(self, span, recording, split, destination, route, start, clock)
+        call.is_async = is_async
+        if recording:
+            span.set_attributes(
+                {
+                    HTTP_REQUEST_METHOD: request.method,
+                    names.ATTR_DESTINATION: destination,
+                    names.ATTR_ROUTE: route or "default",
+                }
+            )
+            if self.caller:
+                span.set_attribute(names.ATTR_CALLER, self.caller)
+        return call
+
+
+class _Marks:
+    """Timestamps httpx's ``trace`` extension reports for one attempt."""
+
+    __slots__ = ("clock", "done", "first")
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.first = 0.0
+        self.done = 0.0
+
+    def mark(self, name: str) -> None:
+        if not self.first and name.endswith(".started") and not name.startswith("connection_pool"):
+            self.first = self.clock.monotonic()
+        elif name.endswith("receive_response_headers.complete"):
+            self.done = self.clock.monotonic()
+
+    def sync_hook(self, name: str, info: dict[str, Any]) -> None:
+        self.mark(name)
+
+    async def async_hook(self, name: str, info: dict[str, Any]) -> None:
+        self.mark(name)
+
+
+class CallTelemetry:
+    """One call's spans and timings (only built when something records or measures)."""
+
+    __slots__ = (
+        "_attempt",
+        "_attempt_start",
+        "_headers_at",
+        "_marks",
+        "_suppress_token",
+        "attempt_time",
+        "clock",
+        "destination",
+        "is_async",
+        "recording",
+        "route",
+        "service",
+        "span",
+        "split",
+        "start",
+        "tel",
+        "waits",
+    )
+
+    def __init__(
+        self,
+        tel: ClientTelemetry,
+        span: Span,
+        recording: bool,
+        split: bool,
+        destination: str,
+        route: str | None,
+        start: float,
+        clock: Clock,
+    ) -> None:
+        self.tel = tel
+        self.span = span
+        self.recording = recording
+        self.split = split
+        self.destination = destination
+        self.route = route
+        self.start = start
+        self.clock = clock
+        self.is_async = False
+        self.attempt_time = 0.0
+        self.waits = 0.0
+        self.service: float | None = None
+        self._attempt: Span | None = None
+        self._attempt_start = 0.0
+        self._headers_at = 0.0
+        self._marks: _Marks | None = None
+        self._suppress_token: object | None = None
+
+    # -- attempts ----------------------------------------------------------------------------
+
+    def before_attempt(self, request: httpx.Request, endpoint: str, resend_count: int) -> None:
+        """Start the attempt's CLIENT span, inject trace context, hook httpx's trace events."""
+        span = self.span
+        if self.recording:
+            url = request.url
+            span = self.tel.tracer.start_span(
+                request.method,
+                context=trace.set_span_in_context(self.span),
+                kind=SpanKind.CLIENT,
+                attributes={
+                    HTTP_REQUEST_METHOD: request.method,
+                    SERVER_ADDRESS: url.host,
+                    SERVER_PORT: url.port or (443 if url.scheme == "https" else 80),
+                    URL_SCHEME: url.scheme,
+                    URL_FULL: str(url.copy_with(username=None, password=None))
+                    if url.userinfo
+                    else str(url),
+                    HTTP_REQUEST_RESEND_COUNT: resend_count,
+                    names.ATTR_ENDPOINT: endpoint,
+                    names.ATTR_DESTINATION: self.destination,
+                },
+            )
+            self._attempt = span
+            if _SUPPRESS_KEY is not None and _httpx_instrumented():
+                # Our attempt span is the CLIENT span; the httpx instrumentation would double it.
+                self._suppress_token = otel_context.attach(
+                    otel_context.set_value(_SUPPRESS_KEY, True)
+                )
+        propagate.inject(request.headers, context=trace.set_span_in_context(span))
+        if self.split and "trace" not in request.extensions:
+            marks = self._marks = _Marks(self.clock)
+            request.extensions["trace"] = marks.async_hook if self.is_async else marks.sync_hook
+        self._attempt_start = self.clock.monotonic()
+
+    def after_attempt(
+        self, request: httpx.Request, response: httpx.Response | None, error: BaseException | None
+    ) -> None:
+        """Close the attempt's window; record its duration metric and outcome attributes."""
+        now = self.clock.monotonic()
+        if self._suppress_token is not None:
+            otel_context.detach(self._suppress_token)  # type: ignore[arg-type]
+            self._suppress_token = None
+        marks = self._marks
+        if marks is not None and marks.first and marks.done:
+            self.attempt_time += marks.done - marks.first
+        else:
+            self.attempt_time += now - self._attempt_start
+        if marks is not None:
+            self._marks = None
+            request.extensions.pop("trace", None)
+        self._headers_at = now
+        url = request.url
+        attributes: dict[str, Any] = {
+            HTTP_REQUEST_METHOD: request.method,
+            SERVER_ADDRESS: url.host,
+            SERVER_PORT: url.port or (443 if url.scheme == "https" else 80),
+            URL_SCHEME: url.scheme,
+        }
+        if response is not None:
+            attributes[HTTP_RESPONSE_STATUS_CODE] = response.status_code
+            if response.status_code >= 500:
+                attributes[ERROR_TYPE] = str(response.status_code)
+        elif error is not None:
+            attributes[ERROR_TYPE] = type(error).__qualname__
+        self.tel.duration.record(now - self._attempt_start, attributes)
+        span = self._attempt
+        if span is not None:
+            if response is not None:
+                span.set_attribute(HTTP_RESPONSE_STATUS_CODE, response.status_code)
+                if response.status_code >= 400:
+                    span.set_attribute(ERROR_TYPE, str(response.status_code))
+                    span.set_status(Status(StatusCode.ERROR))
+            elif error is not None:
+                span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+
+    def discard_attempt(self) -> None:
+        """End the span of an attempt whose outcome is thrown away (it is being retried)."""
+        if self._attempt is not None:
+            self._attempt.end()
+            self._attempt = None
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        """Add a resilience event to the call span (no-op unless recording)."""
+        if self.recording:
+            self.span.add_event(name, attributes)
+
+    # -- the end of the call -----------------------------------------------------------------
+
+    def finish_response(self, response: httpx.Response) -> None:
+        """The final response's headers are in; the spans end with its body."""
+        if self.split:
+            self.service = parse_server_timing(response.headers.get("server-timing"))
+        if self.recording:
+            self.span.set_attribute(HTTP_RESPONSE_STATUS_CODE, response.status_code)
+            if response.status_code >= 400:
+                self.span.set_status(Status(StatusCode.ERROR))
+        stream = response.stream
+        if self.is_async:
+            response.stream = _AsyncBody(stream, self.finish_body)  # type: ignore[arg-type]
+        else:
+            response.stream = _SyncBody(stream, self.finish_body)  # type: ignore[arg-type]
+
+    def finish_error(self, error: BaseException) -> None:
+        """The call failed with ``error``: end its spans now."""
+        if self.recording:
+            self.span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+            self.span.set_status(Status(StatusCode.ERROR, str(error)))
+        self.discard_attempt()
+        self.span.end()
+
+    def finish_body(self) -> None:
+        """The body is done (read or closed): compute the split, end the spans."""
+        now = self.clock.monotonic()
+        split = self.latency(now)
+        if split is not None:
+            attributes = {names.ATTR_DESTINATION: self.destination}
+            if self.tel.caller:
+                attributes[names.ATTR_CALLER] = self.tel.caller
+            if split.service is not None:
+                self.tel.service_time.record(split.service, attributes)
+            self.tel.network_time.record(split.network, attributes)
+            self.tel.meshlib_time.record(split.meshlib, attributes)
+            if self.recording:
+                values = {
+                    names.ATTR_LATENCY_TOTAL: split.total,
+                    names.ATTR_LATENCY_NETWORK: split.network,
+                    names.ATTR_LATENCY_MESHLIB: split.meshlib,
+                }
+                if split.service is not None:
+                    values[names.ATTR_LATENCY_SERVICE] = split.service
+                self.span.set_attributes(values)
+        self.discard_attempt()
+        self.span.end()
+
+    def latency(self, now: float) -> LatencySplit | None:
+        """The split as of ``now`` (body done), or None when not measured."""
+        if not self.split:
+            return None
+        total = now - self.start
+        body = now - self._headers_at if self._headers_at else 0.0
+        wire = self.attempt_time + body
+        service = self.service
+        network = max(0.0, wire - (service or 0.0))
+        meshlib = max(0.0, total - wire - self.waits)
+        return LatencySplit(total, service, network, meshlib, self.waits)
+
+
+class _SyncBody(httpx.SyncByteStream):
+    """Passes a response body through and reports when it is done."""
+
+    def __init__(self, stream: httpx.SyncByteStream, done: Callable[[], None]) -> None:
+        self._stream = stream
+        self._done: Callable[[], None] | None = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done()
+
+
+class _AsyncBody(httpx.AsyncByteStream):
+    """The async twin of :class:`_SyncBody`."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, done: Callable[[], None]) -> None:
+        self._stream = stream
+        self._done: Callable[[], None] | None = done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done()
