@@ -115,7 +115,9 @@ class Reloading(Generic[T]):
             return
         except Exception:  # never let a rotation error reach a connection attempt
             self.failures += 1
-            logger.exception("reloading %s failed, keeping the previous ones", self.name)
+            if signature != self._failed:
+                self._failed = signature
+                logger.exception("reloading %s failed, keeping the previous ones", self.name)
             return
         self._value = value
         self._seen = signature
