@@ -163,21 +163,37 @@ def _ms(value: Any) -> str:
 
 def _breaker_lines(observer: Observer) -> list[str]:
     lines: list[str] = []
-    edges = sorted({(c.edge, c.endpoint) for c in observer.changes})
-    for edge, endpoint in edges:
-        changes = [c for c in observer.changes if (c.edge, c.endpoint) == (edge, endpoint)]
-        opened = sum(c.after == "open" for c in changes)
-        recovered = sum(c.after == "closed" and c.before != "closed" for c in changes)
-        lines.append(
-            f"  {edge} ({endpoint}): opened {opened}x, recovered {recovered}x, "
-            f"now {changes[-1].after}"
-        )
-        first_open = next((c for c in changes if c.after == "open"), None)
-        last_close = next((c for c in reversed(changes) if c.after == "closed"), None)
-        if first_open is not None:
-            lines.append(f"    first opened at {first_open.at:.1f}s")
-        if last_close is not None:
-            lines.append(f"    recovered (closed) at {last_close.at:.1f}s")
+    for caller in CALLERS:
+        document = observer.documents.get(caller, {})
+        for dest, row in sorted(_destinations(document).items()):
+            edge = f"{caller} -> {dest}"
+            for endpoint, state in sorted((row.get("endpoints") or {}).items()):
+                seen = [c for c in observer.changes if (c.edge, c.endpoint) == (edge, endpoint)]
+                counted = {
+                    after: _counter(
+                        document,
+                        "meshlib.client.breaker.transitions",
+                        **{"meshlib.endpoint": endpoint, "meshlib.breaker.state": after},
+                    )
+                    for after in ("open", "closed")
+                }
+                opened = max(counted["open"], sum(c.after == "open" for c in seen))
+                recovered = max(
+                    counted["closed"],
+                    sum(c.after == "closed" and c.before != "closed" for c in seen),
+                )
+                if not opened and not recovered:
+                    continue
+                lines.append(
+                    f"  {edge} ({endpoint}): opened {opened}x, recovered {recovered}x, "
+                    f"now {state.get('breaker', '?')}"
+                )
+                first_open = next((c for c in seen if c.after == "open"), None)
+                last_close = next((c for c in reversed(seen) if c.after == "closed"), None)
+                if first_open is not None:
+                    lines.append(f"    first opened at {first_open.at:.1f}s")
+                if last_close is not None:
+                    lines.append(f"    last recovered (closed again) at {last_close.at:.1f}s")
     if not lines:
         lines.append("  no breaker changed state")
     return lines
@@ -189,7 +205,8 @@ def _edge_rows(observer: Observer) -> list[tuple[str, dict[str, Any], dict[str, 
         document = observer.documents.get(caller, {})
         split = (document.get("metrics") or {}).get("latency_split") or {}
         for dest, row in sorted(_destinations(document).items()):
-            rows.append((f"{caller} -> {dest}", row, split.get(f"{caller}->{dest}", {})))
+            if row.get("requests"):
+                rows.append((f"{caller} -> {dest}", row, split.get(f"{caller}->{dest}", {})))
     return rows
 
 

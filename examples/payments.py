@@ -7,7 +7,8 @@ and deadlines have something to do::
 
     curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
          -d '{"error_rate": 0.5}'           # half the charges answer 503
-    curl -X PUT localhost:8002/admin/fault -d '{"delay": 1.5}' -H 'content-type: application/json'
+    curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
+         -d '{"delay": 1.5, "delay_rate": 0.3}'   # 3 charges in 10 take 1.5 s
     curl -X PUT localhost:8002/admin/fault -d '{}' -H 'content-type: application/json'   # healthy
 
 Run it with ``python examples/payments.py`` (port 8002, policy ``examples/mesh.yaml``).
@@ -36,24 +37,39 @@ _REMEMBERED_CHARGES = 10_000
 
 @dataclass
 class FaultSwitch:
-    """The failure this instance fakes: a share of 503s, and a delay before every answer."""
+    """The failure this instance fakes: a share of errors, and a delay on a share of answers."""
 
     error_rate: float = 0.0
-    delay: float = 0.0
     status: int = 503
+    delay: float = 0.0
+    delay_rate: float = 1.0
 
     def update(self, document: dict[str, Any]) -> None:
         """Replace the fault with ``document``'s keys; a missing key means healthy."""
         error_rate = float(document.get("error_rate", 0.0))
-        delay = float(document.get("delay", 0.0))
         status = int(document.get("status", 503))
-        if not 0.0 <= error_rate <= 1.0 or not 0.0 <= delay <= 30.0 or not 500 <= status <= 599:
-            raise ValueError("error_rate is 0..1, delay 0..30 seconds, status 500..599")
-        self.error_rate, self.delay, self.status = error_rate, delay, status
+        delay = float(document.get("delay", 0.0))
+        delay_rate = float(document.get("delay_rate", 1.0))
+        if not (
+            0.0 <= error_rate <= 1.0
+            and 500 <= status <= 599
+            and 0.0 <= delay <= 30.0
+            and 0.0 <= delay_rate <= 1.0
+        ):
+            raise ValueError(
+                "error_rate and delay_rate are 0..1, status 500..599, delay 0..30 seconds"
+            )
+        self.error_rate, self.status = error_rate, status
+        self.delay, self.delay_rate = delay, delay_rate
 
     def as_dict(self) -> dict[str, Any]:
         """The fault as JSON."""
-        return {"error_rate": self.error_rate, "delay": self.delay, "status": self.status}
+        return {
+            "error_rate": self.error_rate,
+            "status": self.status,
+            "delay": self.delay,
+            "delay_rate": self.delay_rate,
+        }
 
 
 def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None) -> Flask:
@@ -71,7 +87,7 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
     def capture(charge_id: str) -> tuple[dict[str, Any], int]:
         counters.add("requests")
         body = request.get_json(silent=True) or {}
-        if fault.delay:
+        if fault.delay and random.random() < fault.delay_rate:
             time.sleep(fault.delay)
         if random.random() < fault.error_rate:
             counters.add("failed")
