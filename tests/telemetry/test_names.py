@@ -11,6 +11,7 @@ from opentelemetry.semconv.metrics.http_metrics import (
 )
 
 from meshlib.telemetry import names
+from meshlib.telemetry.reference import constant_docs, render_telemetry_reference
 
 from .conftest import metric_points
 
@@ -83,3 +84,16 @@ def test_create_instrument_refuses_mismatched_callbacks(
     meter = MeterProvider().get_meter(names.SCOPE)
     with pytest.raises(TypeError, match=spec.name):
         names.create_instrument(meter, spec, callbacks)
+
+
+def test_reference_page_lists_every_name_with_its_description() -> None:
+    """The generated reference has a row for each instrument, event and attribute, none undocumented."""
+    page = render_telemetry_reference()
+    docs = constant_docs()
+    for constant in names.__all__:
+        value = getattr(names, constant)
+        if constant.startswith(("EVENT_", "ATTR_")):
+            assert docs[constant], constant
+            assert f"| `{value}` | {docs[constant]} |" in page
+        elif isinstance(value, names.Instrument):
+            assert f"| `{value.name}` |" in page
