@@ -234,5 +234,5 @@ class ServerTelemetry:
                 span.set_status(Status(StatusCode.ERROR, _error_type(error)))
             elif status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-        span.end()
         self._duration.record(seconds, attributes)
+        span.end()
