@@ -18,10 +18,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
-from servicekit import Counters, install_metrics, parse_args, stats_document
+from servicekit import Counters, install_metrics, parse_args, serve, stats_document
 
 import meshlib
 from meshlib import AsyncMeshClient, MeshMiddleware
@@ -80,10 +79,10 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
 
 
 def main() -> None:
-    """Serve frontend with uvicorn."""
+    """Serve frontend (the edge: plain HTTP; its calls to orders still use MESH_TLS_*)."""
     args = parse_args("frontend", 8000)
     install_metrics()
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    serve(create_app(), args, "asgi", tls=False)
 
 
 if __name__ == "__main__":

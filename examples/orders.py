@@ -18,10 +18,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
-from servicekit import Counters, install_metrics, parse_args, stats_document
+from servicekit import Counters, install_metrics, parse_args, serve, stats_document
 
 import meshlib
 from meshlib import MeshClient, MeshMiddleware
@@ -97,10 +96,10 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
 
 
 def main() -> None:
-    """Serve orders with uvicorn."""
+    """Serve orders: uvicorn, with mutual TLS when MESH_TLS_CERT is set."""
     args = parse_args("orders", 8001)
     install_metrics()
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    serve(create_app(), args, "asgi", tls=True)
 
 
 if __name__ == "__main__":

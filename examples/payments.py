@@ -3,7 +3,8 @@
 It captures charges with an idempotent ``PUT /v1/charges/<id>`` (a retried
 charge is answered from memory, never charged twice). ``PUT /admin/fault``
 makes it fail or slow down, so the callers' retries, breaker, retry budget
-and deadlines have something to do::
+and deadlines have something to do (``{"fail_next": 2}`` fails exactly the next
+two charges)::
 
     curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
          -d '{"error_rate": 0.5}'           # half the charges answer 503
@@ -24,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, request
-from servicekit import Counters, install_metrics, parse_args, stats_document
-from werkzeug.serving import run_simple
+from servicekit import Counters, install_metrics, parse_args, serve, stats_document
 
 import meshlib
 from meshlib import MeshWSGIMiddleware
@@ -43,6 +43,7 @@ class FaultSwitch:
     status: int = 503
     delay: float = 0.0
     delay_rate: float = 1.0
+    fail_next: int = 0
 
     def update(self, document: dict[str, Any]) -> None:
         """Replace the fault with ``document``'s keys; a missing key means healthy."""
@@ -50,17 +51,28 @@ class FaultSwitch:
         status = int(document.get("status", 503))
         delay = float(document.get("delay", 0.0))
         delay_rate = float(document.get("delay_rate", 1.0))
+        fail_next = int(document.get("fail_next", 0))
         if not (
             0.0 <= error_rate <= 1.0
             and 500 <= status <= 599
             and 0.0 <= delay <= 30.0
             and 0.0 <= delay_rate <= 1.0
+            and 0 <= fail_next <= 1000
         ):
             raise ValueError(
-                "error_rate and delay_rate are 0..1, status 500..599, delay 0..30 seconds"
+                "error_rate and delay_rate are 0..1, status 500..599, delay 0..30 seconds, "
+                "fail_next 0..1000"
             )
         self.error_rate, self.status = error_rate, status
         self.delay, self.delay_rate = delay, delay_rate
+        self.fail_next = fail_next
+
+    def fails(self) -> bool:
+        """Whether this charge should fail: one of the next ``fail_next``, or by chance."""
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return True
+        return random.random() < self.error_rate
 
     def as_dict(self) -> dict[str, Any]:
         """The fault as JSON."""
@@ -69,6 +81,7 @@ class FaultSwitch:
             "status": self.status,
             "delay": self.delay,
             "delay_rate": self.delay_rate,
+            "fail_next": self.fail_next,
         }
 
 
@@ -89,7 +102,9 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
         body = request.get_json(silent=True) or {}
         if fault.delay and random.random() < fault.delay_rate:
             time.sleep(fault.delay)
-        if random.random() < fault.error_rate:
+        with lock:
+            failing = fault.fails()
+        if failing:
             counters.add("failed")
             return {"error": "payments is failing on purpose (see PUT /admin/fault)"}, fault.status
         with lock:
@@ -100,6 +115,8 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
                     "charge_id": charge_id,
                     "amount_cents": int(body.get("amount_cents", 0)),
                     "status": "captured",
+                    # What was left of the caller's deadline when the charge arrived.
+                    "deadline_ms": request.headers.get("x-mesh-deadline-ms"),
                 }
                 charges[charge_id] = charge
                 if len(charges) > _REMEMBERED_CHARGES:
@@ -131,10 +148,10 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
 
 
 def main() -> None:
-    """Serve payments with werkzeug's threaded server."""
+    """Serve payments: werkzeug, with mutual TLS when MESH_TLS_CERT is set."""
     args = parse_args("payments", 8002)
     install_metrics()
-    run_simple(args.host, args.port, create_app(), threaded=True)
+    serve(create_app(), args, "wsgi", tls=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import argparse
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -42,6 +42,7 @@ __all__ = [
     "mesh_snapshot",
     "metric_summary",
     "parse_args",
+    "serve",
     "stats_document",
 ]
 
@@ -176,3 +177,25 @@ def parse_args(service: str, default_port: int) -> argparse.Namespace:
         os.environ["MESH_POLICY_FILE"] = str(DEV_POLICY)
     os.environ.setdefault("MESH_SERVICE_NAME", service)
     return args
+
+
+def serve(app: Any, args: argparse.Namespace, kind: Literal["asgi", "wsgi"], *, tls: bool) -> None:
+    """Serve ``app`` until interrupted: with mutual TLS when ``tls`` and MESH_TLS_CERT is set.
+
+    Mutual TLS goes through ``meshlib.serve``, which takes the certificate, key
+    and client CA from MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA and hands
+    the caller's certificate to the middleware (its SPIFFE ID is the caller's
+    identity for authz). Otherwise: plain HTTP, uvicorn or werkzeug.
+    """
+    if tls and os.environ.get("MESH_TLS_CERT"):
+        import meshlib.serve
+
+        meshlib.serve.serve(app, host=args.host, port=args.port, interface=kind)
+    elif kind == "asgi":
+        import uvicorn
+
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    else:
+        from werkzeug.serving import run_simple
+
+        run_simple(args.host, args.port, app, threaded=True)
