@@ -1,0 +1,97 @@
+"""MeshClient construction, the httpx API kept, stats snapshot, and no leaks."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshlib.errors import NoEndpointsError, SettingsError
+from meshlib.outbound import MeshClient, stats
+from meshlib.policy.store import PolicyStore
+from tests.outbound.conftest import Driver, mesh_policy
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_leaks_after_many_calls_and_close(driver: Driver, up) -> None:
+    """After many calls and close, no sockets, threads or ResourceWarnings remain."""
+    _upstream, server = up
+    gc.collect()
+    fds, threads = _open_fds(), threading.active_count()
+    client = driver.client(mesh_policy([server.url]))
+    results = driver.many(client, "http://payments/ok", count=1000, concurrency=4)
+    assert all(r.status_code == 200 for r in results)
+    driver.close()
+    driver._clients.clear()
+    del client, results
+    gc.collect()
+    assert _open_fds() <= fds
+    assert threading.active_count() <= threads
+
+
+def test_httpx_api_kept(up) -> None:
+    """base_url, headers, event hooks and streaming work as on httpx.Client."""
+    upstream, server = up
+    seen: list[int] = []
+    with MeshClient(
+        mesh_policy([server.url]),
+        base_url="http://payments",
+        headers={"x-team": "orders"},
+        event_hooks={"response": [lambda r: seen.append(r.status_code)]},
+    ) as client:
+        with client.stream("GET", "/ok") as response:
+            assert b"".join(response.iter_bytes()) == b"ok"
+        assert upstream.headers[-1]["x-team"] == "orders"
+        assert upstream.headers[-1]["host"] == "payments"
+    assert seen == [200]
+
+
+def test_built_from_file_store_or_settings(
+    tmp_path: Path, up, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path (watched), a PolicyStore, or MESH_POLICY_FILE all give a working client."""
+    _upstream, server = up
+    path = tmp_path / "mesh.yaml"
+    path.write_text(f"version: 1\nservices:\n  payments:\n    endpoints: ['{server.url}']\n")
+    with MeshClient(str(path)) as client:
+        assert client.get("http://payments/ok").status_code == 200
+    with MeshClient(PolicyStore(mesh_policy([server.url]))) as client:
+        assert client.get("http://payments/ok").status_code == 200
+    with pytest.raises(SettingsError, match="MESH_POLICY_FILE"):
+        MeshClient()
+    monkeypatch.setenv("MESH_POLICY_FILE", str(path))
+    with MeshClient() as client:
+        assert client.get("http://payments/ok").status_code == 200
+
+
+def test_service_without_endpoints_fails_clearly() -> None:
+    """A service with no endpoints raises NoEndpointsError (an httpx.TransportError)."""
+    with MeshClient(mesh_policy([])) as client, pytest.raises(NoEndpointsError, match="payments"):
+        client.get("http://payments/ok")
+    assert issubclass(NoEndpointsError, httpx.TransportError)
+
+
+def test_stats_snapshot_shape(up) -> None:
+    """stats.snapshot() reports live clients per destination and endpoint, JSON-able."""
+    _upstream, server = up
+    with MeshClient(mesh_policy([server.url])) as client:
+        client.get("http://payments/flaky/1/st")
+        client.get("http://payments/status/500")
+        snap = json.loads(json.dumps(stats.snapshot()))
+        payments = snap["destinations"]["payments"]
+        assert payments["requests"] == 2
+        assert payments["retries"] == 1
+        assert payments["errors"] == 1
+        assert payments["budget_refusals"] == 0
+        assert set(payments["latency_ms"]) == {"p50", "p99"}
+        endpoint = payments["endpoints"][server.url]
+        assert endpoint == {"breaker": "closed", "ejected": False, "requests": 3, "errors": 2}
+    assert "payments" not in stats.snapshot()["destinations"]
