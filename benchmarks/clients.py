@@ -79,10 +79,8 @@ class AsyncOpened:
 def mesh_unavailable() -> str | None:
     """Why the mesh paths cannot run yet, or None when ``meshlib.MeshClient`` imports."""
     try:
-        import meshlib
-
         for name in ("MeshClient", "AsyncMeshClient"):
-            getattr(meshlib, name)
+            _mesh_class(name)
     except (ImportError, AttributeError) as exc:
         return f"meshlib.MeshClient not importable yet ({exc})"
     return None
@@ -99,7 +97,11 @@ def _client_ssl(pki: Pki | None) -> ssl.SSLContext | bool:
 def _mesh_class(name: str) -> Any:
     import meshlib
 
-    return getattr(meshlib, name)
+    if hasattr(meshlib, name):
+        return getattr(meshlib, name)
+    from meshlib.outbound import client  # until meshlib/__init__.py re-exports it
+
+    return getattr(client, name)
 
 
 def mesh_policy(target: Target) -> Any:

@@ -141,6 +141,8 @@ def format_targets(checks: list[dict[str, Any]]) -> str:
     lines = ["targets (same run):"]
     for check in checks:
         verdict = "MET   " if check["met"] else "MISSED"
+        if check.get("kind") == "info":
+            verdict = "(info)"
         lines.append(
             f"  {verdict} {check['table']}: {check['target']} = {check['value']:.2f} (≤ {check['limit']:.2f})"
         )

@@ -47,7 +47,7 @@ __all__ = ["main"]
 _FULL = {
     "rounds": 7,
     "requests": 500,
-    "async_requests": 1280,
+    "async_requests": 640,
     "warmup": 100,
     "round_time": 4.0,
     "budget": 240.0,
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--requests", type=int, help="sequential requests per path per round (500; quick 150)"
     )
     parser.add_argument(
-        "--async-requests", type=int, help="async requests per path per round (1280; quick 320)"
+        "--async-requests", type=int, help="async requests per path per round (640; quick 320)"
     )
     parser.add_argument(
         "--concurrency", type=int, default=32, help="requests in flight in the async tables"
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(modes) - {"seq", "async"}:
         raise SystemExit("--modes takes seq and/or async")
     upstreams = _upstreams(args, tools.nginx is not None)
-    plan = [(u, m) for u in upstreams for m in modes]
+    plan = [(u, m) for m in modes for u in upstreams]
     tel = install()
     meta = machine_info(tools)
     tables: dict[str, dict[str, Any]] = {}

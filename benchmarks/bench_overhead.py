@@ -1,0 +1,116 @@
+"""MeshClient overhead against bare httpx, measured side by side in one run.
+
+Two ratios, medians over interleaved rounds (no absolute time is asserted):
+
+* MockTransport (no network): MeshClient with a default policy over
+  ``httpx.MockTransport`` vs ``httpx.Client(transport=MockTransport)``.
+* Loopback: MeshClient calling a mesh service on 127.0.0.1 vs httpx.Client
+  calling the same server directly (tracing unsampled: no SDK configured).
+
+Run: ``python benchmarks/bench_overhead.py [--calls N] [--rounds R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import uvicorn
+
+from meshlib.outbound import MeshClient
+from meshlib.policy.model import Policy
+
+
+async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+def _per_call(fn: Callable[[], object], calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _compare(name: str, bare: Callable[[], object], mesh: Callable[[], object], calls: int, rounds: int) -> None:
+    for fn in (bare, mesh):
+        _per_call(fn, 200)  # warm up
+    bare_p50, mesh_p50, bare_p99, mesh_p99 = [], [], [], []
+    for _ in range(rounds):
+        b = sorted(_per_call(bare, calls))
+        m = sorted(_per_call(mesh, calls))
+        bare_p50.append(statistics.median(b))
+        mesh_p50.append(statistics.median(m))
+        bare_p99.append(b[int(len(b) * 0.99)])
+        mesh_p99.append(m[int(len(m) * 0.99)])
+    bp50, mp50 = statistics.median(bare_p50), statistics.median(mesh_p50)
+    bp99, mp99 = statistics.median(bare_p99), statistics.median(mesh_p99)
+    print(
+        f"{name:<12} bare p50 {bp50 * 1e6:8.1f} us  mesh p50 {mp50 * 1e6:8.1f} us  "
+        f"ratio p50 {mp50 / bp50:5.2f}  ratio p99 {mp99 / bp99:5.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
+    policy = Policy.model_validate({"version": 1})
+    with httpx.Client(transport=mock) as bare, MeshClient(policy, transport=mock) as mesh:
+        _compare(
+            "mock",
+            lambda: bare.get("http://upstream.test/x"),
+            lambda: mesh.get("http://upstream.test/x"),
+            args.calls,
+            args.rounds,
+        )
+
+    port = _free_port()
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    policy = Policy.model_validate(
+        {"version": 1, "services": {"upstream": {"endpoints": [f"http://127.0.0.1:{port}"]}}}
+    )
+    try:
+        with httpx.Client() as bare, MeshClient(policy) as mesh:
+            _compare(
+                "loopback",
+                lambda: bare.get(f"http://127.0.0.1:{port}/x"),
+                lambda: mesh.get("http://upstream/x"),
+                max(200, args.calls // 4),
+                args.rounds,
+            )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
