@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,27 +68,36 @@ def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     return points
 
 
+def run_snippet(
+    code: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; its last stdout line is JSON, returned as ``result``.
+
+    MESH_*/OTEL_* variables are dropped, then ``env`` is added; warnings are errors there too.
+    """
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**clean, "PYTHONWARNINGS": "error", **(env or {})},
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"snippet failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    lines = result.stdout.strip().splitlines()
+    return {"result": json.loads(lines[-1]), "stdout": result.stdout, "stderr": result.stderr}
+
+
 @pytest.fixture
 def run_python() -> RunPython:
-    """Run a snippet in a fresh interpreter; it prints one JSON line last, which is returned.
-
-    The environment is the test's (MESH_*/OTEL_* stripped) plus ``env``.
-    """
-
-    def run(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> Any:
-        result = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "PYTHONWARNINGS": "error", **(env or {})},
-            check=False,
-        )
-        if result.returncode != 0:
-            raise AssertionError(
-                f"snippet failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-            )
-        lines = result.stdout.strip().splitlines()
-        return {"result": json.loads(lines[-1]), "stdout": result.stdout, "stderr": result.stderr}
-
-    return run
+    """`run_snippet`, for tests that need their own interpreter (global providers)."""
+    return run_snippet
