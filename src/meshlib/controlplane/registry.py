@@ -1,0 +1,466 @@
+"""The control plane's instance registry: self-registration with leases, and a long-poll watch.
+
+Instances of a service register themselves (``meshlib.discovery.registry``),
+renew their lease with a heartbeat and deregister when they drain; an
+instance whose lease lapses is dropped, as in Eureka. Callers watch a
+service's live instances with the same long-poll as the policy
+(``If-None-Match`` + ``?wait=``); an expiry wakes watchers too.
+
+=============================================  ==========  ==================================
+``GET    /v1/registry``                        read        services and their instance counts
+``GET    /v1/registry/{service}``              read        live instances, ``ETag``; long-poll
+``POST   /v1/registry/{service}/instances``    register    register (or replace) an instance
+``PUT    /v1/registry/{service}/instances/ID`` register    renew the lease; 404: register again
+``DELETE /v1/registry/{service}/instances/ID`` register    deregister (drain)
+=============================================  ==========  ==================================
+
+Registering needs a register token (``register_tokens``) or the publish
+right. Under mTLS, a caller presenting a SPIFFE ID may only act for the
+service that identity belongs to (the policy's ``identity`` of that service,
+else ``spiffe://<trust_domain>/<service>``); a presented identity listed in
+``register_identities`` (or ``*``: any) needs no token.
+
+The registry lives in the control plane's memory: after a restart, the
+heartbeats' 404 make every instance register again within one renewal. Mount
+it beside the policy routes::
+
+    routes = [..., *registry_routes()]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.controlplane.auth import ANONYMOUS, Denied, Right, parse_token
+from meshlib.policy.durations import parse_duration
+from meshlib.policy.model import Endpoint, validate_spiffe_id
+
+__all__ = [
+    "Instance",
+    "InstanceRegistry",
+    "Registration",
+    "RegistryConfig",
+    "expected_identity",
+    "registry_routes",
+]
+
+_SERVICE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_INSTANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+_MAX_BODY = 16 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """Leases and who may register; read from the control plane's settings where they have them."""
+
+    default_lease: float = 30.0
+    min_lease: float = 1.0
+    max_lease: float = 300.0
+    max_instances: int = 10_000
+    register_tokens: tuple[str, ...] = ()
+    register_identities: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RegistryConfig:
+        """Take ``register_tokens`` / ``register_identities`` / ``registry_*`` from ``settings`` if set."""
+        tokens = getattr(settings, "register_tokens", ())
+        return cls(
+            default_lease=getattr(settings, "registry_lease", 30.0),
+            max_instances=getattr(settings, "registry_max_instances", 10_000),
+            register_tokens=tuple(
+                t.get_secret_value() if hasattr(t, "get_secret_value") else str(t) for t in tokens
+            ),
+            register_identities=tuple(getattr(settings, "register_identities", ())),
+        )
+
+
+Text = Annotated[str, StringConstraints(max_length=256)]
+
+
+class Registration(BaseModel):
+    """The body of ``POST /v1/registry/{service}/instances``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance: Annotated[str, StringConstraints(pattern=_INSTANCE.pattern)] = Field(
+        description="This instance's name, unique within the service (e.g. host:pid)."
+    )
+    url: str = Field(description="Where the instance listens: scheme://host:port.")
+    zone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    identity: str | None = Field(
+        None, description="The SPIFFE ID the instance's certificate proves."
+    )
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], Text] = Field(
+        default_factory=dict, max_length=32
+    )
+    lease: str | None = Field(
+        None, description="Requested lease, e.g. '10s'; clamped by the server."
+    )
+
+    def endpoint_url(self) -> str:
+        """The URL, normalised like a policy endpoint (raises ValueError when it is not one)."""
+        return Endpoint(url=self.url).url
+
+    def checked_identity(self) -> str | None:
+        """The identity, validated (raises ValueError)."""
+        return None if self.identity is None else validate_spiffe_id(self.identity)
+
+
+@dataclass(slots=True)
+class Instance:
+    """One registered instance and its lease."""
+
+    service: str
+    instance: str
+    url: str
+    zone: str | None
+    identity: str | None
+    metadata: Mapping[str, str]
+    lease: float
+    registered_at: float
+    registered_by: str
+    expires_at: float = 0.0
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The instance as watchers see it (``expires_in`` in seconds from now)."""
+        return {
+            "instance": self.instance,
+            "url": self.url,
+            "zone": self.zone,
+            "identity": self.identity,
+            "metadata": dict(self.metadata),
+            "lease_s": self.lease,
+            "expires_in_s": round(max(0.0, self.expires_at - now), 3),
+            "registered_at": self.registered_at,
+        }
+
+
+@dataclass
+class InstanceRegistry:
+    """Live instances per service with lease expiry (sans-IO) and one wake-up event per service."""
+
+    config: RegistryConfig = field(default_factory=RegistryConfig)
+    clock: Clock = SYSTEM_CLOCK
+    services: dict[str, dict[str, Instance]] = field(default_factory=dict)
+    revisions: dict[str, int] = field(default_factory=dict)
+    expired: int = 0
+    _counter: int = 0
+    _boot: str = field(default_factory=lambda: os.urandom(4).hex())
+    _events: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def _changed(self, service: str) -> None:
+        self._counter += 1
+        self.revisions[service] = self._counter
+        event = self._events.pop(service, None)
+        if event is not None:
+            event.set()
+
+    def etag(self, service: str) -> str:
+        """A strong ETag of the service's instance list (changes on every change, survives nothing)."""
+        return f'"{self._boot}-{self.revisions.get(service, 0)}"'
+
+    def lease_for(self, requested: float | None) -> float:
+        """The lease granted for a requested one."""
+        config = self.config
+        lease = config.default_lease if requested is None else requested
+        return min(max(lease, config.min_lease), config.max_lease)
+
+    def register(self, service: str, body: Registration, *, who: str = "") -> Instance:
+        """Add or replace an instance and start its lease."""
+        self.expire()
+        instances = self.services.setdefault(service, {})
+        if body.instance not in instances and self.count() >= self.config.max_instances:
+            raise OverflowError(
+                f"the registry holds its maximum of {self.config.max_instances} instances"
+            )
+        now = self.clock.monotonic()
+        lease = self.lease_for(parse_duration(body.lease) if body.lease else None)
+        instance = Instance(
+            service=service,
+            instance=body.instance,
+            url=body.endpoint_url(),
+            zone=body.zone,
+            identity=body.checked_identity(),
+            metadata=dict(body.metadata),
+            lease=lease,
+            registered_at=self.clock.wall(),
+            registered_by=who,
+            expires_at=now + lease,
+        )
+        previous = instances.get(body.instance)
+        instances[body.instance] = instance
+        if previous is None or previous.to_json(0) != instance.to_json(0):
+            self._changed(service)
+        return instance
+
+    def renew(self, service: str, instance: str) -> Instance | None:
+        """Extend a lease by its length; None when the instance is unknown (or already expired)."""
+        self.expire()
+        found = self.services.get(service, {}).get(instance)
+        if found is not None:
+            found.expires_at = self.clock.monotonic() + found.lease
+        return found
+
+    def deregister(self, service: str, instance: str) -> bool:
+        """Remove an instance; False when it was not registered."""
+        instances = self.services.get(service, {})
+        if instances.pop(instance, None) is None:
+            return False
+        if not instances:
+            del self.services[service]
+        self._changed(service)
+        return True
+
+    def expire(self) -> set[str]:
+        """Drop every instance whose lease lapsed; returns the services that changed."""
+        now = self.clock.monotonic()
+        changed: set[str] = set()
+        for service, instances in list(self.services.items()):
+            for name, instance in list(instances.items()):
+                if instance.expires_at <= now:
+                    del instances[name]
+                    self.expired += 1
+                    changed.add(service)
+            if not instances:
+                del self.services[service]
+        for service in changed:
+            self._changed(service)
+        return changed
+
+    def next_expiry(self) -> float | None:
+        """The monotonic time the next lease lapses, or None when nothing is registered."""
+        times = [i.expires_at for s in self.services.values() for i in s.values()]
+        return min(times) if times else None
+
+    def count(self) -> int:
+        """Instances registered, over every service."""
+        return sum(len(s) for s in self.services.values())
+
+    def listing(self, service: str) -> dict[str, Any]:
+        """What ``GET /v1/registry/{service}`` answers."""
+        now = self.clock.monotonic()
+        instances = sorted(self.services.get(service, {}).values(), key=lambda i: i.instance)
+        return {
+            "service": service,
+            "revision": self.revisions.get(service, 0),
+            "instances": [i.to_json(now) for i in instances],
+        }
+
+    async def wait(self, service: str, etag: str, timeout: float) -> None:
+        """Wait until the service's list changes from ``etag`` or ``timeout`` passes; expires on the way."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.etag(service) == etag:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            nxt = self.next_expiry()
+            if nxt is not None:  # wake when a lease lapses, so watchers see the expiry
+                remaining = min(remaining, max(0.0, nxt - self.clock.monotonic()) + 0.005)
+            event = self._events.setdefault(service, asyncio.Event())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+            self.expire()
+
+
+def expected_identity(policy_document: Any, service: str) -> str:
+    """The SPIFFE ID ``service`` must prove: its policy ``identity``, else ``spiffe://<trust_domain>/<service>``."""
+    doc = policy_document if isinstance(policy_document, Mapping) else {}
+    svc = (doc.get("services") or {}).get(service) or {}
+    if isinstance(svc, Mapping) and isinstance(svc.get("identity"), str):
+        return str(svc["identity"])
+    return f"spiffe://{doc.get('trust_domain') or 'cluster.local'}/{service}"
+
+
+def _registry(request: Request) -> InstanceRegistry:
+    state = request.app.state
+    registry: InstanceRegistry | None = getattr(state, "registry", None)
+    if registry is None:
+        plane = state.plane
+        registry = InstanceRegistry(RegistryConfig.from_settings(plane.settings))
+        state.registry = registry
+    return registry
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _service(request: Request) -> str:
+    service: str = request.path_params["service"]
+    if not _SERVICE.match(service):
+        raise Denied(400, f"service name {service!r} must be a DNS label, e.g. 'payments'")
+    return service
+
+
+def _peer_identity(request: Request) -> str | None:
+    try:
+        from meshlib.security.identity import identity_from_scope
+    except ImportError:  # pragma: no cover - meshlib.security needs cryptography
+        return None
+    return identity_from_scope(request.scope)
+
+
+def _token_is(presented: str, tokens: Iterable[str]) -> str | None:
+    found = None
+    for i, spec in enumerate(tokens, 1):
+        name, secret = parse_token(spec, i)
+        if hmac.compare_digest(secret, presented.encode()) and found is None:
+            found = name
+    return found
+
+
+def authorize_register(request: Request, registry: InstanceRegistry, service: str) -> str:
+    """Who is registering for ``service``; raises Denied unless they may.
+
+    A register token or the publish right allows it; a presented mTLS identity
+    must be the service's own (and, from ``register_identities``, suffices).
+    """
+    plane = request.app.state.plane
+    config = registry.config
+    peer = _peer_identity(request)
+    if peer is not None:
+        current = plane.hub.current
+        expected = expected_identity(current.data if current else None, service)
+        if peer != expected:
+            raise Denied(
+                403,
+                f"{peer} may not register instances of {service!r}, whose identity is {expected}",
+            )
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if header and scheme.lower() == "bearer" and token.strip():
+        name = _token_is(token.strip(), config.register_tokens)
+        if name is not None:
+            return name
+    if (
+        not header
+        and peer is not None
+        and ("*" in config.register_identities or peer in config.register_identities)
+    ):
+        return peer
+    principal = plane.auth.authenticate(request.headers, None)
+    if not principal.may(Right.PUBLISH):
+        status = 401 if principal is ANONYMOUS else 403
+        raise Denied(status, "registering an instance needs a register token or the publish right")
+    return str(principal.name)
+
+
+async def _body(request: Request) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY:
+            raise Denied(413, f"the body is larger than the {_MAX_BODY}-byte limit")
+    return bytes(body)
+
+
+async def register(request: Request) -> Response:
+    """Register (or replace) an instance; answers the lease granted."""
+    registry = _registry(request)
+    service = _service(request)
+    await request.app.state.plane.ensure_started()  # the policy names the service's identity
+    who = authorize_register(request, registry, service)
+    try:
+        body = Registration.model_validate_json(await _body(request))
+        body.endpoint_url()
+        body.checked_identity()
+        if body.lease is not None:
+            parse_duration(body.lease)
+    except (ValidationError, ValueError) as exc:
+        return _error(422, f"the registration is invalid: {exc}")
+    peer = _peer_identity(request)
+    if peer is not None and body.identity not in (None, peer):
+        return _error(403, f"{peer} may not register an instance claiming identity {body.identity}")
+    try:
+        instance = registry.register(service, body, who=who)
+    except OverflowError as exc:
+        return _error(507, str(exc))
+    return JSONResponse(
+        instance.to_json(registry.clock.monotonic()) | {"service": service}, status_code=201
+    )
+
+
+async def renew(request: Request) -> Response:
+    """Renew a lease; 404 tells the instance to register again."""
+    registry = _registry(request)
+    service = _service(request)
+    await request.app.state.plane.ensure_started()
+    authorize_register(request, registry, service)
+    instance = registry.renew(service, request.path_params["instance"])
+    if instance is None:
+        return _error(404, "no such instance (its lease lapsed?): register again")
+    return JSONResponse({"lease_s": instance.lease})
+
+
+async def deregister(request: Request) -> Response:
+    """Deregister an instance (it is draining or gone)."""
+    registry = _registry(request)
+    service = _service(request)
+    await request.app.state.plane.ensure_started()
+    authorize_register(request, registry, service)
+    if not registry.deregister(service, request.path_params["instance"]):
+        return _error(404, "no such instance")
+    return Response(status_code=204)
+
+
+async def watch(request: Request) -> Response:
+    """A service's live instances; long-polls while ``If-None-Match`` matches and ``wait`` runs."""
+    plane = request.app.state.plane
+    plane.principal(request, Right.READ)
+    registry = _registry(request)
+    service = _service(request)
+    wait = 0.0
+    if "wait" in request.query_params:
+        try:
+            wait = min(parse_duration(request.query_params["wait"]), plane.settings.max_wait)
+        except ValueError as exc:
+            return _error(400, f"query parameter wait: {exc}")
+    registry.expire()
+    known = {t.strip() for t in request.headers.get("if-none-match", "").split(",") if t.strip()}
+    etag = registry.etag(service)
+    if etag in known:
+        await registry.wait(service, etag, wait)
+        etag = registry.etag(service)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in known:
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(registry.listing(service), headers=headers)
+
+
+async def services(request: Request) -> Response:
+    """Every service with registered instances, and how many."""
+    request.app.state.plane.principal(request, Right.READ)
+    registry = _registry(request)
+    registry.expire()
+    return JSONResponse(
+        {
+            "services": {name: len(i) for name, i in sorted(registry.services.items())},
+            "expired": registry.expired,
+        }
+    )
+
+
+def registry_routes() -> list[Route]:
+    """The registry's routes, for ``Starlette(routes=[...])`` beside the policy's."""
+    instance = "/v1/registry/{service}/instances/{instance}"
+    return [
+        Route("/v1/registry", services, methods=["GET"]),
+        Route("/v1/registry/{service}", watch, methods=["GET"]),
+        Route("/v1/registry/{service}/instances", register, methods=["POST"]),
+        Route(instance, renew, methods=["PUT"]),
+        Route(instance, deregister, methods=["DELETE"]),
+    ]
