@@ -230,10 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"meshlib demo: starting a mesh on 127.0.0.1 (files in {workdir})")
         demo.start()
-        for name in SERVICES:
-            print(f"  {name:<9} {demo.url(name)}  (pid {demo.procs.pids[name]})")
+        for name, pid in demo.procs.pids.items():
+            print(f"  {name:<12} {demo.url(name)}  (pid {pid})")
         if demo.control_plane:
-            print(f"  dashboard {demo.url('controlplane')}/dashboard")
+            print(f"  dashboard    {demo.url('controlplane')}/dashboard")
         print(f"\nDriving checkouts for {args.duration:.0f} s:")
         started = time.monotonic()
         observer = Observer(
