@@ -206,16 +206,16 @@ def test_mtls_identity_may_only_register_its_own_service(policy_dir: Path, tmp_p
     ca = DevCA.create("example.org", tmp_path / "ca")
     orders = ca.issue("orders").chain[0]
     payments = ca.issue("payments").chain[0]
-    with serve(_WithPeerCert(plane_app(policy_dir), orders), lifespan="off") as cp:
-        with httpx.Client(base_url=cp.url) as http:
-            r = http.post("/v1/registry/payments/instances", json=body(), headers=REG)
-            assert r.status_code == 403
-            assert "spiffe://example.org/orders may not register instances of 'payments'" in r.text
-            ok = http.post("/v1/registry/orders/instances", json=body(), headers=REG)
-            assert ok.status_code == 201
-            claim = body(instance="o-2", identity="spiffe://example.org/payments")
-            lie = http.post("/v1/registry/orders/instances", json=claim, headers=REG)
-            assert lie.status_code == 403
+    app = _WithPeerCert(plane_app(policy_dir), orders)
+    with serve(app, lifespan="off") as cp, httpx.Client(base_url=cp.url) as http:
+        r = http.post("/v1/registry/payments/instances", json=body(), headers=REG)
+        assert r.status_code == 403
+        assert "spiffe://example.org/orders may not register instances of 'payments'" in r.text
+        ok = http.post("/v1/registry/orders/instances", json=body(), headers=REG)
+        assert ok.status_code == 201
+        claim = body(instance="o-2", identity="spiffe://example.org/payments")
+        lie = http.post("/v1/registry/orders/instances", json=claim, headers=REG)
+        assert lie.status_code == 403
     registry = InstanceRegistry(RegistryConfig(register_identities=("*",)))
     app = _WithPeerCert(plane_app(policy_dir, registry), payments)
     with serve(app, lifespan="off") as cp, httpx.Client(base_url=cp.url) as http:
