@@ -66,7 +66,7 @@ class Denied(Exception):
 def parse_token(spec: str, index: int) -> tuple[str, bytes]:
     """``"name=secret"`` or ``"secret"`` to ``(name, secret)``; a bare token is named ``token-<index>``."""
     name, sep, secret = spec.partition("=")
-    if sep and secret and _NAME.match(name):
+    if sep and secret.rstrip("=") and _NAME.match(name):  # base64 padding is not a name
         return name, secret.encode()
     return f"token-{index}", spec.encode()
 

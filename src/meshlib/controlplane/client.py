@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import ssl
@@ -60,8 +61,14 @@ class _LoopThread:
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def stop(self, cleanup: Coroutine[Any, Any, Any], timeout: float = 5.0) -> None:
+    def stop(
+        self,
+        quiesce: Coroutine[Any, Any, Any],
+        cleanup: Coroutine[Any, Any, Any],
+        timeout: float = 5.0,
+    ) -> None:
         async def shutdown() -> None:
+            await quiesce
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
@@ -129,6 +136,12 @@ class ControlPlaneSource:
         self._loop: _LoopThread | None = None
         self._index = 0
         self._streak = 0
+        self._closing = False
+        self._connecting = 0
+        self._no_connects = asyncio.Event()
+        self._no_connects.set()
+        self.extensions = {"trace": self._trace}
+        """Request extensions for every call this source (and its reporter) makes."""
         self.etag: str | None = None
         """The ETag of the last version seen (applied or rejected)."""
         self.version: int | None = None
@@ -153,15 +166,40 @@ class ControlPlaneSource:
 
     # ------------------------------------------------------------------ fetching
 
+    async def _trace(self, event: str, info: dict[str, Any]) -> None:
+        # anyio >= 4.14 warns "coroutine try_connect was never awaited" when a task is
+        # cancelled while connect_tcp is starting; close() waits for connects to end first.
+        if event == "connection.connect_tcp.started":
+            self._connecting += 1
+            self._no_connects.clear()
+        elif event in ("connection.connect_tcp.complete", "connection.connect_tcp.failed"):
+            self._connecting -= 1
+            if self._connecting <= 0:
+                self._no_connects.set()
+
+    async def _quiesce(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._no_connects.wait(), self.connect_timeout + 0.5)
+
+    async def _not_closing(self) -> None:
+        """Park forever once close() began, so no new connect starts (close cancels us)."""
+        if self._closing:
+            await asyncio.Event().wait()
+
     async def _fetch(self, url: str, etag: str | None, wait: float) -> dict[str, Any] | None:
         """One GET of the policy: the payload, None for 304, ControlPlaneError for anything unusable."""
         assert self._client is not None
         headers = {"If-None-Match": etag} if etag else {}
         params = {"wait": f"{wait:g}s"} if etag and wait > 0 else {}
         timeout = httpx.Timeout(self.read_timeout + wait, connect=self.connect_timeout)
+        await self._not_closing()
         try:
             response = await self._client.get(
-                url + "/v1/policy", headers=headers, params=params, timeout=timeout
+                url + "/v1/policy",
+                headers=headers,
+                params=params,
+                timeout=timeout,
+                extensions=self.extensions,
             )
         except httpx.HTTPError as exc:
             raise ControlPlaneError(
@@ -285,7 +323,15 @@ class ControlPlaneSource:
                 )
         self._loop.submit(self._watch())
         if self.reporter is not None:
-            self._loop.submit(self.reporter.run(self._client_or_new(), self.urls, store))
+            self._loop.submit(
+                self.reporter.run(
+                    self._client_or_new(),
+                    self.urls,
+                    store,
+                    before_send=self._not_closing,
+                    extensions=self.extensions,
+                )
+            )
 
     def _client_or_new(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -305,8 +351,10 @@ class ControlPlaneSource:
         if self._streak:
             logger.warning("control plane %s answers again after %d failures", url, self._streak)
             self._streak = 0
+        if payload is not None and payload.get("etag") and payload.get("etag") == self.etag:
+            payload = None  # the version we have, from a server that ignores If-None-Match
         if payload is None:
-            # A server that answers 304 without holding the request must not make us spin.
+            # A server that answers at once without holding the request must not make us spin.
             await asyncio.sleep(max(0.0, self.min_interval - (time.monotonic() - started)))
         elif self._apply(payload, url):
             await self._save(payload, url)
@@ -346,10 +394,12 @@ class ControlPlaneSource:
         loop, self._loop = self._loop, None
         if loop is None:
             return
-        client, self._client = self._client, None
+        self._closing = True
+        client = self._client
 
         async def cleanup() -> None:
             if client is not None:
                 await client.aclose()
 
-        loop.stop(cleanup())
+        loop.stop(self._quiesce(), cleanup())
+        self._client = None

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -33,11 +33,11 @@ logger = logging.getLogger("meshlib.controlplane")
 def outbound_snapshot() -> dict[str, Any]:
     """``meshlib.outbound.stats.snapshot()``, or ``{}`` when it is not available or fails."""
     try:
-        from meshlib.outbound import stats  # type: ignore[attr-defined,unused-ignore]
+        from meshlib.outbound import stats
     except ImportError:
         return {}
     try:
-        snapshot = stats.snapshot()
+        snapshot: object = stats.snapshot()
     except Exception:  # a reporting bug must never reach the service
         logger.debug("meshlib.outbound.stats.snapshot() failed", exc_info=True)
         return {}
@@ -113,11 +113,21 @@ class StateReporter:
             "destinations": destinations,
         }
 
-    async def send(self, client: httpx.AsyncClient, url: str, store: PolicyStore | None) -> bool:
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        store: PolicyStore | None,
+        *,
+        extensions: dict[str, Any] | None = None,
+    ) -> bool:
         """Post one report to ``url``; False (logged at debug, counted) when it did not land."""
         try:
             response = await client.post(
-                url + "/v1/reports", json=self.build_report(store), timeout=self.timeout
+                url + "/v1/reports",
+                json=self.build_report(store),
+                timeout=self.timeout,
+                extensions=extensions,
             )
             ok = response.status_code == 202
             if not ok:
@@ -134,13 +144,21 @@ class StateReporter:
         return ok
 
     async def run(
-        self, client: httpx.AsyncClient, urls: Sequence[str], store: PolicyStore | None
+        self,
+        client: httpx.AsyncClient,
+        urls: Sequence[str],
+        store: PolicyStore | None,
+        *,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
         """Report now and then every ``interval`` seconds until cancelled, failing over between urls."""
         index = 0
         while True:
             try:
-                if not await self.send(client, urls[index], store):
+                if before_send is not None:
+                    await before_send()
+                if not await self.send(client, urls[index], store, extensions=extensions):
                     index = (index + 1) % len(urls)
             except Exception:  # never let the reporter die of a bug
                 logger.exception("state reporter failed")
