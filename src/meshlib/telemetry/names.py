@@ -37,6 +37,7 @@ from opentelemetry.semconv.metrics.http_metrics import (
 )
 
 __all__ = [
+    "ATTR_AUTHZ_DECISION",
     "ATTR_BREAKER_PREVIOUS_STATE",
     "ATTR_BREAKER_STATE",
     "ATTR_CALLER",
@@ -45,17 +46,24 @@ __all__ = [
     "ATTR_DESTINATION",
     "ATTR_EJECTION_DURATION",
     "ATTR_ENDPOINT",
+    "ATTR_ENDPOINT_COUNT",
     "ATTR_FAULT_KIND",
+    "ATTR_HEALTH",
     "ATTR_LATENCY_MESHLIB",
     "ATTR_LATENCY_NETWORK",
     "ATTR_LATENCY_SERVICE",
     "ATTR_LATENCY_TOTAL",
+    "ATTR_LIMIT",
+    "ATTR_OUTCOME",
     "ATTR_POLICY_REVISION",
     "ATTR_POLICY_SOURCE",
+    "ATTR_REGISTRATION_EVENT",
+    "ATTR_RETRY_AFTER",
     "ATTR_RETRY_ATTEMPT",
     "ATTR_RETRY_BACKOFF",
     "ATTR_RETRY_REASON",
     "ATTR_ROUTE",
+    "ATTR_SERVICE",
     "ATTR_SHADOW",
     "ATTR_SHED_REASON",
     "BREAKER_STATE_VALUES",
@@ -71,6 +79,10 @@ __all__ = [
     "CLIENT_LATENCY_SERVICE",
     "CLIENT_REQUEST_DURATION",
     "CLIENT_RETRIES",
+    "DISCOVERY_DNS_RESOLUTIONS",
+    "DISCOVERY_ENDPOINT_SET_CHANGES",
+    "DISCOVERY_HEALTH_TRANSITIONS",
+    "DISCOVERY_REGISTRATION_EVENTS",
     "DURATION_BUCKETS",
     "EVENT_BREAKER_STATE_CHANGE",
     "EVENT_BUDGET_REFUSED",
@@ -151,7 +163,23 @@ ATTR_FAULT_KIND: Final = "meshlib.fault.kind"
 ATTR_SHED_REASON: Final = "meshlib.shed.reason"
 """Why a request was shed: ``rate_limit`` or ``concurrency_limit``."""
 ATTR_DENY_RULE: Final = "meshlib.authz.rule"
-"""The authz rule (or ``default``) that denied a request."""
+"""The authz rule (or ``default``) that decided an inbound request."""
+ATTR_AUTHZ_DECISION: Final = "meshlib.authz.decision"
+"""``allow`` or ``deny``: the authz decision on an inbound request (span attribute)."""
+ATTR_LIMIT: Final = "meshlib.limit"
+"""Where in the policy the limit that shed a request is set, e.g. ``services.payments.inbound.rate_limit``."""
+ATTR_RETRY_AFTER: Final = "meshlib.retry_after"
+"""Seconds a shed caller was told to wait (float, span events only)."""
+ATTR_SERVICE: Final = "meshlib.service"
+"""A service named in the policy whose endpoints discovery manages."""
+ATTR_HEALTH: Final = "meshlib.health"
+"""An endpoint's active health check state: ``healthy`` or ``unhealthy``."""
+ATTR_OUTCOME: Final = "meshlib.outcome"
+"""How a discovery operation ended, e.g. ``ok``, ``failed``, ``empty`` for a DNS resolution."""
+ATTR_ENDPOINT_COUNT: Final = "meshlib.endpoints"
+"""How many endpoints a service's routable set holds after a change (int)."""
+ATTR_REGISTRATION_EVENT: Final = "meshlib.event"
+"""A registration lease event: ``registered``, ``renewed``, ``lost`` or ``deregistered``."""
 ATTR_SHADOW: Final = "meshlib.shadow"
 """True when a policy in shadow mode only counted a decision without enforcing it."""
 ATTR_POLICY_REVISION: Final = "meshlib.policy.revision"
@@ -230,9 +258,9 @@ CLIENT_BUDGET_REFUSALS: Final = Instrument(
 )
 CLIENT_BREAKER_STATE: Final = Instrument(
     "meshlib.client.breaker.state",
-    "gauge",
+    "observable_gauge",
     "1",
-    "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open.",
+    "Circuit breaker state per destination and endpoint: 0 closed, 1 half-open, 2 open.",
 )
 CLIENT_BREAKER_TRANSITIONS: Final = Instrument(
     "meshlib.client.breaker.transitions",
@@ -242,7 +270,7 @@ CLIENT_BREAKER_TRANSITIONS: Final = Instrument(
 )
 CLIENT_EJECTED_ENDPOINTS: Final = Instrument(
     "meshlib.client.ejected_endpoints",
-    "up_down_counter",
+    "observable_up_down_counter",
     "{endpoint}",
     "Endpoints currently ejected by outlier detection, per destination.",
 )
@@ -297,6 +325,30 @@ SERVER_DENIED: Final = Instrument(
     "{request}",
     "Inbound requests denied with 403 by authz, by caller and rule.",
 )
+DISCOVERY_ENDPOINT_SET_CHANGES: Final = Instrument(
+    "meshlib.discovery.endpoint_set.changes",
+    "counter",
+    "{change}",
+    "Changes of a service's routable endpoint set.",
+)
+DISCOVERY_HEALTH_TRANSITIONS: Final = Instrument(
+    "meshlib.discovery.health.transitions",
+    "counter",
+    "{transition}",
+    "Endpoints turning healthy or unhealthy under active health checks.",
+)
+DISCOVERY_DNS_RESOLUTIONS: Final = Instrument(
+    "meshlib.discovery.dns.resolutions",
+    "counter",
+    "{resolution}",
+    "DNS resolutions of discovered services by outcome.",
+)
+DISCOVERY_REGISTRATION_EVENTS: Final = Instrument(
+    "meshlib.discovery.registration.events",
+    "counter",
+    "{event}",
+    "Registration lease events of this instance.",
+)
 POLICY_REVISION: Final = Instrument(
     "meshlib.policy.revision",
     "observable_gauge",
@@ -326,6 +378,10 @@ INSTRUMENTS: Final = (
     CLIENT_LATENCY_MESHLIB,
     SERVER_SHED,
     SERVER_DENIED,
+    DISCOVERY_ENDPOINT_SET_CHANGES,
+    DISCOVERY_HEALTH_TRANSITIONS,
+    DISCOVERY_DNS_RESOLUTIONS,
+    DISCOVERY_REGISTRATION_EVENTS,
     POLICY_REVISION,
     POLICY_RELOAD_FAILURES,
 )

@@ -1,0 +1,119 @@
+"""Breaker states and ejected endpoints of every live mesh client, as observable metrics.
+
+State is read at collection time from `meshlib.outbound.stats.snapshot`, the
+same process-wide view the control plane's reports use, so a request never
+pays for these instruments and the numbers agree with the dashboard:
+
+- ``meshlib.client.breaker.state``: per destination and endpoint, 0 closed,
+  1 half-open, 2 open. Alert on ``max > 0`` for a while.
+- ``meshlib.client.ejected_endpoints``: per destination, how many endpoints
+  outlier detection has taken out right now.
+
+::
+
+    from meshlib.telemetry.state_metrics import observe_mesh_state
+
+    observe_mesh_state()                           # global provider, once per process
+    observe_mesh_state(meter_provider=provider)    # a provider of your own
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from meshlib.telemetry import names
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+__all__ = ["MeshStateMetrics", "observe_mesh_state"]
+
+Snapshot = Callable[[], dict[str, Any]]
+
+_global: MeshStateMetrics | None = None
+_global_lock = threading.Lock()
+
+
+def _stats_snapshot() -> dict[str, Any]:
+    from meshlib.outbound import stats
+
+    return stats.snapshot()
+
+
+class MeshStateMetrics:
+    """The breaker-state and ejected-endpoint instruments over a snapshot function.
+
+    ``snapshot`` defaults to `meshlib.outbound.stats.snapshot`; tests and
+    custom transports may pass another with the same shape. `close` silences
+    the instruments (OpenTelemetry cannot remove them).
+
+    Example::
+
+        state = MeshStateMetrics(meter_provider=provider)
+        ...
+        state.close()
+    """
+
+    def __init__(
+        self, *, meter_provider: MeterProvider | None = None, snapshot: Snapshot | None = None
+    ) -> None:
+        from meshlib import __version__
+
+        self._snapshot = snapshot or _stats_snapshot
+        self._closed = False
+        meter = metrics.get_meter(names.SCOPE, __version__, meter_provider)
+        names.create_instrument(meter, names.CLIENT_BREAKER_STATE, [self._observe_breakers])
+        names.create_instrument(meter, names.CLIENT_EJECTED_ENDPOINTS, [self._observe_ejected])
+
+    def close(self) -> None:
+        """Stop reporting."""
+        self._closed = True
+
+    def _destinations(self) -> dict[str, Any]:
+        if self._closed:
+            return {}
+        destinations: dict[str, Any] = self._snapshot().get("destinations", {})
+        return destinations
+
+    def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for destination, entry in self._destinations().items():
+            for endpoint, state in entry.get("endpoints", {}).items():
+                value = names.BREAKER_STATE_VALUES.get(state.get("breaker", "closed"), 0)
+                attributes = {names.ATTR_DESTINATION: destination, names.ATTR_ENDPOINT: endpoint}
+                observations.append(Observation(value, attributes))
+        return observations
+
+    def _observe_ejected(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                sum(1 for e in entry.get("endpoints", {}).values() if e.get("ejected")),
+                {names.ATTR_DESTINATION: destination},
+            )
+            for destination, entry in self._destinations().items()
+        ]
+
+
+def observe_mesh_state(*, meter_provider: MeterProvider | None = None) -> MeshStateMetrics:
+    """Report breaker states and ejected endpoints of all mesh clients in this process.
+
+    With ``meter_provider=None`` the global provider is used (one configured
+    later included), and repeated calls return the first registration, so
+    every mesh transport may call this when it is built.
+
+    Example::
+
+        observe_mesh_state()
+    """
+    global _global
+    if meter_provider is not None:
+        return MeshStateMetrics(meter_provider=meter_provider)
+    with _global_lock:
+        if _global is None or _global._closed:
+            _global = MeshStateMetrics()
+        return _global
