@@ -47,13 +47,6 @@ function setStatus(text, ok) {
   status.className = "status " + (ok ? "ok" : "bad");
 }
 
-function endpointText(endpoints) {
-  return endpoints.map((ep) => {
-    const states = Object.entries(ep.breaker).map(([state, n]) => state + "×" + n).join(" ");
-    return ep.url + " [" + (states || "-") + (ep.ejected ? ", ejected×" + ep.ejected : "") + "]";
-  }).join("; ");
-}
-
 function renderEdges(edges) {
   const body = document.querySelector("#edges tbody");
   body.replaceChildren();
@@ -62,9 +55,23 @@ function renderEdges(edges) {
     const ratio = el("td", (edge.error_ratio * 100).toFixed(1), { class: "num" + (failing ? " bad-cell" : "") });
     const tr = row([edge.source, edge.destination, num(edge.rps), num(edge.errors_per_s), ratio,
       num(edge.retries_per_s), num(edge.latency_ms.p50), num(edge.latency_ms.p99), num(edge.requests, 0),
-      endpointText(edge.endpoints)]);
+      num(edge.budget_refusals, 0)]);
     tr.dataset.edge = edge.source + "->" + edge.destination;
     body.appendChild(tr);
+  }
+  const endpoints = document.querySelector("#endpoints tbody");
+  endpoints.replaceChildren();
+  for (const edge of edges) {
+    for (const ep of edge.endpoints) {
+      const states = Object.entries(ep.breaker).map(([state, n]) => state + " ×" + n).join(", ");
+      const open = Object.keys(ep.breaker).some((state) => state !== "closed");
+      const tr = row([edge.source + " → " + edge.destination, ep.url,
+        el("td", states || "-", { class: open ? "bad-cell" : "" }),
+        el("td", ep.ejected ? "by " + ep.ejected : "no", { class: ep.ejected ? "bad-cell" : "" }),
+        num(ep.requests, 0), num(ep.errors, 0)]);
+      tr.dataset.endpoint = ep.url;
+      endpoints.appendChild(tr);
+    }
   }
 }
 
@@ -95,10 +102,23 @@ function renderGraph(services, edges) {
     const angle = (2 * Math.PI * i) / Math.max(n, 1) - Math.PI / 2;
     pos[service.name] = [300 + 230 * Math.cos(angle) * (n > 1 ? 1 : 0), 160 + 120 * Math.sin(angle) * (n > 1 ? 1 : 0)];
   });
+  const defs = document.createElementNS(SVG_NS, "defs");
+  const marker = document.createElementNS(SVG_NS, "marker");
+  for (const [k, v] of Object.entries({ id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5,
+    markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" })) marker.setAttribute(k, v);
+  const tip = document.createElementNS(SVG_NS, "path");
+  tip.setAttribute("d", "M 0 0 L 10 5 L 0 10 z");
+  marker.appendChild(tip);
+  defs.appendChild(marker);
+  svg.appendChild(defs);
   for (const edge of edges) {
-    const [x1, y1] = pos[edge.source] || [0, 0];
-    const [x2, y2] = pos[edge.destination] || [0, 0];
+    const [sx, sy] = pos[edge.source] || [0, 0];
+    const [dx, dy] = pos[edge.destination] || [0, 0];
+    const length = Math.hypot(dx - sx, dy - sy) || 1;
+    const [ux, uy] = [(dx - sx) / length, (dy - sy) / length];
+    const [x1, y1, x2, y2] = [sx + 30 * ux, sy + 30 * uy, dx - 30 * ux, dy - 30 * uy];
     const line = document.createElementNS(SVG_NS, "line");
+    line.setAttribute("marker-end", "url(#arrow)");
     for (const [k, v] of Object.entries({ x1, y1, x2, y2 })) line.setAttribute(k, v);
     line.setAttribute("class", "edge" + (edge.error_ratio >= 0.05 ? " failing" : ""));
     svg.appendChild(line);
