@@ -65,11 +65,12 @@ with serve_asgi(inbound) as server:
     handle = configure_telemetry(MeshSettings(service_name="orders", telemetry="console"))
 
     response = client.get("http://payments/v1/charges/7")
-    client.close()
     deadline = time.monotonic() + 5
     while not any(s.kind is trace.SpanKind.SERVER for s in exporter.get_finished_spans()):
         assert time.monotonic() < deadline, "the server span never ended"
         time.sleep(0.01)
+    data = reader.get_metrics_data()  # while the client is open, so its breakers are listed
+    client.close()
 
 def span(s):
     return {
@@ -79,12 +80,12 @@ def span(s):
     }
 
 points = {}
-for rm in reader.get_metrics_data().resource_metrics:
+for rm in data.resource_metrics:
     for sm in rm.scope_metrics:
         for m in sm.metrics:
-            points[m.name] = [dict(p.attributes) for p in m.data.data_points]
+            points[m.name] = [[dict(p.attributes), getattr(p, "value", None)] for p in m.data.data_points]
 print(json.dumps({
-    "status": response.status_code, "external": sorted(handle.external),
+    "status": response.status_code, "endpoint": server.url, "external": sorted(handle.external),
     "spans": [span(s) for s in exporter.get_finished_spans()], "metrics": points,
 }))
 """
@@ -136,8 +137,8 @@ def test_latency_split_from_the_real_middleware(outcome: dict[str, Any]) -> None
 
 
 def test_metrics_per_edge_and_policy_in_force(outcome: dict[str, Any]) -> None:
-    """Both HTTP duration histograms, the per-edge split and the policy revision reach the app's reader."""
-    points: dict[str, list[dict[str, Any]]] = outcome["metrics"]
+    """HTTP durations, the per-edge split, breaker state and the policy revision reach the app's reader."""
+    points: dict[str, list[tuple[dict[str, Any], Any]]] = outcome["metrics"]
     for spec in (
         names.CLIENT_REQUEST_DURATION,
         names.SERVER_REQUEST_DURATION,
@@ -147,8 +148,14 @@ def test_metrics_per_edge_and_policy_in_force(outcome: dict[str, Any]) -> None:
     ):
         assert spec.name in points, spec.name
     edge = {names.ATTR_DESTINATION: "payments", names.ATTR_CALLER: "orders"}
-    assert points[names.CLIENT_LATENCY_SERVICE.name] == [edge]
-    assert points[names.POLICY_REVISION.name] == [
-        {names.ATTR_POLICY_REVISION: "r1", names.ATTR_POLICY_SOURCE: "mesh.yaml"}
+    assert [attributes for attributes, _ in points[names.CLIENT_LATENCY_SERVICE.name]] == [edge]
+    assert points[names.CLIENT_BREAKER_STATE.name] == [
+        [{names.ATTR_DESTINATION: "payments", names.ATTR_ENDPOINT: outcome["endpoint"]}, 0]
     ]
-    assert points[names.POLICY_RELOAD_FAILURES.name] == [{}]
+    assert points[names.CLIENT_EJECTED_ENDPOINTS.name] == [
+        [{names.ATTR_DESTINATION: "payments"}, 0]
+    ]
+    assert points[names.POLICY_REVISION.name] == [
+        [{names.ATTR_POLICY_REVISION: "r1", names.ATTR_POLICY_SOURCE: "mesh.yaml"}, 1]
+    ]
+    assert points[names.POLICY_RELOAD_FAILURES.name] == [[{}, 0]]

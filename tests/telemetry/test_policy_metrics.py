@@ -81,12 +81,19 @@ def test_closed_or_dropped_stores_stop_reporting() -> None:
         provider.shutdown()
 
 
-def test_global_observation_is_once_per_store() -> None:
-    """Observing the same store twice through the global provider reuses the first registration."""
+def test_observation_is_once_per_store_and_provider(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Observing a store again through the same provider reuses the registration: no duplicate series."""
     store = PolicyStore()
-    first = observe_policy(store)
-    assert observe_policy(store) is first
-    first.close()
-    second = observe_policy(store)
-    assert second is not first
-    second.close()
+    store.update_from_text(V1, source="mesh.yaml", revision="r1")
+    first = observe_policy(store, meter_provider=meter_provider)
+    assert observe_policy(store, meter_provider=meter_provider) is first
+    assert len(_revision_points(metric_reader)) == 1
+    on_global = observe_policy(store)
+    assert on_global is not first
+    assert observe_policy(store) is on_global
+    on_global.close()
+    again = observe_policy(store)
+    assert again is not on_global
+    again.close()

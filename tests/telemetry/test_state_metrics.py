@@ -104,11 +104,15 @@ def test_states_and_ejections_map_from_the_snapshot(
     assert metric_points(metric_reader) == {}
 
 
-def test_global_registration_is_once_per_process() -> None:
-    """observe_mesh_state() without a provider returns the same registration until it is closed."""
+def test_registration_is_once_per_provider(meter_provider: MeterProvider) -> None:
+    """observe_mesh_state() returns one registration per provider (global included) until closed."""
+    mine = observe_mesh_state(meter_provider=meter_provider)
+    assert observe_mesh_state(meter_provider=meter_provider) is mine
     first = observe_mesh_state()
+    assert first is not mine
     assert observe_mesh_state() is first
     first.close()
     second = observe_mesh_state()
     assert second is not first
     second.close()
+    mine.close()

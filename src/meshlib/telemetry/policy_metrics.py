@@ -22,20 +22,18 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from meshlib.policy.store import PolicyStore
 from meshlib.telemetry import names
 
-if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
-
 __all__ = ["PolicyMetrics", "observe_policy"]
 
-_observed: weakref.WeakKeyDictionary[PolicyStore, PolicyMetrics] = weakref.WeakKeyDictionary()
+_Table = weakref.WeakKeyDictionary[PolicyStore, "PolicyMetrics"]
+_observed_global: _Table = weakref.WeakKeyDictionary()
+_observed: weakref.WeakKeyDictionary[MeterProvider, _Table] = weakref.WeakKeyDictionary()
 _observed_lock = threading.Lock()
 
 
@@ -101,21 +99,26 @@ def observe_policy(
     meter_provider: MeterProvider | None = None,
     attributes: Mapping[str, str] | None = None,
 ) -> PolicyMetrics:
-    """Report ``store``'s revision and reload failures; once per store for the global provider.
+    """Report ``store``'s revision and reload failures, once per (store, meter provider).
 
-    With ``meter_provider=None`` the global provider is used, through the
-    API's proxy, so one configured later still receives the metrics; asking
-    again for the same store returns the first `PolicyMetrics` instead of
-    registering duplicate instruments.
+    Asking again for the same store and provider returns the first
+    `PolicyMetrics` (until it is closed) instead of registering duplicate
+    instruments, so every client and middleware sharing a store may call it.
+    ``meter_provider=None`` means the global provider, through the API's
+    proxy, so one configured later still receives the metrics.
 
     Example::
 
         observe_policy(shared_store())
     """
-    if meter_provider is not None:
-        return PolicyMetrics(store, meter_provider=meter_provider, attributes=attributes)
     with _observed_lock:
-        existing = _observed.get(store)
+        if meter_provider is None:
+            table = _observed_global
+        else:
+            table = _observed.setdefault(meter_provider, weakref.WeakKeyDictionary())
+        existing = table.get(store)
         if existing is None or existing._closed:
-            existing = _observed[store] = PolicyMetrics(store, attributes=attributes)
+            existing = table[store] = PolicyMetrics(
+                store, meter_provider=meter_provider, attributes=attributes
+            )
         return existing

@@ -200,6 +200,8 @@ def configure_telemetry(settings: MeshSettings | None = None) -> TelemetryHandle
 
     Signals the application already configured are left alone (listed in
     ``handle.external``). ``OTEL_SDK_DISABLED=true`` turns everything off.
+    The breaker-state and ejected-endpoint gauges of all mesh clients are
+    registered on the global meter provider either way.
     Later calls return the first handle, whatever their settings.
 
     Example::
@@ -220,6 +222,9 @@ def _configure(settings: MeshSettings) -> TelemetryHandle:
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         logger.info("OTEL_SDK_DISABLED is set: meshlib configures no telemetry")
         return TelemetryHandle("none")
+    from meshlib.telemetry.state_metrics import observe_mesh_state
+
+    observe_mesh_state()  # read at collection time, so registering early costs nothing
     external: set[Literal["traces", "metrics"]] = set()
     if tracer_provider_configured():
         external.add("traces")

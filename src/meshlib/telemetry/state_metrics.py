@@ -20,23 +20,24 @@ pays for these instruments and the numbers agree with the dashboard:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from meshlib.telemetry import names
-
-if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
 
 __all__ = ["MeshStateMetrics", "observe_mesh_state"]
 
 Snapshot = Callable[[], dict[str, Any]]
 
 _global: MeshStateMetrics | None = None
-_global_lock = threading.Lock()
+_per_provider: weakref.WeakKeyDictionary[MeterProvider, MeshStateMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
 
 
 def _stats_snapshot() -> dict[str, Any]:
@@ -102,18 +103,24 @@ class MeshStateMetrics:
 def observe_mesh_state(*, meter_provider: MeterProvider | None = None) -> MeshStateMetrics:
     """Report breaker states and ejected endpoints of all mesh clients in this process.
 
-    With ``meter_provider=None`` the global provider is used (one configured
-    later included), and repeated calls return the first registration, so
-    every mesh transport may call this when it is built.
+    Once per meter provider: repeated calls return the first registration
+    (until it is closed), so every mesh transport may call this when it is
+    built. ``meter_provider=None`` means the global provider, one configured
+    later included.
 
     Example::
 
         observe_mesh_state()
     """
     global _global
-    if meter_provider is not None:
-        return MeshStateMetrics(meter_provider=meter_provider)
-    with _global_lock:
-        if _global is None or _global._closed:
-            _global = MeshStateMetrics()
-        return _global
+    with _lock:
+        if meter_provider is None:
+            if _global is None or _global._closed:
+                _global = MeshStateMetrics()
+            return _global
+        existing = _per_provider.get(meter_provider)
+        if existing is None or existing._closed:
+            existing = _per_provider[meter_provider] = MeshStateMetrics(
+                meter_provider=meter_provider
+            )
+        return existing
