@@ -18,6 +18,7 @@ process is stopped by PID.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +31,7 @@ if __package__ in (None, ""):
 
 import httpx
 
-from benchmarks.procs import ProcessSet, cpu_seconds, free_port
+from benchmarks.procs import ProcessSet, free_port
 from benchmarks.stats import percentile
 
 __all__ = ["main"]
@@ -104,6 +105,102 @@ def serve(app_name: str, variant: str, port: int) -> None:
         make_server("127.0.0.1", port, flask, threaded=True).serve_forever()
 
 
+def _apps(variant: str) -> tuple[Any, Any]:
+    """The FastAPI and Flask apps of ``variant``, built in this process."""
+    from fastapi import FastAPI
+    from flask import Flask
+
+    fastapi = FastAPI()
+
+    @fastapi.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    flask = Flask("bench")
+
+    @flask.get("/ping")
+    def fping() -> dict[str, bool]:
+        return {"ok": True}
+
+    asgi: Any = fastapi
+    wsgi: Any = flask.wsgi_app
+    if variant == "mesh":
+        from meshlib.inbound import MeshMiddleware, MeshWSGIMiddleware
+
+        asgi = MeshMiddleware(fastapi, **_mesh_kwargs())
+        wsgi = MeshWSGIMiddleware(flask.wsgi_app, **_mesh_kwargs())
+    return asgi, wsgi
+
+
+def in_process(calls: int) -> dict[tuple[str, str], float]:
+    """Median µs per request calling each app directly (no server, no network), 5 batches."""
+    import asyncio
+
+    headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench"), (b"accept", b"*/*")]
+    scope_base = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/ping", "raw_path": b"/ping", "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+    environ_base = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/ping", "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8000", "HTTP_USER_AGENT": "bench", "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "5000", "wsgi.url_scheme": "http", "wsgi.input": None,
+        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+        "wsgi.run_once": False, "wsgi.version": (1, 0),
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        return None
+
+    async def asgi_batch(app: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            await app(dict(scope_base), receive, send)
+        return (time.perf_counter() - start) / calls * 1e6
+
+    def wsgi_batch(app: Any) -> float:
+        import io
+
+        start = time.perf_counter()
+        for _ in range(calls):
+            environ = dict(environ_base)
+            environ["wsgi.input"] = io.BytesIO()
+            body = app(environ, start_response)
+            for _chunk in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        return (time.perf_counter() - start) / calls * 1e6
+
+    built = {variant: _apps(variant) for variant in VARIANTS}
+    results: dict[tuple[str, str], list[float]] = {(a, v): [] for a in APPS for v in VARIANTS}
+    for _ in range(5):
+        for variant in VARIANTS:
+            asgi, wsgi = built[variant]
+            results["fastapi", variant].append(asyncio.run(asgi_batch(asgi)))
+            results["flask", variant].append(wsgi_batch(wsgi))
+    return {key: statistics.median(values) for key, values in results.items()}
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds of a process, exited threads included (werkzeug runs one per connection)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _round(client: httpx.Client, url: str, requests: int, time_limit: float) -> list[float]:
     latencies: list[float] = []
     stop = time.perf_counter() + time_limit
@@ -124,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--blocks", type=int, default=10, help="interleaved blocks per round")
     parser.add_argument("--round-time", type=float, default=5.0, help="seconds cap per round")
+    parser.add_argument("--calls", type=int, default=2000, help="in-process calls per batch")
     parser.add_argument(
         "--serve", nargs=3, metavar=("APP", "VARIANT", "PORT"), help=argparse.SUPPRESS
     )
@@ -154,22 +253,27 @@ def main(argv: list[str] | None = None) -> int:
             cpu: dict[tuple[str, str], float] = dict.fromkeys(keys, 0.0)
             count: dict[tuple[str, str], int] = dict.fromkeys(keys, 0)
             clients = {k: httpx.Client(timeout=10) for k in keys}
+            urls = {k: f"http://127.0.0.1:{started[k].port}/ping" for k in keys}
+            block = max(1, args.requests // args.blocks)
             try:
                 for key in keys:
-                    url = f"http://127.0.0.1:{started[key].port}/ping"
-                    _round(clients[key], url, args.warmup, args.round_time)
+                    _round(clients[key], urls[key], args.warmup, args.round_time)
                 for index in range(args.rounds):
-                    order = keys if index % 2 == 0 else list(reversed(keys))
-                    for key in order:
-                        url = f"http://127.0.0.1:{started[key].port}/ping"
-                        before = cpu_seconds(started[key].pid)
-                        latencies = sorted(
-                            _round(clients[key], url, args.requests, args.round_time)
-                        )
-                        cpu[key] += cpu_seconds(started[key].pid) - before
-                        count[key] += len(latencies)
-                        p50s[key].append(percentile(latencies, 50))
-                        p90s[key].append(percentile(latencies, 90))
+                    # Small blocks, alternating variants, so load from elsewhere hits both alike.
+                    latencies: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+                    for part in range(args.blocks):
+                        order = keys if (index + part) % 2 == 0 else list(reversed(keys))
+                        for key in order:
+                            before = _process_cpu(started[key].pid)
+                            latencies[key] += _round(
+                                clients[key], urls[key], block, args.round_time
+                            )
+                            cpu[key] += _process_cpu(started[key].pid) - before
+                    for key in keys:
+                        ordered = sorted(latencies[key])
+                        count[key] += len(ordered)
+                        p50s[key].append(percentile(ordered, 50))
+                        p90s[key].append(percentile(ordered, 90))
             finally:
                 for client in clients.values():
                     client.close()
@@ -179,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Inbound middleware overhead: {args.rounds} rounds x {args.requests} sequential requests,"
     )
-    print("tracing unsampled (ALWAYS_OFF), medians over rounds; ratio = mesh / bare, same run.\n")
+    print("tracing unsampled (ALWAYS_OFF); latencies are medians over rounds, ratios the median")
+    print("of per-round mesh / bare ratios (variants interleaved in small blocks, same run).\n")
     print(
         "| app | variant | p50 µs | p90 µs | server CPU µs/req | p50 ratio | p90 ratio | CPU ratio |"
     )
@@ -194,11 +299,19 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "bare":
                 ratios = "| | | "
             else:
-                r50 = p50 / statistics.median(p50s[base])
-                r90 = p90 / statistics.median(p90s[base])
+                r50 = statistics.median(m / b for m, b in zip(p50s[key], p50s[base], strict=True))
+                r90 = statistics.median(m / b for m, b in zip(p90s[key], p90s[base], strict=True))
                 rcpu = cpu_us / (cpu[base] / max(1, count[base]) * 1e6)
                 ratios = f"| {r50:.2f} | {r90:.2f} | {rcpu:.2f} "
             print(f"| {app_name} | {variant} | {p50:.0f} | {p90:.0f} | {cpu_us:.0f} {ratios}|")
+
+    costs = in_process(args.calls)
+    print(f"\nIn-process cost, no server or network: median of 5 batches of {args.calls} calls.\n")
+    print("| app | bare µs/req | mesh µs/req | added µs | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for app_name in APPS:
+        bare, mesh = costs[app_name, "bare"], costs[app_name, "mesh"]
+        print(f"| {app_name} | {bare:.1f} | {mesh:.1f} | {mesh - bare:.1f} | {mesh / bare:.2f} |")
     return 0
 
 
