@@ -75,3 +75,77 @@ def test_instance_body() -> None:
         "lease": "1500ms",
     }
     assert ":" in InstanceInfo("payments", "http://x:1").instance  # host:pid by default
+
+
+def test_registrar_from_settings() -> None:
+    """MESH_* settings name the service, instance, zone, control plane and token; missing ones are errors."""
+    import pytest
+
+    from meshlib.discovery.registry import Registrar
+    from meshlib.errors import SettingsError
+    from meshlib.settings import MeshSettings
+
+    settings = MeshSettings(
+        service_name="payments",
+        instance_id="p-7",
+        zone="z1",
+        control_plane_url="http://127.0.0.1:1,http://127.0.0.1:2",
+        control_plane_token="t0k",
+    )
+    registrar = Registrar.from_settings(settings, "http://127.0.0.1:9000", lease=5)
+    try:
+        assert registrar.info == InstanceInfo("payments", "http://127.0.0.1:9000", "p-7", "z1")
+        assert registrar.bases == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+        assert registrar.state.requested == 5
+    finally:
+        registrar.close()
+    with pytest.raises(SettingsError, match="MESH_SERVICE_NAME"):
+        Registrar.from_settings(MeshSettings(), "http://x:1")
+    with pytest.raises(SettingsError, match="MESH_CONTROL_PLANE_URL"):
+        Registrar.from_settings(MeshSettings(service_name="p"), "http://x:1")
+
+
+def test_registrar_fails_over_and_reregisters_after_a_lost_lease(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Against a real control plane: a dead first URL is skipped; a forgotten lease is registered again."""
+    from meshlib.clock import FakeClock
+    from meshlib.controlplane.registry import InstanceRegistry, RegistryConfig
+    from meshlib.discovery.registry import Registrar
+    from tests.discovery.conftest import POLICY, plane_app, serve
+    from tests.support.servers import free_port
+
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    registry = InstanceRegistry(RegistryConfig(register_tokens=("r3g",)))
+    clock = FakeClock()
+    with serve(plane_app(tmp_path, registry)) as cp:
+        registrar = Registrar(
+            InstanceInfo("payments", "http://127.0.0.1:9000", instance="p-1"),
+            [f"http://127.0.0.1:{free_port()}", cp.url],
+            token="r3g",
+            lease=30,
+            clock=clock,
+        )
+        try:
+            assert registrar.step() == "register"
+            assert registrar.state.phase is LeasePhase.REGISTERED
+            assert "p-1" in registry.services["payments"]
+            assert registrar.step() is None  # nothing due yet
+            clock.advance(10)
+            assert registrar.step() == "renew"
+            assert registrar.state.renewals == 1
+            registry.deregister("payments", "p-1")  # e.g. the control plane restarted
+            clock.advance(10)
+            assert registrar.step() == "renew"
+            assert registrar.state.losses == 1
+            assert registrar.step() == "register"
+            assert "p-1" in registry.services["payments"]
+            bad = Registrar(
+                InstanceInfo("payments", "http://x:1"), cp.url, token="nope", clock=clock
+            )
+            try:
+                assert bad.step() == "register"
+                assert bad.state.failures == 1
+                assert "HTTP 401" in (bad.last_error or "")
+            finally:
+                bad.close()
+        finally:
+            registrar.close()

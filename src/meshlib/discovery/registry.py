@@ -11,6 +11,7 @@ back off after errors; a 404 on renewal means the control plane forgot us
         "http://controlplane:8700", token="r3gister", lease=10.0,
     )
     registrar.start(wait=2.0)
+    registrar.on_drain(mesh_middleware.drain)                      # /readyz turns 503
     ...
     registrar.drain(delay=2.0, in_flight=lambda: app_in_flight)   # on SIGTERM
 
@@ -35,7 +36,9 @@ import httpx
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.discovery import telemetry
+from meshlib.errors import SettingsError
 from meshlib.policy.durations import format_duration
+from meshlib.settings import MeshSettings
 
 __all__ = [
     "InstanceInfo",
@@ -197,6 +200,46 @@ class Registrar:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: MeshSettings,
+        url: str,
+        *,
+        lease: float = 30.0,
+        identity: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        client: httpx.Client | None = None,
+    ) -> Registrar:
+        """A registrar for this process, from ``MESH_SERVICE_NAME``, ``MESH_INSTANCE_ID``, ``MESH_ZONE``.
+
+        The control plane comes from ``MESH_CONTROL_PLANE_URL`` and ``MESH_CONTROL_PLANE_TOKEN``;
+        ``url`` is where this instance listens.
+
+        Raises:
+            SettingsError: the service name or the control plane URL is not set.
+        """
+        if not settings.service_name:
+            raise SettingsError("self-registration needs MESH_SERVICE_NAME (this service's name)")
+        if not settings.control_plane_url:
+            raise SettingsError("self-registration needs MESH_CONTROL_PLANE_URL")
+        info = InstanceInfo(
+            settings.service_name,
+            url,
+            zone=settings.zone,
+            identity=identity,
+            metadata=dict(metadata or {}),
+            **({"instance": settings.instance_id} if settings.instance_id else {}),
+        )
+        token = settings.control_plane_token
+        return cls(
+            info,
+            settings.control_plane_url,
+            token=token.get_secret_value() if token is not None else None,
+            lease=lease,
+            client=client,
+        )
 
     @property
     def ready(self) -> bool:

@@ -1,0 +1,54 @@
+"""RegistryWatcher: the instance list as endpoints, kept through control-plane outages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from meshlib.discovery.watch import RegistryWatcher, endpoints_from_listing
+from tests.discovery.conftest import plane_app, serve
+
+
+def test_outage_keeps_last_known_endpoints(policy_dir: Path) -> None:
+    """When the control plane goes away the watcher counts errors and keeps what it knew."""
+    seen: list[tuple[object, ...]] = []
+    with serve(plane_app(policy_dir)) as cp:
+        with httpx.Client(base_url=cp.url) as http:
+            http.post(
+                "/v1/registry/payments/instances",
+                json={"instance": "p-1", "url": "http://127.0.0.1:9"},
+                headers={"authorization": "Bearer r3g1ster"},
+            ).raise_for_status()
+        watcher = RegistryWatcher("payments", cp.url, seen.append, token="r3ad", wait=0.2)
+        assert watcher.poll()
+        assert not watcher.poll()  # long-poll timed out: 304
+        assert watcher.consecutive_errors == 0
+    try:
+        assert not watcher.poll()
+        assert watcher.errors == 1
+        assert [e.url for e in watcher.endpoints or ()] == ["http://127.0.0.1:9"]
+        assert len(seen) == 1
+    finally:
+        watcher.close()
+
+
+def test_refused_watch_is_an_error_not_an_empty_list(policy_dir: Path) -> None:
+    """A 401 is counted as an error; it never empties the endpoints."""
+    with serve(plane_app(policy_dir)) as cp:
+        watcher = RegistryWatcher("payments", cp.url, lambda eps: None, token="wrong", wait=0.2)
+        try:
+            assert not watcher.poll()
+            assert watcher.endpoints is None
+            assert "HTTP 401" in (watcher.last_error or "")
+        finally:
+            watcher.close()
+
+
+def test_malformed_instances_are_skipped() -> None:
+    """An instance without a usable URL is skipped, the rest kept."""
+    listing = {"instances": [{"url": "http://127.0.0.1:1", "zone": "z"}, {"url": "nope"}, {}]}
+    assert [(e.url, e.zone) for e in endpoints_from_listing(listing)] == [
+        ("http://127.0.0.1:1", "z")
+    ]
+    assert endpoints_from_listing([]) == ()
