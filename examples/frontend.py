@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
-from servicekit import Counters, install_metrics, parse_args, serve, stats_document
+from servicekit import Counters, fastapi_options, install_metrics, parse_args, serve, stats_document
 
 import meshlib
 from meshlib import AsyncMeshClient, MeshMiddleware
@@ -45,7 +45,7 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
         yield
         await orders.aclose()
 
-    app = FastAPI(title="frontend", lifespan=lifespan)
+    app = FastAPI(title="frontend", lifespan=lifespan, **fastapi_options())
     app.add_middleware(MeshMiddleware, policy=policy, service_name="frontend")
 
     @app.post("/checkout")

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
-from servicekit import Counters, install_metrics, parse_args, serve, stats_document
+from servicekit import Counters, fastapi_options, install_metrics, parse_args, serve, stats_document
 
 import meshlib
 from meshlib import MeshClient, MeshMiddleware
@@ -55,7 +55,7 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
         yield
         payments.close()
 
-    app = FastAPI(title="orders", lifespan=lifespan)
+    app = FastAPI(title="orders", lifespan=lifespan, **fastapi_options())
     app.add_middleware(MeshMiddleware, policy=policy, service_name="orders")
 
     @app.post("/v1/orders", status_code=201)

@@ -20,6 +20,7 @@ The demo (``examples/demo.py``) polls these documents to tell what happened::
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import threading
 from pathlib import Path
@@ -38,6 +39,7 @@ from meshlib.telemetry import names
 __all__ = [
     "DEV_POLICY",
     "Counters",
+    "fastapi_options",
     "install_metrics",
     "mesh_snapshot",
     "metric_summary",
@@ -79,6 +81,20 @@ class Counters:
         """A copy of every counter."""
         with self._lock:
             return dict(self._values)
+
+
+def fastapi_options() -> dict[str, Any]:
+    """``FastAPI(**fastapi_options())``: leave server spans and metrics to MeshMiddleware.
+
+    FastAPI releases with built-in OpenTelemetry (the ``telemetry=`` argument)
+    would record a second SERVER span and a second ``http.server.request.duration``
+    beside meshlib's; older releases record none and lack the argument.
+    """
+    from fastapi import FastAPI
+
+    if "telemetry" in inspect.signature(FastAPI).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False}}
+    return {}
 
 
 def install_metrics() -> InMemoryMetricReader:
