@@ -142,3 +142,39 @@ def test_missing_files_and_settings_are_named(pki: PKI, tmp_path: Path) -> None:
         server_context(pki.settings().model_copy(update={"tls_cert": None}))
     with pytest.raises(CertificateError, match="set MESH_TLS_CA"):
         server_context(pki.settings().model_copy(update={"tls_ca": None}))
+
+
+def test_tls_mode_without_a_ca_uses_certifi(pki: PKI) -> None:
+    """mode tls with no CA anywhere verifies against certifi's bundle, as httpx does, and says so."""
+    import certifi
+
+    ctx = client_context(TLS(mode="tls"), identity=None)
+    assert ctx is not None
+    assert certifi.where() in ctx.ca_description  # type: ignore[attr-defined]
+    with (
+        serve_identity("uvicorn", pki.settings()) as server,
+        pytest.raises(
+            httpx.ConnectError,
+            match=r"(CA that is not|not signed by a CA) in certifi's bundle",
+        ),
+    ):
+        _call(TLS(mode="tls"), server.url, identity=None)
+
+
+def test_contexts_are_shared_per_files_and_identity(pki: PKI) -> None:
+    """One context per (mode, files, identity): equal policies share it; another identity does not."""
+    a = client_context(pki.client_tls(), identity=PAYMENTS)
+    assert client_context(pki.client_tls(), identity=PAYMENTS) is a
+    assert client_context(pki.client_tls(), identity=ORDERS) is not a
+    assert client_context(TLS(mode="disabled"), identity=PAYMENTS) is None
+    with pytest.raises(CertificateError, match="cannot pin the server identity"):
+        client_context(pki.client_tls(), identity="payments")
+
+
+def test_settings_fill_in_what_the_policy_leaves_out(pki: PKI) -> None:
+    """Without paths in the policy, MESH_TLS_* settings supply the CA, certificate and key."""
+    settings = pki.settings(server=pki.client)  # orders' cert/key as this process's identity
+    ctx = client_context(TLS(mode="mutual"), identity=PAYMENTS, settings=settings)
+    assert ctx is not None
+    with serve_identity("werkzeug", pki.settings()) as server, httpx.Client(verify=ctx) as client:
+        assert client.get(server.url).text == ORDERS
