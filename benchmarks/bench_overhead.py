@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
-import uvicorn
 
 from meshlib.outbound import MeshClient
 from meshlib.policy.model import Policy
@@ -29,7 +30,9 @@ from meshlib.policy.model import Policy
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     if scope["type"] != "http":
         return
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
     await send({"type": "http.response.body", "body": b"ok"})
 
 
@@ -37,11 +40,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        pass
 
 
 def _per_call(fn: Callable[[], object], calls: int) -> list[float]:
@@ -53,7 +51,9 @@ def _per_call(fn: Callable[[], object], calls: int) -> list[float]:
     return samples
 
 
-def _compare(name: str, bare: Callable[[], object], mesh: Callable[[], object], calls: int, rounds: int) -> None:
+def _compare(
+    name: str, bare: Callable[[], object], mesh: Callable[[], object], calls: int, rounds: int
+) -> None:
     for fn in (bare, mesh):
         _per_call(fn, 200)  # warm up
     bare_p50, mesh_p50, bare_p99, mesh_p99 = [], [], [], []
@@ -90,15 +90,28 @@ def main() -> None:
         )
 
     port = _free_port()
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    policy = Policy.model_validate(
-        {"version": 1, "services": {"upstream": {"endpoints": [f"http://127.0.0.1:{port}"]}}}
+    # The upstream runs in its own process so it does not share the GIL with the clients.
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.bench_overhead:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--lifespan",
+            "off",
+        ],
+        cwd=root,
     )
     try:
+        _wait_for(port)
+        policy = Policy.model_validate(
+            {"version": 1, "services": {"upstream": {"endpoints": [f"http://127.0.0.1:{port}"]}}}
+        )
         with httpx.Client() as bare, MeshClient(policy) as mesh:
             _compare(
                 "loopback",
@@ -108,8 +121,19 @@ def main() -> None:
                 args.rounds,
             )
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the upstream did not start")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ class Breaker:
 
     __slots__ = (
         "_cb",
+        "_dirty",
         "_lock",
         "_opened_at",
         "_probing",
@@ -111,6 +112,7 @@ class Breaker:
         self._lock = threading.Lock()
         self._opened_at = 0.0
         self._probing = False
+        self._dirty = False  # failures counted or not closed: successes must be reported
         self.opened = 0
         """Times the breaker opened."""
         self.shadow_rejections = 0
@@ -164,14 +166,13 @@ class Breaker:
         another attempt was the probe, are ignored: only the probe decides a
         half-open breaker.
         """
+        if success and permit is PASS and not self._dirty:
+            return  # the fast path of a healthy endpoint: nothing for pybreaker to count
         if permit is DENIED or not self.config.enabled:
             return
         cb = self._cb
-        state = cb.current_state
-        if permit is PASS and (
-            state != pybreaker.STATE_CLOSED or (success and cb.fail_counter == 0)
-        ):
-            return  # nothing to count (or not ours to count): the fast path of a healthy endpoint
+        if permit is PASS and cb.current_state != pybreaker.STATE_CLOSED:
+            return  # not ours to count: only the probe decides a half-open breaker
         try:
             cb.call(_succeed if success else _fail)
         except (_Failure, pybreaker.CircuitBreakerError):
@@ -179,6 +180,7 @@ class Breaker:
         finally:
             if permit is PROBE:
                 self._probing = False
+            self._dirty = cb.fail_counter > 0 or cb.current_state != pybreaker.STATE_CLOSED
 
     def release(self, permit: Permit) -> None:
         """Give back a probe whose attempt never ran (the call was cancelled)."""

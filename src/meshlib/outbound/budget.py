@@ -74,6 +74,11 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one call (its first try); retries are counted by :meth:`try_retry`."""
+        now = int(self.clock.monotonic() / self._bucket_width)
+        if now == self._current:
+            # Hot path without the lock: a rare lost increment only makes the budget stricter.
+            self._requests[now % _BUCKETS] += 1
+            return
         with self._lock:
             self._requests[self._rotate()] += 1
 

@@ -136,9 +136,11 @@ class Destination:
         assert outlier is not None
         assert self.balancer is not None
         if len(endpoints) == 1:
-            candidates: Sequence[EndpointState] = (
-                endpoints if endpoints[0].breaker.available() else ()
-            )
+            only = endpoints[0]
+            permit = only.breaker.acquire()
+            if permit is not DENIED:
+                return only, permit
+            candidates: Sequence[EndpointState] = ()
         else:
             available = [e for e in endpoints if e.breaker.available()]
             candidates = [e for e in available if not outlier.is_ejected(e.url)] or available

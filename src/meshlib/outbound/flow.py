@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Generator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from meshlib.clock import Clock
 from meshlib.deadline import DEADLINE_HEADER, current_deadline
 from meshlib.errors import CircuitOpenError, DeadlineExceeded
-from meshlib.outbound.breaker import PROBE
+from meshlib.outbound.breaker import PASS
 from meshlib.outbound.destination import Destination, EndpointState
 from meshlib.outbound.endpoints import Pools
 from meshlib.outbound.fault import FAULT_HEADER, decide_fault
@@ -68,9 +67,8 @@ Step = Send | Sleep
 Flow = Generator[Step, Any, httpx.Response]
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try of a call, as recorded in its history.
+class Attempt(NamedTuple):
+    """One try of a call, as recorded in its history (a named tuple: cheap to build per try).
 
     ``outcome`` is the status code or the exception class name; ``backoff``
     the wait before the next try (0.0 for the last); ``note`` why the call
@@ -349,7 +347,7 @@ class Outbound:
         call: CallTelemetry | None,
     ) -> None:
         """Tell the breaker and outlier detector; report state changes as events and metrics."""
-        if success and permit is not PROBE and endpoint.breaker.state == "closed":
+        if success and permit is PASS:
             dest.record(endpoint, permit, True)
             return
         before = endpoint.breaker.state

@@ -81,7 +81,8 @@ class Router:
         self.base = base
         self.clock = clock
         self.destinations: dict[str, Destination] = {}
-        self.origins: dict[str, Destination] = {}
+        self.origins: dict[tuple[str, str, int | None], Destination] = {}
+        self._default_plan: Plan | None = None
         self.dropped: list[EndpointState] = []
         self._plans: dict[int, Plan] = {}
         self._synced: PolicySnapshot | None = None
@@ -99,11 +100,19 @@ class Router:
         if snapshot is not self._synced:
             self.sync(snapshot)
         url = request.url
-        host = url.host
+        # httpx's parsed form, when present, spares three property decodes per call.
+        ref = getattr(url, "_uri_reference", None)
+        host = url.host if ref is None else ref.host
         dest = self.destinations.get(host)
         if dest is None:
-            plan = self.plan_for(snapshot.resolver.resolve(None))
-            return plan, self._origin(url, plan)
+            plan = self._default_plan
+            if plan is None:
+                plan = self._default_plan = self.plan_for(snapshot.resolver.resolve(None))
+            key = (url.scheme, host, url.port) if ref is None else (ref.scheme, host, ref.port)
+            dest = self.origins.get(key)
+            if dest is None or dest.effective is not plan.effective:
+                dest = self._origin(key, url, plan)
+            return plan, dest
         effective = snapshot.resolver.resolve(host, request.method, url.path, request.headers)
         plan = self.plan_for(effective)
         if plan.split:
@@ -118,26 +127,25 @@ class Router:
                 return service
         return plan.split[-1][0]
 
-    def _origin(self, url: httpx.URL, plan: Plan) -> Destination:
-        key = f"{url.scheme}://{url.host}:{url.port or _DEFAULT_PORTS.get(url.scheme, 0)}"
-        dest = self.origins.get(key)
-        if dest is None or dest.effective is not plan.effective:
-            with self._lock:
-                dest = self.origins.get(key) or Destination(key, self.clock)
-                effective = plan.effective
-                state = EndpointState(
-                    key,
-                    url.scheme,
-                    url.host,
-                    url.port,
-                    self.base,
-                    Breaker(effective.circuit_breaker, self.clock, name=key),
-                )
-                state.rewrite = False
-                dest.configure(effective, [state])
-                if len(self.origins) >= _MAX_ORIGINS and key not in self.origins:
-                    self.origins.pop(next(iter(self.origins)))
-                self.origins[key] = dest
+    def _origin(self, key: tuple[str, str, int | None], url: httpx.URL, plan: Plan) -> Destination:
+        """The destination of a non-mesh origin, made (or reconfigured) under ``plan``."""
+        name = f"{url.scheme}://{url.host}:{url.port or _DEFAULT_PORTS.get(url.scheme, 0)}"
+        with self._lock:
+            dest = self.origins.get(key) or Destination(name, self.clock)
+            effective = plan.effective
+            state = EndpointState(
+                name,
+                url.scheme,
+                url.host,
+                url.port,
+                self.base,
+                Breaker(effective.circuit_breaker, self.clock, name=name),
+            )
+            state.rewrite = False
+            dest.configure(effective, [state])
+            if len(self.origins) >= _MAX_ORIGINS and key not in self.origins:
+                self.origins.pop(next(iter(self.origins)))
+            self.origins[key] = dest
         return dest
 
     def sync(self, snapshot: PolicySnapshot) -> None:
@@ -165,6 +173,7 @@ class Router:
             self.pools.keep_only(keys)
             self.destinations = destinations
             self._plans = {}
+            self._default_plan = None
             self._synced = snapshot
 
     def _endpoint(

@@ -69,7 +69,8 @@ def snapshot() -> dict[str, Any]:
         routers = list(_routers)
     merged: dict[str, dict[str, Any]] = {}
     for router in routers:
-        for name, dest in [*router.destinations.items(), *router.origins.items()]:
+        for dest in [*router.destinations.values(), *router.origins.values()]:
+            name = dest.name
             part = dest.stats()
             into = merged.setdefault(
                 name,

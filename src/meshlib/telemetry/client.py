@@ -81,6 +81,16 @@ def _httpx_instrumented() -> bool:
     )
 
 
+def _is_real(provider: object) -> bool:
+    """Whether a global provider is an SDK one rather than the API's proxy or no-op default."""
+    return type(provider).__name__ not in (
+        "_ProxyMeterProvider",
+        "NoOpMeterProvider",
+        "ProxyTracerProvider",
+        "NoOpTracerProvider",
+    )
+
+
 class LatencySplit:
     """One call's time, split: ``service + network + meshlib + waits == total`` (seconds)."""
 
@@ -118,8 +128,10 @@ class ClientTelemetry:
 
         self.tracer = trace.get_tracer(names.SCOPE, __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter(names.SCOPE, __version__, meter_provider=meter_provider)
-        self._meter_provider = meter_provider
         self._metrics_on = meter_provider is not None
+        self._metrics_checked = 0.0
+        self._tracing_on = tracer_provider is not None
+        self._tracing_checked = 0.0
         self.caller = caller
         make = names.create_instrument
         self.duration = make(meter, names.CLIENT_REQUEST_DURATION)
@@ -133,16 +145,29 @@ class ClientTelemetry:
         self.network_time = make(meter, names.CLIENT_LATENCY_NETWORK)
         self.meshlib_time = make(meter, names.CLIENT_LATENCY_MESHLIB)
 
-    def metrics_on(self) -> bool:
-        """Whether a real meter provider is in place (so the latency split is worth measuring)."""
+    def metrics_on(self, now: float) -> bool:
+        """Whether a real meter provider is in place (so the latency split is worth measuring).
+
+        Asking OpenTelemetry costs microseconds (it reads the environment), so
+        a "no" is remembered for a second; a "yes" for good.
+        """
         if self._metrics_on:
             return True
-        provider = metrics.get_meter_provider()
-        name = type(provider).__name__
-        if name in ("_ProxyMeterProvider", "NoOpMeterProvider", "ProxyMeterProvider"):
+        if now < self._metrics_checked:
             return False
-        self._metrics_on = True
-        return True
+        self._metrics_checked = now + 1.0
+        self._metrics_on = _is_real(metrics.get_meter_provider())
+        return self._metrics_on
+
+    def tracing_on(self, now: float) -> bool:
+        """Whether a real tracer provider is in place (cached as :meth:`metrics_on` is)."""
+        if self._tracing_on:
+            return True
+        if now < self._tracing_checked:
+            return False
+        self._tracing_checked = now + 1.0
+        self._tracing_on = _is_real(trace.get_tracer_provider())
+        return self._tracing_on
 
     def start_call(
         self,
@@ -154,11 +179,19 @@ class ClientTelemetry:
         is_async: bool,
     ) -> CallTelemetry | None:
         """Begin a call's telemetry; None when nothing records and there is no context to pass on."""
-        span = self.tracer.start_span(
-            f"{names.SPAN_CALL_PREFIX} {request.method}", kind=SpanKind.INTERNAL
-        )
-        recording = span.is_recording()
-        split = recording or self.metrics_on()
+        if self.tracing_on(start):
+            span = self.tracer.start_span(
+                f"{names.SPAN_CALL_PREFIX} {request.method}", kind=SpanKind.INTERNAL
+            )
+            recording = span.is_recording()
+        else:
+            # No SDK: skip the no-op span, but still pass on a context that came in.
+            parent = trace.get_current_span().get_span_context()
+            if not parent.is_valid and not self.metrics_on(start):
+                return None
+            span = trace.NonRecordingSpan(parent)
+            recording = False
+        split = recording or self.metrics_on(start)
         if not split and not span.get_span_context().is_valid:
             return None
         call = CallTelemetry(self, span, recording, split, destination, route, start, clock)
