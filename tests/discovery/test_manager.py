@@ -140,3 +140,44 @@ def test_registry_without_control_plane_is_logged_not_fatal(
         assert "MESH_CONTROL_PLANE_URL is not set" in caplog.text
     finally:
         discovery.close()
+
+
+def test_probes_use_the_services_tls_and_identity(tmp_path: Path) -> None:
+    """Over TLS, a probe passes only when the endpoint proves the service's SPIFFE identity."""
+    from meshlib.security.ca import DevCA
+
+    ca = DevCA.create("example.org", tmp_path / "ca")
+    leaf = ca.issue("payments", ips=["127.0.0.1"])
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    tls_config = {"ssl_certfile": str(leaf.cert_path), "ssl_keyfile": str(leaf.key_path)}
+    with serve_asgi(app, **tls_config) as up:
+        base = f"""\
+version: 1
+trust_domain: example.org
+services:
+  SERVICE:
+    endpoints: ["{up.url}", "http://127.0.0.1:1"]
+    tls: {{mode: tls, ca: "{ca.cert_path}"}}
+    discovery:
+      health_check: {{interval: 100ms, timeout: 90ms}}
+      panic_threshold: 0
+"""
+        for service, expected in (("payments", (up.url,)), ("orders", ())):
+            store = PolicyStore(parse_policy(base.replace("SERVICE", service)))
+            discovery = Discovery(store, settings=MeshSettings())
+            try:
+                found = discovery.endpoint_set(service)
+                assert found is not None
+                _wait_for(
+                    lambda f=found: (
+                        len(f.health.snapshot()) == 2
+                        and "unknown" not in f.health.snapshot().values()
+                    )
+                )  # type: ignore[union-attr]
+                assert found.selection.urls == expected
+            finally:
+                discovery.close()

@@ -177,8 +177,8 @@ class HealthProber:
     """Runs a :class:`HealthMonitor`'s probes over HTTP in a daemon thread.
 
     ``client`` is the ``httpx.Client`` probes go through (give one with the
-    mesh's TLS context for https endpoints); the default is a plain client the
-    prober owns and closes::
+    mesh's TLS context for https endpoints, and ``owns_client=True`` to have it
+    closed with the prober); the default is a plain client the prober owns::
 
         prober = HealthProber(monitor, service="payments")
         prober.start()
@@ -192,11 +192,12 @@ class HealthProber:
         *,
         service: str = "",
         client: httpx.Client | None = None,
+        owns_client: bool | None = None,
         idle_wait: float = 1.0,
     ) -> None:
         self.monitor = monitor
         self.service = service
-        self._own_client = client is None
+        self._own_client = client is None if owns_client is None else owns_client
         self._client = client or httpx.Client(trust_env=False)
         self._idle_wait = idle_wait
         self._wake = threading.Event()

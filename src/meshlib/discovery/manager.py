@@ -32,8 +32,8 @@ from meshlib.discovery.dns import DnsResolver, DnsWatcher
 from meshlib.discovery.endpoints import EndpointSet
 from meshlib.discovery.health import HealthMonitor, HealthProber
 from meshlib.discovery.watch import RegistryWatcher
+from meshlib.policy.model import TLS, Endpoint, Service
 from meshlib.policy.model import Discovery as DiscoveryPolicy
-from meshlib.policy.model import Endpoint, Service
 from meshlib.policy.store import PolicySnapshot, PolicyStore
 from meshlib.settings import MeshSettings
 
@@ -50,6 +50,7 @@ class _ServiceDiscovery:
     def __init__(self, name: str, endpoints: EndpointSet) -> None:
         self.name = name
         self.endpoints = endpoints
+        self.peer: tuple[TLS, str] | None = None
         self.dns: DnsWatcher | None = None
         self.registry: RegistryWatcher | None = None
         self.prober: HealthProber | None = None
@@ -77,6 +78,7 @@ class Discovery:
         first_answer_wait: float = 0.0,
     ) -> None:
         settings = settings or MeshSettings()
+        self.settings = settings
         self.store = store
         self.clock = clock
         self.local_zone = settings.zone
@@ -118,24 +120,31 @@ class Discovery:
                         name, EndpointSet(name, local_zone=self.local_zone)
                     )
                 try:
-                    self._configure(running, service)
+                    self._configure(running, service, snapshot)
                 except Exception:  # one service's discovery must not stop the others'
                     logger.exception("%s: configuring discovery failed", name)
 
-    def _configure(self, running: _ServiceDiscovery, service: Service) -> None:
+    def _configure(
+        self, running: _ServiceDiscovery, service: Service, snapshot: PolicySnapshot
+    ) -> None:
         policy = service.discovery or DiscoveryPolicy()
         endpoints = running.endpoints
         endpoints.configure(service.discovery)
         endpoints.set_source("static", service.endpoints)
-        self._configure_health(running, policy)
+        tls = snapshot.resolver.resolve(running.name).tls
+        identity = snapshot.policy.service_identity(running.name)
+        self._configure_health(running, policy, (tls, identity))
         self._configure_dns(running, policy)
         self._configure_registry(running, policy)
 
-    def _configure_health(self, running: _ServiceDiscovery, policy: DiscoveryPolicy) -> None:
+    def _configure_health(
+        self, running: _ServiceDiscovery, policy: DiscoveryPolicy, peer: tuple[TLS, str]
+    ) -> None:
         config = policy.health_check
         prober = running.prober
-        if prober is not None and prober.monitor.config == config:
+        if prober is not None and prober.monitor.config == config and running.peer == peer:
             return
+        running.peer = peer
         if prober is not None:
             prober.close()
             running.prober = None
@@ -144,7 +153,17 @@ class Discovery:
             return
         monitor = HealthMonitor(config, self.clock)
         running.endpoints.use_health(monitor)
-        running.prober = HealthProber(monitor, service=running.name, client=self.probe_client)
+        client, owned = self.probe_client, False
+        tls, identity = peer
+        if client is None and tls.mode != "disabled":
+            # Probes must pass the same TLS and identity checks as calls do.
+            from meshlib.security.tls import client_context
+
+            context = client_context(tls, identity=identity, settings=self.settings)
+            client, owned = httpx.Client(verify=context or True, trust_env=False), True
+        running.prober = HealthProber(
+            monitor, service=running.name, client=client, owns_client=owned or client is None
+        )
         running.prober.start()
 
     def _configure_dns(self, running: _ServiceDiscovery, policy: DiscoveryPolicy) -> None:
