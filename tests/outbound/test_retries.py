@@ -140,3 +140,14 @@ def test_fault_abort_answers_without_sending(driver: Driver, up) -> None:
     assert response.status_code == 418
     assert response.headers["x-meshlib-fault"] == "abort"
     assert upstream.total == 0
+
+
+def test_fault_delay_waits_then_sends(driver: Driver, up) -> None:
+    """A 100% delay fault waits its duration before sending the request."""
+    upstream, server = up
+    policy = mesh_policy([server.url], fault={"delay": {"duration": "150ms", "percent": 100}})
+    client = driver.client(policy)
+    started = time.monotonic()
+    assert driver.request(client, "GET", "http://payments/ok").status_code == 200
+    assert time.monotonic() - started >= 0.15
+    assert upstream.hits["/ok"] == 1

@@ -152,3 +152,41 @@ def test_unsampled_calls_still_propagate_context(driver: Driver, up) -> None:
     client = driver.client(mesh_policy([server.url]))
     driver.request(client, "GET", "http://payments/ok")
     assert "traceparent" not in upstream.headers[-1]
+
+
+def test_streamed_response_span_ends_with_body(driver: Driver, up, telemetry: Telemetry) -> None:
+    """The call and attempt spans stay open while a streamed body is read and end when it closes."""
+    _upstream, server = up
+    client = driver.client(mesh_policy([server.url]), **telemetry.kwargs())
+    if driver.is_async:
+
+        async def go() -> None:
+            async with client.stream("GET", "http://payments/ok") as response:
+                assert telemetry.exporter.get_finished_spans() == ()
+                await response.aread()
+
+        assert driver.portal is not None
+        driver.portal.call(go)
+    else:
+        with client.stream("GET", "http://payments/ok") as response:
+            assert telemetry.exporter.get_finished_spans() == ()
+            response.read()
+    assert len(telemetry.exporter.get_finished_spans()) == 2
+
+
+def test_httpx_instrumentation_does_not_double_attempt_spans(
+    driver: Driver, up, telemetry: Telemetry
+) -> None:
+    """With opentelemetry-instrumentation-httpx on globally, each attempt is still one CLIENT span."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    _upstream, server = up
+    instrumentor = HTTPXClientInstrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.tracer_provider)
+    try:
+        client = driver.client(mesh_policy([server.url]), **telemetry.kwargs())
+        driver.request(client, "GET", "http://payments/flaky/1/d")
+    finally:
+        instrumentor.uninstrument()
+    spans = telemetry.exporter.get_finished_spans()
+    assert len([s for s in spans if s.kind is SpanKind.CLIENT]) == 2
