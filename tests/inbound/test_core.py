@@ -115,6 +115,15 @@ def test_health_and_drain(telemetry: Telemetry) -> None:
     assert health_status(core, "/healthz") == 200
 
 
+def test_drain_all_drains_every_live_middleware(telemetry: Telemetry) -> None:
+    """drain_all() reaches middlewares a framework built, e.g. through add_middleware."""
+    from meshlib.inbound import drain_all
+
+    cores = [make_core(telemetry, PolicyStore(policy()), FakeClock()) for _ in range(2)]
+    assert drain_all() >= 2
+    assert [core.ready for core in cores] == [False, False]
+
+
 def test_health_paths_follow_settings(telemetry: Telemetry) -> None:
     """MESH_HEALTH_PATH and MESH_READY_PATH move the endpoints."""
     core = InboundCore(

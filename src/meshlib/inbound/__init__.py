@@ -11,6 +11,7 @@ admission control and health endpoints, all from
 from __future__ import annotations
 
 from meshlib.inbound.asgi import MeshMiddleware
+from meshlib.inbound.core import drain_all
 from meshlib.inbound.wsgi import MeshWSGIMiddleware
 
-__all__ = ["MeshMiddleware", "MeshWSGIMiddleware"]
+__all__ = ["MeshMiddleware", "MeshWSGIMiddleware", "drain_all"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 from contextvars import Token
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from meshlib.security.identity import peer_identity_from_cert
 from meshlib.settings import MeshSettings
 from meshlib.telemetry.server import ServerTelemetry
 
-__all__ = ["Exchange", "InboundCore", "RequestInfo"]
+__all__ = ["Exchange", "InboundCore", "RequestInfo", "drain_all"]
 
 logger = logging.getLogger("meshlib.inbound")
 
@@ -62,6 +63,21 @@ _OVERLOADED = MeshResponse.text(
     503, "Service Unavailable", "overloaded, retry later\n", ("retry-after", "1")
 )
 _NO_POLICY = MeshResponse.text(503, "Service Unavailable", "not ready\n", ("retry-after", "1"))
+
+_LIVE: weakref.WeakSet[InboundCore] = weakref.WeakSet()
+
+
+def drain_all() -> int:
+    """Drain every middleware in the process (e.g. from a SIGTERM handler); returns how many.
+
+    Handy when a framework built the middleware for you (``app.add_middleware``)::
+
+        signal.signal(signal.SIGTERM, lambda *_: meshlib.inbound.drain_all())
+    """
+    cores = list(_LIVE)
+    for core in cores:
+        core.drain()
+    return len(cores)
 
 
 @dataclass(slots=True)
@@ -185,6 +201,7 @@ class InboundCore:
         self._plan: InboundPlan | None = None
         self._plan_lock = threading.Lock()
         self._on_close = list(on_close)
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ lifecycle
 

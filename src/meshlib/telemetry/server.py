@@ -95,7 +95,8 @@ def split_host(host: str | None, scheme: str) -> tuple[str | None, int | None]:
     elif host.count(":") == 1:
         name, _, port = host.partition(":")
     if port:
-        return name, int(port) if port.isdigit() and len(port) <= 5 else None
+        valid = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535
+        return name, int(port) if valid else None
     return name, 443 if scheme == "https" else 80
 
 
