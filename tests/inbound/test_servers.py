@@ -204,7 +204,7 @@ def test_deadline_is_current_in_the_handler(
 
 
 def test_deadline_propagates_to_outbound_calls(kind: str, telemetry: Telemetry) -> None:
-    """A MeshClient call inside the handler sends a smaller x-mesh-deadline-ms on."""
+    """A MeshClient call inside the handler sends a smaller x-mesh-deadline-ms and the same trace on."""
     with serve_asgi(echo) as downstream:
         store = PolicyStore(policy(downstream=downstream.url))
         with serve_twin(kind, store, telemetry, downstream=downstream.url) as twin:
@@ -213,6 +213,7 @@ def test_deadline_propagates_to_outbound_calls(kind: str, telemetry: Telemetry) 
                 headers={"x-mesh-deadline-ms": "5000", "traceparent": TRACEPARENT},
             ).json()
     assert 0 < int(seen["x-mesh-deadline-ms"]) < 5000
+    assert seen["traceparent"].split("-")[1] == TRACE_ID
 
 
 def test_rate_limit_answers_429_with_retry_after(kind: str, telemetry: Telemetry) -> None:

@@ -40,7 +40,7 @@ from opentelemetry import trace
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.deadline import Deadline, current_deadline
 from meshlib.errors import CertificateError
-from meshlib.inbound.admission import LimiterRegistry, retry_after_header
+from meshlib.inbound.admission import ConcurrencyLimiter, LimiterRegistry, retry_after_header
 from meshlib.inbound.authz import normalize_path
 from meshlib.inbound.deadlines import incoming_deadline
 from meshlib.inbound.health import HealthPaths, MeshResponse
@@ -135,7 +135,7 @@ class Exchange:
         self.span: trace.Span = trace.INVALID_SPAN
         self.context = otel_context.Context()
         self.deadline: Deadline | None = None
-        self.slot: Any = None
+        self.slot: ConcurrencyLimiter | None = None
         self._otel_token: Token[Any] | None = None
         self._deadline_token: Token[Deadline | None] | None = None
 
@@ -176,8 +176,8 @@ class Exchange:
 class InboundCore:
     """Everything the middlewares share: policy, plan cache, limiters, telemetry, health.
 
-    Build it through :func:`meshlib.inbound.core.InboundCore.from_config` in
-    drivers; tests may build it directly from a store.
+    Drivers build it with :func:`meshlib.inbound.config.build_core`; tests may
+    build it directly from a store.
     """
 
     def __init__(
