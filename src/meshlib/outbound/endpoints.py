@@ -86,6 +86,8 @@ class Pools(Generic[T]):
             context = _tls_context(tls, identity, self._settings)
             if context is not None:
                 kwargs["verify"] = context
+                # The shared context carries our certificate; httpx would load cert= into it.
+                kwargs.pop("cert", None)
         pool: T = self._factory(**kwargs)
         return pool
 

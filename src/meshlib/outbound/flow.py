@@ -139,6 +139,10 @@ class Outbound:
         original_url = request.url
         try:
             response = yield from self._attempts(request, plan, dest, call, start, deadline_at)
+        except GeneratorExit:  # the driver was cancelled mid-call: not the destination's fault
+            if call is not None:
+                call.finish_cancelled()
+            raise
         except BaseException as exc:
             dest.errors += 1
             if call is not None:

@@ -97,7 +97,7 @@ class Router:
 
     def route(self, snapshot: PolicySnapshot, request: httpx.Request) -> tuple[Plan, Destination]:
         """The plan and destination for ``request`` under ``snapshot``."""
-        if snapshot is not self._synced:
+        if snapshot is not self._synced and snapshot is self.store.peek():
             self.sync(snapshot)
         url = request.url
         # httpx's parsed form, when present, spares three property decodes per call.
@@ -153,6 +153,8 @@ class Router:
         with self._lock:
             if snapshot is self._synced:
                 return
+            if self._synced is not None and snapshot is not self.store.peek():
+                return  # an older snapshot, told late (or asked for by an in-flight call)
             resolver = snapshot.resolver
             keys: set[PoolKey] = set()
             destinations: dict[str, Destination] = {}

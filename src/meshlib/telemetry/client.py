@@ -8,17 +8,10 @@ backoff included. Resilience decisions are events on the call span (names in
 :mod:`meshlib.telemetry.names`). Spans end when the response body is done,
 streamed bodies included. W3C trace context is injected into every attempt.
 
-The latency split answers "was it the service, the network or the mesh?"::
-
-    total    = call start -> response body done, as the caller saw it
-    service  = the callee's own time, from its ``Server-Timing: app;dur=<ms>``
-    network  = attempt windows (httpx ``trace`` events: connect/send start ->
-               response headers) + body transfer - service
-    meshlib  = total - attempt windows - body transfer - waits (backoff, injected delay)
-
-so ``service + network + meshlib + waits == total``; with no retries, waits
-is 0. Everything here is skipped when nothing records: a non-recording span
-costs one ``start_span`` and one ``is_recording()`` per call::
+The latency split (:mod:`meshlib.telemetry.latency`) is set on the call span
+as ``meshlib.latency.*`` attributes and recorded per edge in histograms.
+When no SDK provider is configured and no trace context came in, a call
+costs a cached provider check and one context look-up, nothing more::
 
     telemetry = ClientTelemetry(tracer_provider=provider, meter_provider=meter_provider)
 """
@@ -43,35 +36,15 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from meshlib.clock import Clock
 from meshlib.telemetry import names
+from meshlib.telemetry.latency import AttemptMarks, LatencySplit, parse_server_timing
 
-__all__ = ["CallTelemetry", "ClientTelemetry", "LatencySplit", "parse_server_timing"]
+__all__ = ["CallTelemetry", "ClientTelemetry"]
 
 _SUPPRESS_KEY: str | None
 try:  # the key opentelemetry-instrumentation-httpx checks to stay out of our way
     from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY as _SUPPRESS_KEY
 except ImportError:  # pragma: no cover - older opentelemetry-api
     _SUPPRESS_KEY = None
-
-
-def parse_server_timing(value: str | None) -> float | None:
-    """Seconds in the ``app`` entry of a Server-Timing header, or None.
-
-    ``parse_server_timing("db;dur=2, app;dur=12.5") == 0.0125``
-    """
-    if not value:
-        return None
-    for entry in value.split(","):
-        name, _, params = entry.strip().partition(";")
-        if name.strip() != names.SERVER_TIMING_APP:
-            continue
-        for param in params.split(";"):
-            key, _, number = param.strip().partition("=")
-            if key.strip() == "dur":
-                try:
-                    return max(0.0, float(number.strip().strip('"')) / 1000.0)
-                except ValueError:
-                    return None
-    return None
 
 
 def _httpx_instrumented() -> bool:
@@ -89,29 +62,6 @@ def _is_real(provider: object) -> bool:
         "ProxyTracerProvider",
         "NoOpTracerProvider",
     )
-
-
-class LatencySplit:
-    """One call's time, split: ``service + network + meshlib + waits == total`` (seconds)."""
-
-    __slots__ = ("meshlib", "network", "service", "total", "waits")
-
-    def __init__(
-        self, total: float, service: float | None, network: float, meshlib: float, waits: float
-    ) -> None:
-        self.total = total
-        self.service = service
-        self.network = network
-        self.meshlib = meshlib
-        self.waits = waits
-
-    def __repr__(self) -> str:
-        service = "n/a" if self.service is None else f"{self.service * 1000:.2f}ms"
-        return (
-            f"<LatencySplit total={self.total * 1000:.2f}ms service={service} "
-            f"network={self.network * 1000:.2f}ms meshlib={self.meshlib * 1000:.2f}ms "
-            f"waits={self.waits * 1000:.2f}ms>"
-        )
 
 
 class ClientTelemetry:
@@ -209,29 +159,6 @@ class ClientTelemetry:
         return call
 
 
-class _Marks:
-    """Timestamps httpx's ``trace`` extension reports for one attempt."""
-
-    __slots__ = ("clock", "done", "first")
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.first = 0.0
-        self.done = 0.0
-
-    def mark(self, name: str) -> None:
-        if not self.first and name.endswith(".started") and not name.startswith("connection_pool"):
-            self.first = self.clock.monotonic()
-        elif name.endswith("receive_response_headers.complete"):
-            self.done = self.clock.monotonic()
-
-    def sync_hook(self, name: str, info: dict[str, Any]) -> None:
-        self.mark(name)
-
-    async def async_hook(self, name: str, info: dict[str, Any]) -> None:
-        self.mark(name)
-
-
 class CallTelemetry:
     """One call's spans and timings (only built when something records or measures)."""
 
@@ -281,7 +208,7 @@ class CallTelemetry:
         self._attempt: Span | None = None
         self._attempt_start = 0.0
         self._headers_at = 0.0
-        self._marks: _Marks | None = None
+        self._marks: AttemptMarks | None = None
         self._suppress_token: object | None = None
 
     # -- attempts ----------------------------------------------------------------------------
@@ -316,7 +243,7 @@ class CallTelemetry:
                 )
         propagate.inject(request.headers, context=trace.set_span_in_context(span))
         if self.split and "trace" not in request.extensions:
-            marks = self._marks = _Marks(self.clock)
+            marks = self._marks = AttemptMarks(self.clock)
             request.extensions["trace"] = marks.async_hook if self.is_async else marks.sync_hook
         self._attempt_start = self.clock.monotonic()
 
@@ -365,6 +292,9 @@ class CallTelemetry:
 
     def discard_attempt(self) -> None:
         """End the span of an attempt whose outcome is thrown away (it is being retried)."""
+        if self._suppress_token is not None:
+            otel_context.detach(self._suppress_token)  # type: ignore[arg-type]
+            self._suppress_token = None
         if self._attempt is not None:
             self._attempt.end()
             self._attempt = None
@@ -395,6 +325,13 @@ class CallTelemetry:
         if self.recording:
             self.span.set_attribute(ERROR_TYPE, type(error).__qualname__)
             self.span.set_status(Status(StatusCode.ERROR, str(error)))
+        self.discard_attempt()
+        self.span.end()
+
+    def finish_cancelled(self) -> None:
+        """The call was cancelled (task cancellation, KeyboardInterrupt): end its spans."""
+        if self.recording:
+            self.span.set_status(Status(StatusCode.ERROR, "cancelled"))
         self.discard_attempt()
         self.span.end()
 
