@@ -9,7 +9,7 @@ a :class:`~meshlib.discovery.dns.DnsWatcher`, a
 A policy reload reconfigures them, keeping the state of what did not change;
 sets outlive reloads, so a reader may hold on to one::
 
-    discovery = Discovery(store, settings=MeshSettings(zone="eu-1"))
+    discovery = Discovery(store, settings=MeshSettings(zone="eu-1"))   # follows the store
     discovery.endpoint_set("payments").selection.endpoints
     discovery.close()
 
@@ -19,6 +19,7 @@ dashboard).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -29,7 +30,7 @@ import httpx
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.discovery.dns import DnsResolver, DnsWatcher
-from meshlib.discovery.endpoints import EndpointSet
+from meshlib.discovery.endpoints import EndpointSet, Selection
 from meshlib.discovery.health import HealthMonitor, HealthProber
 from meshlib.discovery.watch import RegistryWatcher
 from meshlib.policy.model import TLS, Endpoint, Service
@@ -76,6 +77,8 @@ class Discovery:
         registry_client: httpx.Client | None = None,
         registry_wait: float = 30.0,
         first_answer_wait: float = 0.0,
+        follow: bool = True,
+        on_change: Callable[[str, Selection], None] | None = None,
     ) -> None:
         settings = settings or MeshSettings()
         self.settings = settings
@@ -93,8 +96,11 @@ class Discovery:
         self.services: dict[str, _ServiceDiscovery] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._on_change = on_change
         snapshot = store.peek()
-        self._unsubscribe: Callable[[], None] = store.subscribe(lambda old, new: self.sync(new))
+        self._unsubscribe: Callable[[], None] = (
+            store.subscribe(lambda old, new: self.sync(new)) if follow else lambda: None
+        )
         if snapshot is not None:
             self.sync(snapshot)
         _live.add(self)
@@ -116,9 +122,10 @@ class Discovery:
             for name, service in wanted.items():
                 running = self.services.get(name)
                 if running is None:
-                    running = self.services[name] = _ServiceDiscovery(
-                        name, EndpointSet(name, local_zone=self.local_zone)
-                    )
+                    endpoints = EndpointSet(name, local_zone=self.local_zone)
+                    if self._on_change is not None:
+                        endpoints.subscribe(functools.partial(self._on_change, name))
+                    running = self.services[name] = _ServiceDiscovery(name, endpoints)
                 try:
                     self._configure(running, service, snapshot)
                 except Exception:  # one service's discovery must not stop the others'
