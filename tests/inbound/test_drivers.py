@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -163,3 +164,36 @@ def test_asgi_app_exception_after_start_keeps_the_status(telemetry: Telemetry) -
     assert (span.attributes or {})["http.response.status_code"] == 200
     assert (span.attributes or {})[ERROR_TYPE] == "KeyError"
     assert b"server-timing" in dict(sent[0]["headers"])
+
+
+def test_fastapi_add_middleware_and_flask_wsgi_app_wiring(telemetry: Telemetry) -> None:
+    """The documented one-liners work: app.add_middleware(...) and app.wsgi_app = ...(app.wsgi_app)."""
+    from fastapi import FastAPI
+    from flask import Flask
+
+    from tests.support.servers import serve_asgi
+
+    from .twins import get
+
+    fastapi = FastAPI()
+    fastapi.get("/ping")(lambda: {"ok": True})
+    fastapi.add_middleware(
+        MeshMiddleware,
+        policy=POLICY,
+        service_name="payments",
+        tracer_provider=telemetry.tracer_provider,
+    )
+    with serve_asgi(fastapi) as server:
+        response = get(f"{server.url}/ping")
+        assert response.headers["server-timing"].startswith("app;dur=")
+        assert get(f"{server.url}/readyz").status_code == 200
+    flask = Flask(__name__)
+    flask.get("/ping")(lambda: {"ok": True})
+    flask.wsgi_app = wsgi(flask.wsgi_app, telemetry)  # type: ignore[method-assign]
+    flask_response = flask.test_client().get("/ping")
+    assert flask_response.headers["Server-Timing"].startswith("app;dur=")
+    flask_response.close()  # the WSGI exchange ends when the body is closed (PEP 3333)
+    deadline = time.monotonic() + 5
+    while len(telemetry.spans()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sorted(s.name for s in telemetry.spans()) == ["GET /ping", "GET /ping"]
