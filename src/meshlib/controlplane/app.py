@@ -150,11 +150,27 @@ def _etags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
+_rendered: dict[str, bytes] = {}
+
+
+def _render(version: PolicyVersion) -> bytes:
+    """The JSON body of a version, rendered once: a publish answers every watcher at once."""
+    body = _rendered.get(version.etag)
+    if body is None:
+        body = bytes(JSONResponse(version.to_json()).body)
+        if len(_rendered) >= 8:
+            _rendered.clear()
+        _rendered[version.etag] = body
+    return body
+
+
 def _policy_response(version: PolicyVersion, status: int = 200) -> Response:
     headers = {"ETag": version.etag, "Cache-Control": "no-cache"}
     if status == 304:
         return Response(status_code=304, headers=headers)
-    return JSONResponse(version.to_json(), status_code=status, headers=headers)
+    return Response(
+        _render(version), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 async def get_policy(request: Request) -> Response:
@@ -334,7 +350,9 @@ async def readyz(request: Request) -> Response:
     current = plane.hub.current
     if current is None:
         return _error(503, "no policy has been published yet")
-    return JSONResponse({"status": "ready", "version": current.version})
+    return JSONResponse(
+        {"status": "ready", "version": current.version, "watchers": plane.hub.watchers}
+    )
 
 
 async def _denied(request: Request, exc: Exception) -> Response:

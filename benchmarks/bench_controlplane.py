@@ -1,0 +1,313 @@
+"""Control plane: publish-to-applied latency for 100 watching clients, and 1,000 idle watchers.
+
+``python benchmarks/bench_controlplane.py [--clients 100] [--procs 4] [--rounds 20] [--idle 1000]``
+
+The control plane runs as ``meshlib controlplane serve`` in its own process on
+127.0.0.1. Two measurements:
+
+1. **Publish reaches watching clients.** ``--clients`` real ``ControlPlaneSource``
+   instances (each with its own PolicyStore, thread and long-poll), spread over
+   ``--procs`` worker processes, watch the server. Each round publishes a new
+   version with ``PUT /v1/policy`` and records, per client, the wall-clock time
+   from just before the PUT to the moment its store swapped the new policy in
+   (validation included). Target: p99 <= 500 ms.
+2. **Idle watchers.** ``--idle`` raw long-polls (``If-None-Match`` +
+   ``?wait=120s``, one TCP connection each, from one asyncio process) park on
+   the server. Reported: the server's RSS growth per parked watcher, its CPU
+   use while they idle, and the time for one publish to reach all of them.
+
+Every loop is bounded by a count and a time limit; every process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from benchmarks.procs import ProcessSet, cpu_seconds, free_port
+
+TOKEN = "bench-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def policy(round_no: int) -> str:
+    """A small but realistic policy whose content changes every round."""
+    services = "\n".join(
+        f'  svc-{i}:\n    endpoints: ["http://127.0.0.1:{9000 + i}"]\n    retry: {{attempts: {2 + (round_no + i) % 3}}}'
+        for i in range(20)
+    )
+    return f"version: 1\n# round {round_no}\nservices:\n{services}\n"
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker(url: str, count: int) -> None:
+    """Run ``count`` ControlPlaneSources; print "<revision> <wall time>" per apply; stop on stdin EOF."""
+    from meshlib.controlplane.client import ControlPlaneSource
+    from meshlib.policy.store import PolicyStore
+
+    lock = threading.Lock()
+
+    def on_swap(old: Any, new: Any) -> None:
+        now = time.time()
+        with lock:
+            sys.stdout.write(f"{new.revision} {now}\n")
+            sys.stdout.flush()
+
+    sources = []
+    for _ in range(count):
+        store = PolicyStore()
+        store.subscribe(on_swap)
+        source = ControlPlaneSource([url], wait=30.0)
+        source.start(store)
+        sources.append(source)
+    with lock:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+    sys.stdin.read()
+    for source in sources:
+        source.close()
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+def publish_to_clients(url: str, clients: int, procs: int, rounds: int) -> dict[str, Any]:
+    """Publish ``rounds`` versions to ``clients`` watching sources; per-client apply latencies."""
+    per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    applied: dict[str, list[float]] = {}
+    cond = threading.Condition()
+    ready = 0
+    workers = []
+
+    def read(proc: subprocess.Popen[str]) -> None:
+        nonlocal ready
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with cond:
+                if line.strip() == "ready":
+                    ready += 1
+                else:
+                    revision, stamp = line.split()
+                    applied.setdefault(revision, []).append(float(stamp))
+                cond.notify_all()
+
+    try:
+        for n in per:
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--worker", url, str(n)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            workers.append(proc)
+            threading.Thread(target=read, args=(proc,), daemon=True).start()
+        with cond:
+            if not cond.wait_for(lambda: ready == procs, timeout=120):
+                raise RuntimeError("the watching clients did not start")
+        time.sleep(1.0)  # let every watcher park its long-poll
+        latencies: list[float] = []
+        put_ms: list[float] = []
+        missed = 0
+        with httpx.Client(base_url=url, headers=HEADERS, timeout=10) as client:
+            for r in range(rounds):
+                t0 = time.time()
+                response = client.put("/v1/policy", content=policy(r + 1))
+                response.raise_for_status()
+                put_ms.append((time.time() - t0) * 1000)
+                revision = str(response.json()["version"])
+                with cond:
+                    cond.wait_for(
+                        lambda rev=revision: len(applied.get(rev, [])) >= clients, timeout=10
+                    )
+                    stamps = list(applied.get(revision, []))
+                missed += clients - len(stamps)
+                latencies += [(s - t0) * 1000 for s in stamps]
+                if os.environ.get("BENCH_VERBOSE"):
+                    ms = sorted((s - t0) * 1000 for s in stamps)
+                    print(
+                        f"round {r}: put {put_ms[-1]:.0f} ms, applied {ms[0]:.0f}..{ms[-1]:.0f} ms",
+                        file=sys.stderr,
+                    )
+                time.sleep(0.3)
+    finally:
+        for proc in workers:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in workers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    return {
+        "clients": clients,
+        "worker_processes": procs,
+        "rounds": rounds,
+        "samples": len(latencies),
+        "missed": missed,
+        "p50_ms": round(percentile(latencies, 0.5), 1),
+        "p90_ms": round(percentile(latencies, 0.9), 1),
+        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "max_ms": round(max(latencies), 1),
+        "publish_request_p50_ms": round(percentile(put_ms, 0.5), 1),
+        "publish_request_max_ms": round(max(put_ms), 1),
+    }
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+async def _idle_watchers(port: int, etag: str, count: int, url: str, pid: int) -> dict[str, Any]:
+    parked = 0
+    got: list[float] = []
+    request = (
+        f"GET /v1/policy?wait=120s HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-None-Match: {etag}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+    async def watch() -> None:
+        nonlocal parked
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            parked += 1
+            status = await asyncio.wait_for(reader.readline(), 150)
+            got.append(time.time())
+            assert b" 200 " in status, status
+            await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=10) as client:
+        rss_before = rss_kib(pid)
+        tasks = []
+        for _ in range(count):
+            tasks.append(asyncio.create_task(watch()))
+            if len(tasks) % 100 == 0:
+                await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (await client.get("/readyz")).json()["watchers"] >= count:
+                break
+            await asyncio.sleep(0.2)
+        watchers = (await client.get("/readyz")).json()["watchers"]
+        await asyncio.sleep(1.0)
+        rss_after = rss_kib(pid)
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(5.0)
+        idle_cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        t_publish = time.time()
+        (await client.put("/v1/policy", content=policy(999))).raise_for_status()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    delivery = [(t - t_publish) * 1000 for t in got]
+    return {
+        "watchers": count,
+        "parked_on_server": watchers,
+        "server_rss_before_mib": round(rss_before / 1024, 1),
+        "server_rss_with_watchers_mib": round(rss_after / 1024, 1),
+        "rss_per_watcher_kib": round((rss_after - rss_before) / count, 1),
+        "server_cpu_while_idle_pct": round(idle_cpu * 100, 2),
+        "publish_to_all_delivered_p50_ms": round(percentile(delivery, 0.5), 1),
+        "publish_to_all_delivered_p99_ms": round(percentile(delivery, 0.99), 1),
+        "publish_to_all_delivered_max_ms": round(max(delivery), 1),
+    }
+
+
+def main() -> int:
+    """Run both measurements and print (and save) the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--procs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--worker", nargs=2, metavar=("URL", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], int(args.worker[1]))
+        return 0
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="meshlib-bench-cp-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "mesh").mkdir()
+        (workdir / "mesh" / "policy.yaml").write_text(policy(0))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        procs = ProcessSet(workdir)
+        env_cmd = [
+            sys.executable,
+            "-m",
+            "meshlib",
+            "controlplane",
+            "serve",
+            "--policy",
+            str(workdir / "mesh"),
+            "--port",
+            str(port),
+            "--publish-token",
+            TOKEN,
+            "--log-level",
+            "warning",
+        ]
+        os.environ["MESH_CONTROLPLANE_MAX_WAIT"] = "150"
+        try:
+            server = procs.start("controlplane", env_cmd, port=port)
+            with httpx.Client(base_url=url) as client:
+                for _ in range(20):
+                    client.get("/v1/policy")
+                etag = client.get("/v1/policy").headers["etag"]
+            idle = asyncio.run(_idle_watchers(port, etag, args.idle, url, server.pid))
+            fanout = publish_to_clients(url, args.clients, args.procs, args.rounds)
+        finally:
+            procs.stop_all()
+    results = {
+        "publish_to_applied": fanout,
+        "idle_watchers": idle,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": round(load_before, 2),
+        "load_average_at_end": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(results, indent=2))
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "controlplane.json").write_text(json.dumps(results, indent=2))
+    ok = fanout["p99_ms"] <= 500 and fanout["missed"] == 0 and idle["parked_on_server"] >= args.idle
+    print(f"target p99 <= 500 ms with {args.clients} clients: {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
