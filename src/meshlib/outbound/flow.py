@@ -219,7 +219,7 @@ class Outbound:
                     return (yield from self._give_up(history, last, "breaker-open"))
             if endpoint.rewrite:
                 request.url = _readdress(request.url, endpoint)
-                headers[DEADLINE_HEADER] = str(int(remaining * 1000.0))
+                headers[DEADLINE_HEADER] = str(int(remaining * 1000.0 + 1e-6))
             capped = remaining < limit
             if capped or limit != plan.attempt:
                 budget_s = remaining if capped else limit
