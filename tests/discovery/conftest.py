@@ -15,7 +15,8 @@ from starlette.applications import Starlette
 
 from meshlib.controlplane.app import create_app
 from meshlib.controlplane.config import ControlPlaneSettings
-from meshlib.controlplane.registry import InstanceRegistry, RegistryConfig, registry_routes
+from meshlib.controlplane.instances import InstanceRegistry, RegistryConfig
+from meshlib.controlplane.registry import registry_routes
 from tests.support.servers import RunningServer, free_port
 
 PUBLISH = "alice=pub-s3cret"

@@ -108,7 +108,7 @@ def test_registrar_from_settings() -> None:
 def test_registrar_fails_over_and_reregisters_after_a_lost_lease(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Against a real control plane: a dead first URL is skipped; a forgotten lease is registered again."""
     from meshlib.clock import FakeClock
-    from meshlib.controlplane.registry import InstanceRegistry, RegistryConfig
+    from meshlib.controlplane.instances import InstanceRegistry, RegistryConfig
     from meshlib.discovery.registry import Registrar
     from tests.discovery.conftest import POLICY, plane_app, serve
     from tests.support.servers import free_port

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from meshlib.clock import FakeClock
-from meshlib.controlplane.registry import (
+from meshlib.controlplane.instances import (
     InstanceRegistry,
     Registration,
     RegistryConfig,

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from meshlib.controlplane.registry import InstanceRegistry, RegistryConfig
+from meshlib.controlplane.instances import InstanceRegistry, RegistryConfig
 from meshlib.discovery.endpoints import EndpointSet
 from meshlib.discovery.registry import InstanceInfo, Registrar
 from meshlib.discovery.watch import RegistryWatcher
