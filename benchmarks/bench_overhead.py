@@ -13,6 +13,7 @@ Run: ``python benchmarks/bench_overhead.py [--calls N] [--rounds R]``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from meshlib.outbound import MeshClient
+from meshlib.outbound import AsyncMeshClient, MeshClient
 from meshlib.policy.model import Policy
 
 
@@ -89,6 +90,8 @@ def main() -> None:
             args.rounds,
         )
 
+    asyncio.run(_async_mock(args.calls, args.rounds))
+
     port = _free_port()
     # The upstream runs in its own process so it does not share the GIL with the clients.
     root = Path(__file__).resolve().parent.parent
@@ -123,6 +126,35 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+async def _async_mock(calls: int, rounds: int) -> None:
+    """AsyncMeshClient vs httpx.AsyncClient over MockTransport, sequential calls."""
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
+    policy = Policy.model_validate({"version": 1})
+
+    async def per_call(client: httpx.AsyncClient, count: int) -> list[float]:
+        samples = []
+        for _ in range(count):
+            start = time.perf_counter()
+            await client.get("http://upstream.test/x")
+            samples.append(time.perf_counter() - start)
+        return samples
+
+    async with (
+        httpx.AsyncClient(transport=mock) as bare,
+        AsyncMeshClient(policy, transport=mock) as mesh,
+    ):
+        await per_call(bare, 200)
+        await per_call(mesh, 200)
+        bare_p50, mesh_p50 = [], []
+        for _ in range(rounds):
+            bare_p50.append(statistics.median(await per_call(bare, calls)))
+            mesh_p50.append(statistics.median(await per_call(mesh, calls)))
+    b, m = statistics.median(bare_p50), statistics.median(mesh_p50)
+    print(
+        f"{'async mock':<12} bare p50 {b * 1e6:8.1f} us  mesh p50 {m * 1e6:8.1f} us  ratio p50 {m / b:5.2f}"
+    )
 
 
 def _wait_for(port: int) -> None:
