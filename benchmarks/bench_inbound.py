@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     keys = [(a, v) for a in APPS for v in VARIANTS]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp:
         procs = ProcessSet(Path(tmp))
         try:
@@ -284,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Inbound middleware overhead: {args.rounds} rounds x {args.requests} sequential requests,"
     )
     print("tracing unsampled (ALWAYS_OFF); latencies are medians over rounds, ratios the median")
-    print("of per-round mesh / bare ratios (variants interleaved in small blocks, same run).\n")
+    print("of per-round mesh / bare ratios (variants interleaved in small blocks, same run).")
+    print(f"Load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
+    print(f"on {os.cpu_count()} CPUs: other work on the machine inflates latency and ratios.\n")
     print(
         "| app | variant | p50 µs | p90 µs | server CPU µs/req | p50 ratio | p90 ratio | CPU ratio |"
     )
