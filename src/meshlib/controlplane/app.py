@@ -86,6 +86,7 @@ class ControlPlane:
         )
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
+        self._rendered: dict[tuple[str, float, str], bytes] = {}
 
     async def sync(self) -> PolicyVersion | None:
         """Adopt what changed on disk (hand edits, other replicas) and wake watchers."""
@@ -115,6 +116,17 @@ class ControlPlane:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def render(self, version: PolicyVersion) -> bytes:
+        """The JSON body of a version, rendered once: a publish answers every watcher at once."""
+        key = (version.etag, version.when, version.who)
+        body = self._rendered.get(key)
+        if body is None:
+            body = bytes(JSONResponse(version.to_json()).body)
+            if len(self._rendered) >= 8:
+                self._rendered.clear()
+            self._rendered[key] = body
+        return body
 
     def principal(self, request: Request, right: Right) -> Principal:
         """The caller, if it holds ``right``; raises Denied otherwise."""
@@ -150,26 +162,12 @@ def _etags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
-_rendered: dict[str, bytes] = {}
-
-
-def _render(version: PolicyVersion) -> bytes:
-    """The JSON body of a version, rendered once: a publish answers every watcher at once."""
-    body = _rendered.get(version.etag)
-    if body is None:
-        body = bytes(JSONResponse(version.to_json()).body)
-        if len(_rendered) >= 8:
-            _rendered.clear()
-        _rendered[version.etag] = body
-    return body
-
-
-def _policy_response(version: PolicyVersion, status: int = 200) -> Response:
+def _policy_response(plane: ControlPlane, version: PolicyVersion, status: int = 200) -> Response:
     headers = {"ETag": version.etag, "Cache-Control": "no-cache"}
     if status == 304:
         return Response(status_code=304, headers=headers)
     return Response(
-        _render(version), status_code=status, headers=headers, media_type="application/json"
+        plane.render(version), status_code=status, headers=headers, media_type="application/json"
     )
 
 
@@ -190,7 +188,7 @@ async def get_policy(request: Request) -> Response:
         current = await plane.hub.wait(current.etag if current else None, wait)
     if current is None:
         return _error(404, "no policy has been published yet")
-    return _policy_response(current, 304 if current.etag in known else 200)
+    return _policy_response(plane, current, 304 if current.etag in known else 200)
 
 
 async def put_policy(request: Request) -> Response:
