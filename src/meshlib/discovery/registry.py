@@ -295,6 +295,7 @@ class Registrar:
                     logger.info("%s: registered %s (lease %gs)", service, self.info.url, lease)
                 else:
                     self.state.on_renewed(lease)
+                    telemetry.lease_event(service, "renewed")
             else:
                 self._failed(f"{action}: HTTP {response.status_code} {response.text[:200]}")
             return action

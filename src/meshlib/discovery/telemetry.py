@@ -1,9 +1,9 @@
-"""Discovery's metrics: endpoint set changes, health transitions, DNS failures, lease events.
+"""Discovery's metrics: endpoint set changes, health transitions, DNS resolutions, lease events.
 
-Instruments are looked up at use time through ``opentelemetry.metrics``, so
-a meter provider configured after import is honoured, and nothing happens at
-import. These events are rare (a change, not a request), so the look-up cost
-does not matter::
+Names come from :mod:`meshlib.telemetry.names`, the one catalogue. The meter
+is looked up at use time, so a provider configured after import is honoured
+and nothing happens at import. These are rare events (a change, not a
+request), so the look-up cost does not matter::
 
     telemetry.endpoints_changed("payments", 3)
 """
@@ -11,6 +11,8 @@ does not matter::
 from __future__ import annotations
 
 from opentelemetry import metrics
+
+from meshlib.telemetry import names
 
 __all__ = [
     "dns_resolution",
@@ -20,43 +22,40 @@ __all__ = [
 ]
 
 
-def _meter() -> metrics.Meter:
+def _add(spec: names.Instrument, attributes: dict[str, str | int]) -> None:
     from meshlib import __version__
 
-    return metrics.get_meter("meshlib", __version__)
+    meter = metrics.get_meter(names.SCOPE, __version__)
+    names.create_instrument(meter, spec).add(1, attributes)
 
 
 def endpoints_changed(service: str, count: int) -> None:
     """A service's routable endpoint set changed; ``count`` endpoints are in it now."""
-    _meter().create_counter(
-        "meshlib.discovery.endpoint_set.changes",
-        unit="{change}",
-        description="Changes of a service's routable endpoint set.",
-    ).add(1, {"meshlib.service": service, "meshlib.endpoints": count})
+    _add(
+        names.DISCOVERY_ENDPOINT_SET_CHANGES,
+        {names.ATTR_SERVICE: service, names.ATTR_ENDPOINT_COUNT: count},
+    )
 
 
 def health_transition(service: str, endpoint: str, health: str) -> None:
     """An active health check moved ``endpoint`` to ``health``."""
-    _meter().create_counter(
-        "meshlib.discovery.health.transitions",
-        unit="{transition}",
-        description="Endpoints turning healthy or unhealthy under active health checks.",
-    ).add(1, {"meshlib.service": service, "server.address": endpoint, "meshlib.health": health})
+    _add(
+        names.DISCOVERY_HEALTH_TRANSITIONS,
+        {names.ATTR_SERVICE: service, names.ATTR_ENDPOINT: endpoint, names.ATTR_HEALTH: health},
+    )
 
 
 def dns_resolution(service: str, outcome: str) -> None:
     """A DNS resolution ended with ``outcome`` (ok, failed, empty)."""
-    _meter().create_counter(
-        "meshlib.discovery.dns.resolutions",
-        unit="{resolution}",
-        description="DNS resolutions of discovered services by outcome.",
-    ).add(1, {"meshlib.service": service, "meshlib.outcome": outcome})
+    _add(
+        names.DISCOVERY_DNS_RESOLUTIONS,
+        {names.ATTR_SERVICE: service, names.ATTR_OUTCOME: outcome},
+    )
 
 
 def lease_event(service: str, event: str) -> None:
     """This instance's registration saw ``event`` (registered, renewed, lost, deregistered)."""
-    _meter().create_counter(
-        "meshlib.discovery.registration.events",
-        unit="{event}",
-        description="Registration lease events of this instance.",
-    ).add(1, {"meshlib.service": service, "meshlib.event": event})
+    _add(
+        names.DISCOVERY_REGISTRATION_EVENTS,
+        {names.ATTR_SERVICE: service, names.ATTR_REGISTRATION_EVENT: event},
+    )
