@@ -8,7 +8,9 @@ context verifies the peer's SPIFFE identity during the handshake::
 
     pools = Pools(httpx.HTTPTransport)
     transport = pools.get("http://127.0.0.1:8001", tls, identity=None)
-    pools.retire(["http://127.0.0.1:8001"])   # policy dropped it: closed once idle
+    pools.keep_only([])        # the policy dropped it: retired, closed once idle
+    for pool in pools.idle_retired():
+        pool.close()
 """
 
 from __future__ import annotations

@@ -83,7 +83,6 @@ class Router:
         self.destinations: dict[str, Destination] = {}
         self.origins: dict[tuple[str, str, int | None], Destination] = {}
         self._default_plan: Plan | None = None
-        self.dropped: list[EndpointState] = []
         self._plans: dict[int, Plan] = {}
         self._synced: PolicySnapshot | None = None
         self._lock = threading.Lock()
@@ -167,11 +166,8 @@ class Router:
                     else snapshot.policy.service_identity(name)
                 )
                 fresh = [self._endpoint(e, effective, identity, keys) for e in service.endpoints]
-                self.dropped.extend(dest.configure(effective, fresh))
+                dest.configure(effective, fresh)  # dropped endpoints' pools retire below
                 destinations[name] = dest
-            for name, dest in self.destinations.items():
-                if name not in destinations:
-                    self.dropped.extend(dest.endpoints)
             self.pools.keep_only(keys)
             self.destinations = destinations
             self._plans = {}

@@ -71,7 +71,9 @@ class _MeshBase:
         **pool_kwargs: Any,
     ) -> None:
         store, self._source = _store_for(policy, settings)
-        self.service_name = service_name or (settings.service_name if settings else None)
+        if service_name is None:
+            service_name = (settings or MeshSettings()).service_name
+        self.service_name = service_name
         pools: Pools[Any] = Pools(self._pool_class, settings=settings, **pool_kwargs)
         base = transport if transport is not None else self._pool_class(**pool_kwargs)
         self.router = Router(store, pools, base, clock)
