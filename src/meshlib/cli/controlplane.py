@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="[NAME=]TOKEN",
         help="a token that may publish and roll back (repeatable; none: publishing is refused)",
     )
+    serve_cmd.add_argument(
+        "--register-token",
+        action="append",
+        dest="register_tokens",
+        metavar="[NAME=]TOKEN",
+        help="a token that may register instances in the service registry (repeatable)",
+    )
     serve_cmd.add_argument("--tls-cert", help="server certificate chain (turns TLS on)")
     serve_cmd.add_argument("--tls-key", help="server private key")
     serve_cmd.add_argument("--tls-ca", help="CA for client certificates (mTLS identities)")

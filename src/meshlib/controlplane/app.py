@@ -364,6 +364,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+def _registry_routes() -> list[Route]:
+    try:
+        from meshlib.controlplane.registry import registry_routes
+    except ImportError:  # a build without the service registry
+        return []
+    return registry_routes()
+
+
 def create_app(
     settings: ControlPlaneSettings | None = None, *, clock: Clock = SYSTEM_CLOCK
 ) -> Starlette:
@@ -392,6 +400,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *dashboard_routes(),
+        *_registry_routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -50,6 +50,20 @@ class ControlPlaneSettings(BaseSettings):
     publish_identities: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="SPIFFE IDs of mTLS clients that may publish."
     )
+    register_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="Bearer tokens that may register instances in the service registry (publish tokens may too).",
+    )
+    register_identities: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="SPIFFE IDs of mTLS clients that may register their own service's instances without a token (`*`: any).",
+    )
+    registry_lease: float = Field(
+        30.0, gt=0, description="Default instance lease in the registry, seconds."
+    )
+    registry_max_instances: int = Field(
+        10_000, ge=1, description="Most instances the registry holds."
+    )
     poll_interval: float = Field(
         0.5,
         gt=0,
@@ -73,7 +87,13 @@ class ControlPlaneSettings(BaseSettings):
     )
 
     @field_validator(
-        "read_tokens", "publish_tokens", "read_identities", "publish_identities", mode="before"
+        "read_tokens",
+        "publish_tokens",
+        "read_identities",
+        "publish_identities",
+        "register_tokens",
+        "register_identities",
+        mode="before",
     )
     @classmethod
     def _split_lists(cls, value: object) -> object:
