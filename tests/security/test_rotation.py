@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from meshlib.security.ca import DevCA, IssuedCert
-from meshlib.security.tls import RotatingSSLContext, client_context
+from meshlib.security.tls import RotatingSSLContext, client_context, server_context
 from meshlib.settings import MeshSettings
-from tests.security.conftest import ORDERS, PKI, issue_server, serve_identity
+from tests.security.conftest import ORDERS, PKI, RUNNERS, issue_server, serve_identity
 
 RATE = 50  # requests per second, alternating a fresh connection and a kept-alive one
 MAX_REQUESTS = 1500
@@ -157,3 +157,36 @@ def test_rotating_leaves_then_the_ca_drops_no_request(
             pytest.raises(httpx.TransportError),
         ):
             stale.get(server.url)
+
+
+def test_a_garbage_rotation_keeps_the_server_serving(
+    pki: PKI, tmp_path: Path, server_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate file replaced by garbage is refused with a logged reason; the old one keeps serving."""
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "server.pem", live / "server.key"
+    _install(pki.server, cert, key)
+    settings = MeshSettings(tls_cert=cert, tls_key=key, tls_ca=pki.ca.cert_path)
+    context = server_context(settings, interval=0.05)
+    runner, app = RUNNERS[server_kind]
+    verify = client_context(pki.client_tls(), identity="spiffe://example.org/payments")
+    with runner(app, settings, ssl_context=context) as server:
+        tmp = cert.with_name("garbage.tmp")
+        tmp.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+        os.replace(tmp, cert)
+
+        def fresh_call() -> bool:  # checks are lazy: new connections trigger them
+            with httpx.Client(verify=verify) as client:
+                assert client.get(server.url).text == ORDERS
+            return True
+
+        _wait("the garbage file", lambda: fresh_call() and context.material.failures > 0)
+        assert context.material.generation == 0  # still the original material
+        _install(issue_server(pki.ca, "payments-fixed"), cert, key)
+        _wait("the fixed file", lambda: fresh_call() and context.material.generation > 0)
+        assert fresh_call()
+    assert any(
+        "changed but cannot be loaded, keeping the previous ones" in m and str(cert) in m
+        for m in caplog.messages
+    )
