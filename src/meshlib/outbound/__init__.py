@@ -7,7 +7,7 @@ See :mod:`meshlib.outbound.flow` for the algorithm and
 from __future__ import annotations
 
 from meshlib.outbound.client import AsyncMeshClient, MeshClient
-from meshlib.outbound.flow import ATTEMPTS_EXTENSION, Attempt
+from meshlib.outbound.steps import ATTEMPTS_EXTENSION, Attempt
 from meshlib.outbound.transport import AsyncMeshTransport, MeshTransport
 
 __all__ = [

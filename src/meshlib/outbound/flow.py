@@ -19,8 +19,7 @@ attempt history in ``response.extensions["meshlib.attempts"]`` or
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 
@@ -31,56 +30,46 @@ from meshlib.outbound.breaker import PASS
 from meshlib.outbound.destination import Destination, EndpointState
 from meshlib.outbound.endpoints import Pools
 from meshlib.outbound.fault import FAULT_HEADER, decide_fault
-from meshlib.outbound.retry import IDEMPOTENCY_HEADER, classify_exception, parse_retry_after
+from meshlib.outbound.retry import (
+    IDEMPOTENCY_HEADER,
+    RetryRules,
+    classify_exception,
+    parse_retry_after,
+)
 from meshlib.outbound.routing import Plan, Router
+from meshlib.outbound.steps import ATTEMPTS_EXTENSION, Attempt, Flow, Send, Sleep, Step
 from meshlib.policy.store import PolicyStore
 from meshlib.telemetry import names
 from meshlib.telemetry.client import CallTelemetry, ClientTelemetry
 
 __all__ = ["ATTEMPTS_EXTENSION", "Attempt", "Outbound", "Send", "Sleep", "Step"]
 
-ATTEMPTS_EXTENSION = "meshlib.attempts"
-"""Response extension holding the tuple of :class:`Attempt` records of the call."""
 
+def _judge(
+    rules: RetryRules,
+    method: str,
+    headers: httpx.Headers,
+    response: httpx.Response | None,
+    error: Exception | None,
+) -> tuple[bool, int | str, bool]:
+    """``(success for breaker and ejection, reason, retry wanted)`` for one attempt's outcome.
 
-class Send:
-    """Step: send ``request`` through ``transport``; resume with the response or throw the error."""
-
-    __slots__ = ("request", "transport")
-
-    def __init__(self, transport: Any, request: httpx.Request) -> None:
-        self.transport = transport
-        self.request = request
-
-
-class Sleep:
-    """Step: close ``discard`` (a response thrown away) if set, then wait ``seconds``."""
-
-    __slots__ = ("discard", "seconds")
-
-    def __init__(self, seconds: float, discard: httpx.Response | None = None) -> None:
-        self.seconds = seconds
-        self.discard = discard
-
-
-Step = Send | Sleep
-Flow = Generator[Step, Any, httpx.Response]
-
-
-class Attempt(NamedTuple):
-    """One try of a call, as recorded in its history (a named tuple: cheap to build per try).
-
-    ``outcome`` is the status code or the exception class name; ``backoff``
-    the wait before the next try (0.0 for the last); ``note`` why the call
-    went on or stopped (``retry``, ``budget``, ``deadline``, ...).
+    A 5xx or a transport failure counts against the endpoint; an error that
+    is not the endpoint's fault (an unsupported URL, say) does not. A retry
+    is wanted for a retryable status or failure, and, when the request may
+    have been processed, only if it may be replayed (idempotent method or
+    Idempotency-Key).
     """
-
-    number: int
-    endpoint: str
-    outcome: int | str
-    elapsed: float
-    backoff: float = 0.0
-    note: str = ""
+    if response is not None:
+        status = response.status_code
+        wanted = rules.retryable_status(status) and rules.may_replay(method, headers)
+        return status < 500, status, wanted
+    assert error is not None
+    condition, reached = classify_exception(error)
+    wanted = rules.retryable_exception(condition, reached) and (
+        not reached or rules.may_replay(method, headers)
+    )
+    return condition is None, condition or type(error).__name__, wanted
 
 
 def _readdress(url: httpx.URL, endpoint: EndpointState) -> httpx.URL:
@@ -250,21 +239,8 @@ class Outbound:
             elapsed = clock.monotonic() - now
             if call is not None:
                 call.after_attempt(request, response, error_)
-            if response is not None:
-                status = response.status_code
-                success = status < 500
-                reason: str | int = status
-                wanted = rules.retryable_status(status) and rules.may_replay(method, headers)
-                outcome: int | str = status
-            else:
-                assert error_ is not None
-                condition, reached = classify_exception(error_)
-                success = condition is None  # not the endpoint's fault (a bad URL, say)
-                reason = condition or type(error_).__name__
-                wanted = rules.retryable_exception(condition, reached) and (
-                    not reached or rules.may_replay(method, headers)
-                )
-                outcome = type(error_).__name__
+            success, reason, wanted = _judge(rules, method, headers, response, error_)
+            outcome: int | str = reason if response is not None else type(error_).__name__
             self._record(dest, endpoint, permit, success, call)
             number += 1
             last = response if response is not None else error_
@@ -277,33 +253,12 @@ class Outbound:
                 )
                 error.__meshlib_attempts__ = tuple(history)  # type: ignore[attr-defined]
                 raise error from error_
-            if not wanted:
-                return (yield from self._give_up(history, last, ""))
-            if rules.exhausted(number):
-                return (yield from self._give_up(history, last, "attempts"))
-            if not isinstance(request.stream, httpx.ByteStream):
-                return (yield from self._give_up(history, last, "stream"))
-            backoff = rules.backoff(number, clock)
-            if response is not None:
-                retry_after = response.headers.get("retry-after")
-                if retry_after is not None:
-                    asked = parse_retry_after(retry_after, clock)
-                    if asked is not None:
-                        if asked > rules.retry_after_max:
-                            return (yield from self._give_up(history, last, "retry-after"))
-                        backoff = rules.honour_retry_after(asked)
-            if clock.monotonic() + backoff >= deadline_at:
-                return (yield from self._give_up(history, last, "deadline"))
-            if rules.shadow:
-                dest.shadow_retries += 1
-                return (yield from self._give_up(history, last, "shadow"))
-            if not dest.budget.try_retry():  # type: ignore[union-attr]
-                dest.budget_refusals += 1
-                attributes = {names.ATTR_DESTINATION: dest.name}
-                self.telemetry.budget_refusals.add(1, attributes)
-                if call is not None:
-                    call.event(names.EVENT_BUDGET_REFUSED, attributes)
-                return (yield from self._give_up(history, last, "budget"))
+            wait = self._next_wait(request, rules, response, wanted, number, deadline_at, dest)
+            if isinstance(wait, str):
+                if wait == "budget" and call is not None:
+                    call.event(names.EVENT_BUDGET_REFUSED, {names.ATTR_DESTINATION: dest.name})
+                return (yield from self._give_up(history, last, wait))
+            backoff = wait
             dest.retries += 1
             history[-1] = Attempt(number, endpoint.url, outcome, elapsed, backoff, "retry")
             attributes = {
@@ -325,6 +280,50 @@ class Outbound:
                 call.waits += backoff
             tried.append(endpoint)
             yield Sleep(backoff, response)
+
+    def _next_wait(
+        self,
+        request: httpx.Request,
+        rules: RetryRules,
+        response: httpx.Response | None,
+        wanted: bool,
+        number: int,
+        deadline_at: float,
+        dest: Destination,
+    ) -> float | str:
+        """The backoff before try ``number + 1``, or a note saying why there is none.
+
+        In order: the failure is not retryable (``""``), the attempts are used
+        up, the body cannot be replayed, Retry-After asks too much, the wait
+        would end past the deadline, retries are in shadow mode, the budget
+        refuses. Only the last takes a retry from the budget.
+        """
+        clock = self.clock
+        if not wanted:
+            return ""
+        if rules.exhausted(number):
+            return "attempts"
+        if not isinstance(request.stream, httpx.ByteStream):
+            return "stream"
+        backoff = rules.backoff(number, clock)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after is not None:
+            asked = parse_retry_after(retry_after, clock)
+            if asked is not None:
+                if asked > rules.retry_after_max:
+                    return "retry-after"
+                backoff = rules.honour_retry_after(asked)
+        if clock.monotonic() + backoff >= deadline_at:
+            return "deadline"
+        if rules.shadow:
+            dest.shadow_retries += 1
+            return "shadow"
+        assert dest.budget is not None
+        if not dest.budget.try_retry():
+            dest.budget_refusals += 1
+            self.telemetry.budget_refusals.add(1, {names.ATTR_DESTINATION: dest.name})
+            return "budget"
+        return backoff
 
     def _give_up(
         self, history: list[Attempt], last: httpx.Response | Exception | None, note: str

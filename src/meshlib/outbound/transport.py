@@ -23,8 +23,9 @@ from opentelemetry import metrics, trace
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.outbound import stats
 from meshlib.outbound.endpoints import Pools
-from meshlib.outbound.flow import Outbound, Send
+from meshlib.outbound.flow import Outbound
 from meshlib.outbound.routing import Router
+from meshlib.outbound.steps import Send
 from meshlib.policy.model import Policy
 from meshlib.policy.sources import FileSource, PolicySource, shared_store
 from meshlib.policy.store import PolicyStore

@@ -1,0 +1,59 @@
+"""The vocabulary between the outbound flow and its drivers: I/O steps and attempt records.
+
+The flow yields :class:`Send` and :class:`Sleep`; the drivers perform them.
+Each try of a call leaves an :class:`Attempt` in the call's history::
+
+    response.extensions[ATTEMPTS_EXTENSION]   # (Attempt(1, 'http://...', 503, ...), ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, NamedTuple
+
+import httpx
+
+__all__ = ["ATTEMPTS_EXTENSION", "Attempt", "Flow", "Send", "Sleep", "Step"]
+
+ATTEMPTS_EXTENSION = "meshlib.attempts"
+"""Response extension holding the tuple of :class:`Attempt` records of the call."""
+
+
+class Send:
+    """Step: send ``request`` through ``transport``; resume with the response or throw the error."""
+
+    __slots__ = ("request", "transport")
+
+    def __init__(self, transport: Any, request: httpx.Request) -> None:
+        self.transport = transport
+        self.request = request
+
+
+class Sleep:
+    """Step: close ``discard`` (a response thrown away) if set, then wait ``seconds``."""
+
+    __slots__ = ("discard", "seconds")
+
+    def __init__(self, seconds: float, discard: httpx.Response | None = None) -> None:
+        self.seconds = seconds
+        self.discard = discard
+
+
+Step = Send | Sleep
+Flow = Generator[Step, Any, httpx.Response]
+
+
+class Attempt(NamedTuple):
+    """One try of a call, as recorded in its history (a named tuple: cheap to build per try).
+
+    ``outcome`` is the status code or the exception class name; ``backoff``
+    the wait before the next try (0.0 for the last); ``note`` why the call
+    went on or stopped (``retry``, ``budget``, ``deadline``, ...).
+    """
+
+    number: int
+    endpoint: str
+    outcome: int | str
+    elapsed: float
+    backoff: float = 0.0
+    note: str = ""
