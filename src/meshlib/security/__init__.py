@@ -5,7 +5,8 @@
 - :mod:`meshlib.security.handshake`: the checks run at the end of every handshake.
 - :mod:`meshlib.security.reload`: certificate rotation without restarts.
 - :mod:`meshlib.security.ca`: a development CA (needs ``cryptography``: ``meshlib[ca]``).
-- :mod:`meshlib.security.bridge`: how servers hand the verified peer certificate to apps.
+- :mod:`meshlib.security.asgi_bridge`, :mod:`meshlib.security.wsgi_bridge`: how servers hand
+  the verified peer certificate to apps (used by :mod:`meshlib.serve`).
 
 Importing this package imports neither ``cryptography`` nor a web server.
 """
