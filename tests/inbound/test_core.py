@@ -156,6 +156,28 @@ def test_plan_is_compiled_once_per_snapshot(telemetry: Telemetry) -> None:
     assert core.plan() is not before
 
 
+def test_a_plan_that_fails_to_compile_keeps_the_last_good_one(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug compiling a new policy never takes the service down: the old plan stays."""
+    from meshlib.inbound import core as core_module
+
+    store = PolicyStore(policy({"authz": {"default": "deny"}}))
+    core = make_core(telemetry, store, FakeClock())
+    assert run(core, RequestInfo("GET", "/")) == 403
+    calls: list[int] = []
+
+    def broken(*args: Any) -> Any:
+        calls.append(1)
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(core_module.InboundPlan, "compile", broken)
+    store.update(policy())
+    assert run(core, RequestInfo("GET", "/")) == 403
+    assert run(core, RequestInfo("GET", "/")) == 403
+    assert calls == [1]
+
+
 def test_rate_limit_429_then_recovers(telemetry: Telemetry) -> None:
     """Beyond the bucket: 429 with Retry-After; time refills it."""
     clock = FakeClock()

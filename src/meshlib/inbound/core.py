@@ -199,6 +199,7 @@ class InboundCore:
         self.draining = False
         self._registry = LimiterRegistry(clock)
         self._plan: InboundPlan | None = None
+        self._failed: object = None  # a policy whose plan failed to compile, not retried
         self._plan_lock = threading.Lock()
         self._on_close = list(on_close)
         _LIVE.add(self)
@@ -235,11 +236,20 @@ class InboundCore:
         plan = self._plan
         if plan is not None and plan.policy is snapshot.policy:
             return plan
+        if self._failed is snapshot.policy:
+            return plan
         with self._plan_lock:
             plan = self._plan
-            if plan is None or plan.policy is not snapshot.policy:
-                plan = InboundPlan.compile(snapshot.policy, self.service, self._registry)
-                self._plan = plan
+            if (plan is None or plan.policy is not snapshot.policy) and (
+                self._failed is not snapshot.policy
+            ):
+                try:
+                    plan = InboundPlan.compile(snapshot.policy, self.service, self._registry)
+                except Exception:  # keep serving with the last good plan
+                    logger.exception("cannot apply the inbound policy; the last good one stays")
+                    self._failed = snapshot.policy
+                else:
+                    self._plan = plan
         return plan
 
     # ------------------------------------------------------------------ per request
@@ -312,6 +322,6 @@ def _identity(pem: str | None) -> str | None:
         return None
     try:
         return peer_identity_from_cert(pem)
-    except CertificateError as exc:
-        logger.warning("ignoring an unreadable client certificate: %s", exc)
+    except (CertificateError, ImportError) as exc:  # fail closed: no identity, no rule allows
+        logger.warning("ignoring the client certificate: %s", exc)
         return None
