@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.servers import SystemTools
 
-__all__ = ["format_table", "format_targets", "machine_info", "write_json"]
+__all__ = ["format_markdown", "format_table", "format_targets", "machine_info", "write_json"]
 
 _PACKAGES = (
     "meshlib",
@@ -134,6 +134,39 @@ def format_table(name: str, table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(name: str, table: dict[str, Any]) -> str:
+    """One table as Markdown, for the docs page (same columns as the text table)."""
+    rows: dict[str, dict[str, Any]] = table["paths"]
+    rat: dict[str, dict[str, float]] = table["ratios"]
+    lines = [
+        f"**{name}**: {table['title']}; r.* = ratio to `{table['base']}`, same run; "
+        f"{table['rounds_done']} rounds",
+        "",
+        "| path | p50 µs | p90 µs | p99 µs | req/s | client CPU µs/req | sidecar CPU µs/req "
+        "| r.p50 | r.p99 | r.req/s | r.CPU |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for path, row in rows.items():
+        r = rat.get(path, {})
+        cells = [
+            f"`{path}`",
+            _num(row["p50_us"], 0),
+            _num(row["p90_us"], 0),
+            _num(row["p99_us"], 0),
+            _num(row["throughput_rps"], 0),
+            _num(row["client_cpu_us_per_req"], 0),
+            _num(row["sidecar_cpu_us_per_req"] or math.nan, 0),
+            _num(r.get("p50", math.nan), 0, 2),
+            _num(r.get("p99", math.nan), 0, 2),
+            _num(r.get("throughput", math.nan), 0, 2),
+            _num(r.get("client_cpu", math.nan), 0, 2),
+        ]
+        lines.append("| " + " | ".join(c.strip() for c in cells) + " |")
+    for path, reason in table["skipped"].items():
+        lines.append(f"| `{path}` | skipped: {reason} |" + " |" * 9)
+    return "\n".join(lines)
+
+
 def format_targets(checks: list[dict[str, Any]]) -> str:
     """The targets, one line each, MET or MISSED."""
     if not checks:
@@ -167,4 +200,6 @@ def write_json(out_dir: Path, document: dict[str, Any]) -> Path:
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(text)
     (out_dir / "latest.json").write_text(text)
+    markdown = [format_markdown(name, table) for name, table in document["tables"].items()]
+    (out_dir / "latest.md").write_text("\n\n".join(markdown) + "\n")
     return path

@@ -47,7 +47,7 @@ __all__ = ["main"]
 _FULL = {
     "rounds": 7,
     "requests": 500,
-    "async_requests": 640,
+    "async_requests": 320,
     "warmup": 100,
     "round_time": 4.0,
     "budget": 240.0,
@@ -55,7 +55,7 @@ _FULL = {
 _QUICK = {
     "rounds": 3,
     "requests": 150,
-    "async_requests": 320,
+    "async_requests": 160,
     "warmup": 20,
     "round_time": 1.0,
     "budget": 30.0,
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--requests", type=int, help="sequential requests per path per round (500; quick 150)"
     )
     parser.add_argument(
-        "--async-requests", type=int, help="async requests per path per round (640; quick 320)"
+        "--async-requests", type=int, help="async requests per path per round (320; quick 160)"
     )
     parser.add_argument(
         "--concurrency", type=int, default=32, help="requests in flight in the async tables"
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--round-time", type=float, help="seconds at most per path per round (4; quick 1)"
     )
     parser.add_argument(
-        "--budget", type=float, help="seconds at most for all rounds of the run (240; quick 30)"
+        "--budget", type=float, help="seconds at most for all rounds of the run (200; quick 30)"
     )
     parser.add_argument(
         "--upstreams",
