@@ -25,12 +25,18 @@ from meshlib.errors import (
     PolicyIssue,
     SettingsError,
 )
+from meshlib.inbound.asgi import MeshMiddleware
+from meshlib.inbound.wsgi import MeshWSGIMiddleware
+from meshlib.outbound.client import AsyncMeshClient, MeshClient
+from meshlib.outbound.transport import AsyncMeshTransport, MeshTransport
 from meshlib.policy.model import Policy
 from meshlib.policy.parse import load_policy, parse_policy
 from meshlib.policy.resolve import EffectivePolicy, resolve
 from meshlib.policy.sources import FileSource, PolicySource
 from meshlib.policy.store import PolicySnapshot, PolicyStore
+from meshlib.serve import serve
 from meshlib.settings import MeshSettings
+from meshlib.telemetry.setup import configure_telemetry
 
 try:
     __version__ = _version("meshlib")
@@ -38,14 +44,20 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "AsyncMeshClient",
+    "AsyncMeshTransport",
     "CertificateError",
     "CircuitOpenError",
     "ControlPlaneError",
     "DeadlineExceeded",
     "EffectivePolicy",
     "FileSource",
+    "MeshClient",
     "MeshError",
+    "MeshMiddleware",
     "MeshSettings",
+    "MeshTransport",
+    "MeshWSGIMiddleware",
     "NoEndpointsError",
     "PeerIdentityError",
     "Policy",
@@ -56,7 +68,9 @@ __all__ = [
     "PolicyStore",
     "SettingsError",
     "__version__",
+    "configure_telemetry",
     "load_policy",
     "parse_policy",
     "resolve",
+    "serve",
 ]
