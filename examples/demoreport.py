@@ -224,6 +224,18 @@ def summary(observer: Observer, traffic: Traffic, elapsed: float) -> str:
     lines = [f"What happened in {elapsed:.0f} s: {sent} checkouts sent to frontend"]
     for status, n in sorted(totals.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {n:6d}  {outcome.get(status, f'answered {status}')}")
+    lines += [
+        "",
+        f"  {'phase':<12}{'sent':>6}{'paid':>6}{'502':>6}{'503':>6}{'504':>6}{'other':>7}",
+    ]
+    with traffic.lock:
+        phases = {name: dict(counts) for name, counts in traffic.by_phase.items()}
+    for name, counts in phases.items():
+        known = sum(counts.get(code, 0) for code in (200, 502, 503, 504))
+        lines.append(
+            f"  {name:<12}{sum(counts.values()):>6}{counts.get(200, 0):>6}{counts.get(502, 0):>6}"
+            f"{counts.get(503, 0):>6}{counts.get(504, 0):>6}{sum(counts.values()) - known:>7}"
+        )
 
     lines += ["", "Calls per edge (from each caller's meshlib.outbound.stats):"]
     header = f"  {'edge':<22}{'calls':>7}{'errors':>8}{'retries':>9}{'budget refusals':>17}{'p50':>11}{'p99':>11}"
