@@ -275,3 +275,14 @@ def test_fault_decisions_follow_percentages() -> None:
     assert hit.delay == 2.0
     assert hit.abort == 503
     assert decide_fault(fault, FakeClock(random_values=[0.5, 0.6])) is NO_FAULT
+
+
+def test_parse_server_timing() -> None:
+    """Only the app entry's dur is read, in seconds; malformed values are ignored."""
+    from meshlib.telemetry.latency import parse_server_timing
+
+    assert parse_server_timing("db;dur=2, app;dur=12.5") == pytest.approx(0.0125)
+    assert parse_server_timing('app;desc="x";dur="3"') == pytest.approx(0.003)
+    assert parse_server_timing("db;dur=2") is None
+    assert parse_server_timing("app;dur=soon") is None
+    assert parse_server_timing(None) is None

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from meshlib.outbound import ATTEMPTS_EXTENSION
+from meshlib.clock import FakeClock
+from meshlib.outbound import ATTEMPTS_EXTENSION, MeshClient
+from meshlib.policy.model import Policy
 from tests.outbound.conftest import Driver, mesh_policy
 from tests.support.servers import free_port
 
@@ -151,3 +153,35 @@ def test_fault_delay_waits_then_sends(driver: Driver, up) -> None:
     assert driver.request(client, "GET", "http://payments/ok").status_code == 200
     assert time.monotonic() - started >= 0.15
     assert upstream.hits["/ok"] == 1
+
+
+def test_route_split_sends_shares_to_other_services(up, up2) -> None:
+    """A route's split sends each call to a service drawn by weight."""
+    (stable, stable_server), (canary, canary_server) = up, up2
+    policy = Policy.model_validate(
+        {
+            "version": 1,
+            "services": {
+                "payments": {
+                    "endpoints": [stable_server.url],
+                    "routes": [
+                        {
+                            "match": {"path_prefix": "/"},
+                            "split": [
+                                {"service": "payments", "weight": 50},
+                                {"service": "payments-canary", "weight": 50},
+                            ],
+                        }
+                    ],
+                },
+                "payments-canary": {"endpoints": [canary_server.url]},
+            },
+        }
+    )
+    clock = FakeClock(random_values=[0.25, 0.75, 0.25, 0.75, 0.75])
+    with MeshClient(policy, clock=clock) as client:
+        for _ in range(5):
+            assert client.get("http://payments/ok").status_code == 200
+    assert stable.hits["/ok"] == 2
+    assert canary.hits["/ok"] == 3
+    assert canary.headers[0]["host"] == "payments"
