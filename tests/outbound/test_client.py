@@ -95,3 +95,14 @@ def test_stats_snapshot_shape(up) -> None:
         endpoint = payments["endpoints"][server.url]
         assert endpoint == {"breaker": "closed", "ejected": False, "requests": 3, "errors": 2}
     assert "payments" not in stats.snapshot()["destinations"]
+
+
+def test_store_without_policy_yet_fails_calls_clearly_then_works(up) -> None:
+    """A client on a store still waiting for policy refuses calls clearly, then serves once it lands."""
+    _upstream, server = up
+    store = PolicyStore()
+    with MeshClient(store) as client:
+        with pytest.raises(NoEndpointsError, match="no mesh policy is loaded yet"):
+            client.get("http://payments/ok")
+        store.update(mesh_policy([server.url]))
+        assert client.get("http://payments/ok").status_code == 200

@@ -25,7 +25,7 @@ import httpx
 
 from meshlib.clock import Clock
 from meshlib.deadline import DEADLINE_HEADER, current_deadline
-from meshlib.errors import CircuitOpenError, DeadlineExceeded
+from meshlib.errors import CircuitOpenError, DeadlineExceeded, NoEndpointsError
 from meshlib.outbound.breaker import PASS
 from meshlib.outbound.destination import Destination, EndpointState
 from meshlib.outbound.endpoints import Pools
@@ -112,7 +112,12 @@ class Outbound:
         """The generator that carries out one call (see the module docstring)."""
         clock = self.clock
         start = clock.monotonic()
-        snapshot = self.store.current
+        snapshot = self.store.peek()
+        if snapshot is None:
+            raise NoEndpointsError(
+                "no mesh policy is loaded yet (no policy file read, no answer from the control "
+                "plane and no cached policy); the call was not sent"
+            )
         plan, dest = self.router.route(snapshot, request)
         deadline_at = start + plan.total
         incoming = current_deadline.get()

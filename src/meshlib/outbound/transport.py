@@ -84,7 +84,9 @@ class _MeshBase:
         self.outbound = Outbound(
             store, self.router, pools, telemetry, clock, is_async=self._is_async
         )
-        self.router.sync(store.current)
+        snapshot = store.peek()
+        if snapshot is not None:
+            self.router.sync(snapshot)
         self._unsubscribe = store.subscribe(lambda old, new: self.router.sync(new))
         stats.register(self.router)
 
