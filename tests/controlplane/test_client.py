@@ -251,3 +251,25 @@ def test_close_returns_promptly_while_a_long_poll_is_parked(policy_dir: Path) ->
         source.close()
         assert time.monotonic() - t0 < 5.0
         source.close()  # idempotent
+
+
+def test_https_control_plane_with_unusable_tls_files_is_a_settings_error(tmp_path: Path) -> None:
+    """A missing CA file for an https:// control plane is a SettingsError naming the settings."""
+    from meshlib.errors import SettingsError
+
+    settings = MeshSettings(control_plane_url="https://127.0.0.1:1", tls_ca=tmp_path / "nope.pem")
+    with pytest.raises(SettingsError, match="MESH_TLS_CA"):
+        ControlPlaneSource.from_settings(settings)
+
+
+def test_reporter_only_with_a_service_name() -> None:
+    """Without MESH_SERVICE_NAME the source does not report (no 'unknown' rows on the dashboard)."""
+    anonymous = ControlPlaneSource.from_settings(
+        MeshSettings(control_plane_url="http://127.0.0.1:1")
+    )
+    assert anonymous.reporter is None
+    named = ControlPlaneSource.from_settings(
+        MeshSettings(control_plane_url="http://127.0.0.1:1", service_name="orders")
+    )
+    assert named.reporter is not None
+    assert named.reporter.service == "orders"

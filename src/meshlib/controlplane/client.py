@@ -28,18 +28,18 @@ import contextlib
 import json
 import logging
 import ssl
-import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import tenacity
 
+from meshlib.controlplane.background import BackgroundLoop
 from meshlib.controlplane.files import write_atomic
 from meshlib.controlplane.reporter import StateReporter
-from meshlib.errors import ControlPlaneError, PolicyError
+from meshlib.errors import ControlPlaneError, PolicyError, SettingsError
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
 
@@ -50,47 +50,19 @@ logger = logging.getLogger("meshlib.controlplane")
 CACHE_NAME = "controlplane-policy.json"
 
 
-class _LoopThread:
-    """An asyncio event loop running in a daemon thread; coroutines are submitted to it."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(
-        self,
-        quiesce: Coroutine[Any, Any, Any],
-        cleanup: Coroutine[Any, Any, Any],
-        timeout: float = 5.0,
-    ) -> None:
-        async def shutdown() -> None:
-            await quiesce
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await cleanup
-
-        try:
-            self.submit(shutdown()).result(timeout)
-        except Exception:
-            logger.debug("control-plane client shutdown was not clean", exc_info=True)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
 def _ssl_context(settings: MeshSettings) -> ssl.SSLContext | bool:
     if not any(u.startswith("https://") for u in settings.control_plane_url):
         return True
-    context = ssl.create_default_context(cafile=settings.tls_ca)
-    if settings.tls_cert is not None:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    try:
+        context = ssl.create_default_context(cafile=settings.tls_ca)
+        if settings.tls_cert is not None:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(
+            f"cannot build the TLS context for the control plane from MESH_TLS_CA "
+            f"({settings.tls_ca}), MESH_TLS_CERT ({settings.tls_cert}) and MESH_TLS_KEY "
+            f"({settings.tls_key}): {exc}"
+        ) from None
     return context
 
 
@@ -133,7 +105,7 @@ class ControlPlaneSource:
         )
         self._store: PolicyStore | None = None
         self._client: httpx.AsyncClient | None = None
-        self._loop: _LoopThread | None = None
+        self._loop: BackgroundLoop | None = None
         self._index = 0
         self._streak = 0
         self._closing = False
@@ -153,7 +125,13 @@ class ControlPlaneSource:
 
     @classmethod
     def from_settings(cls, settings: MeshSettings) -> ControlPlaneSource:
-        """The source ``MESH_CONTROL_PLANE_URL`` and friends describe, with a state reporter."""
+        """The source ``MESH_CONTROL_PLANE_URL`` and friends describe.
+
+        It reports this instance's state when ``MESH_SERVICE_NAME`` is set.
+
+        Raises:
+            SettingsError: the TLS files for an https:// control plane are unusable.
+        """
         token = settings.control_plane_token
         return cls(
             settings.control_plane_url,
@@ -161,7 +139,7 @@ class ControlPlaneSource:
             cache_dir=settings.cache_dir,
             bootstrap_file=settings.policy_file,
             verify=_ssl_context(settings),
-            reporter=StateReporter.from_settings(settings),
+            reporter=StateReporter.from_settings(settings) if settings.service_name else None,
         )
 
     # ------------------------------------------------------------------ fetching
@@ -302,7 +280,7 @@ class ControlPlaneSource:
             ControlPlaneError: no control plane answered and there is no cache or bootstrap file.
         """
         self._store = store
-        self._loop = _LoopThread("meshlib-control-plane")
+        self._loop = BackgroundLoop("meshlib-control-plane")
         budget = len(self.urls) * (self.connect_timeout + self.read_timeout) + 1.0
         try:
             errors = self._loop.submit(self._first_fetch()).result(budget)
