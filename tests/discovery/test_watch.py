@@ -52,3 +52,18 @@ def test_malformed_instances_are_skipped() -> None:
         ("http://127.0.0.1:1", "z")
     ]
     assert endpoints_from_listing([]) == ()
+
+
+def test_close_cancels_a_parked_long_poll(policy_dir: Path) -> None:
+    """close() does not wait out a 30 s long-poll: the parked request is cancelled."""
+    import time
+
+    with serve(plane_app(policy_dir)) as cp:
+        watcher = RegistryWatcher("payments", cp.url, lambda eps: None, token="r3ad", wait=30)
+        watcher.start()
+        assert watcher.wait_synced(5)
+        time.sleep(0.2)  # let the second request park on the server
+        started = time.monotonic()
+        watcher.close()
+        assert time.monotonic() - started < 10  # far below the 30 s it would park
+        assert watcher._thread is None

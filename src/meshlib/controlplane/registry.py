@@ -29,9 +29,10 @@ it beside the policy routes::
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -186,6 +187,22 @@ async def deregister(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def _wait_or_disconnect(request: Request, waiting: Coroutine[Any, Any, None]) -> bool:
+    """Run ``waiting``; False if the client went away first (its parked watch is released)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    wait_task = asyncio.ensure_future(waiting)
+    gone_task = asyncio.ensure_future(disconnected())
+    done, pending = await asyncio.wait({wait_task, gone_task}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return wait_task in done
+
+
 async def watch(request: Request) -> Response:
     """A service's live instances; long-polls while ``If-None-Match`` matches and ``wait`` runs."""
     plane = request.app.state.plane
@@ -201,8 +218,9 @@ async def watch(request: Request) -> Response:
     registry.expire()
     known = {t.strip() for t in request.headers.get("if-none-match", "").split(",") if t.strip()}
     etag = registry.etag(service)
-    if etag in known:
-        await registry.wait(service, etag, wait)
+    if etag in known and wait > 0:
+        if not await _wait_or_disconnect(request, registry.wait(service, etag, wait)):
+            return Response(status_code=499)  # nobody is listening any more
         etag = registry.etag(service)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in known:

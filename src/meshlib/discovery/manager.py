@@ -74,7 +74,6 @@ class Discovery:
         clock: Clock = SYSTEM_CLOCK,
         dns_resolver: DnsResolver | None = None,
         probe_client: httpx.Client | None = None,
-        registry_client: httpx.Client | None = None,
         registry_wait: float = 30.0,
         first_answer_wait: float = 0.0,
         follow: bool = True,
@@ -90,7 +89,6 @@ class Discovery:
         self.token = token.get_secret_value() if token is not None else None
         self.dns_resolver = dns_resolver
         self.probe_client = probe_client
-        self.registry_client = registry_client
         self.registry_wait = registry_wait
         self.first_answer_wait = first_answer_wait
         self.services: dict[str, _ServiceDiscovery] = {}
@@ -227,7 +225,6 @@ class Discovery:
             on_change,
             token=self.token,
             wait=self.registry_wait,
-            client=self.registry_client,
         )
         running.registry.start()
         if self.first_answer_wait > 0:

@@ -10,18 +10,25 @@ with backoff, failing over between control plane URLs::
     watcher.start()
     watcher.wait_synced(2.0)
     watcher.close()
+
+The background watch runs on an asyncio loop in its own daemon thread, so
+``close()`` cancels a parked long-poll at once instead of waiting it out;
+:meth:`RegistryWatcher.poll` is the same step, synchronous, for callers and
+tests that drive it themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
-from meshlib.discovery.registry import request_any
 from meshlib.policy.model import Endpoint
 
 __all__ = ["RegistryWatcher", "endpoints_from_listing"]
@@ -41,7 +48,11 @@ def endpoints_from_listing(listing: Any) -> tuple[Endpoint, ...]:
 
 
 class RegistryWatcher:
-    """Follows one service's registered instances in a daemon thread."""
+    """Follows one service's registered instances; ``on_change(endpoints)`` on every change.
+
+    ``verify`` is what httpx's ``verify=`` takes (an ``ssl.SSLContext`` for a
+    control plane behind mTLS).
+    """
 
     def __init__(
         self,
@@ -51,11 +62,14 @@ class RegistryWatcher:
         *,
         token: str | None = None,
         wait: float = 30.0,
-        client: httpx.Client | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.service = service
         self.bases = (control_plane,) if isinstance(control_plane, str) else tuple(control_plane)
+        if not self.bases:
+            raise ValueError("RegistryWatcher needs at least one control plane URL")
         self.wait = wait
+        self.verify = verify
         self.endpoints: tuple[Endpoint, ...] | None = None
         self.etag: str | None = None
         self.errors = 0
@@ -63,30 +77,28 @@ class RegistryWatcher:
         self.last_error: str | None = None
         self._on_change = on_change
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._own_client = client is None
-        self._client = client or httpx.Client(trust_env=False)
+        self._client: httpx.Client | None = None
         self._synced = threading.Event()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
-    def poll(self, wait: float | None = None) -> bool:
-        """One (long-)poll; True when the endpoints changed. Errors are counted, not raised."""
-        wait = self.wait if wait is None else wait
+    def _request(self, wait: float) -> dict[str, Any]:
         headers = dict(self._headers)
         if self.etag:
             headers["if-none-match"] = self.etag
-        try:
-            response = request_any(
-                self._client,
-                self.bases,
-                "GET",
-                f"/v1/registry/{self.service}",
-                params={"wait": f"{wait:g}s"} if self.etag else None,
-                headers=headers,
-                timeout=wait + 10.0,
-            )
-        except httpx.HTTPError as exc:
-            return self._failed(repr(exc))
+        return {
+            "params": {"wait": f"{wait:g}s"} if self.etag else None,
+            "headers": headers,
+            "timeout": wait + 10.0,
+        }
+
+    def _path(self, base: str) -> str:
+        return f"{base.rstrip('/')}/v1/registry/{self.service}"
+
+    def _handle(self, response: httpx.Response) -> bool:
+        """Apply one answer; True when the endpoints changed."""
         if response.status_code == 304:
             self.consecutive_errors = 0
             return False
@@ -118,21 +130,60 @@ class RegistryWatcher:
         )
         return False
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _backoff(self) -> float:
+        return min(0.1 * 2.0 ** min(self.consecutive_errors, 6), 5.0)
+
+    def poll(self, wait: float | None = None) -> bool:
+        """One (long-)poll, synchronously; True when the endpoints changed. Errors are counted."""
+        if self._client is None:
+            self._client = httpx.Client(verify=self.verify, trust_env=False)
+        kwargs = self._request(self.wait if wait is None else wait)
+        error: httpx.HTTPError | None = None
+        for base in self.bases:
             try:
-                self.poll()
-            except Exception:  # a callback bug must not stop the watch
-                logger.exception("%s: applying the registry's answer failed", self.service)
-                self.consecutive_errors += 1
-            if self.consecutive_errors:
-                self._stop.wait(min(0.1 * 2 ** min(self.consecutive_errors, 6), 5.0))
+                return self._handle(self._client.get(self._path(base), **kwargs))
+            except httpx.HTTPError as exc:
+                error = exc
+        return self._failed(repr(error))
+
+    async def _apoll(self, client: httpx.AsyncClient) -> bool:
+        kwargs = self._request(self.wait)
+        error: httpx.HTTPError | None = None
+        for base in self.bases:
+            try:
+                return self._handle(await client.get(self._path(base), **kwargs))
+            except httpx.HTTPError as exc:
+                error = exc
+        return self._failed(repr(error))
+
+    async def _watch(self) -> None:
+        self._task = asyncio.current_task()
+        async with httpx.AsyncClient(verify=self.verify, trust_env=False) as client:
+            while not self._closed:
+                try:
+                    await self._apoll(client)
+                except Exception:  # a callback bug must not stop the watch
+                    logger.exception("%s: applying the registry's answer failed", self.service)
+                    self.consecutive_errors += 1
+                if self.consecutive_errors:
+                    await asyncio.sleep(self._backoff())
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._watch())
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     def start(self) -> None:
         """Start watching in the background (idempotent)."""
-        if self._thread is None:
+        if self._thread is None and not self._closed:
             self._thread = threading.Thread(
-                target=self._loop, name=f"meshlib-registry-watch:{self.service}", daemon=True
+                target=self._run, name=f"meshlib-registry-watch:{self.service}", daemon=True
             )
             self._thread.start()
 
@@ -141,10 +192,15 @@ class RegistryWatcher:
         return self._synced.wait(timeout)
 
     def close(self) -> None:
-        """Stop watching (waits for a parked long-poll up to ``wait``) and close our client."""
-        self._stop.set()
+        """Stop watching, cancelling a parked long-poll at once; idempotent."""
+        self._closed = True
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.wait + 11.0)
-        if self._own_client:
-            self._client.close()
+            loop, task = self._loop, self._task
+            if loop is not None and task is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(task.cancel)
+            thread.join(timeout=5)
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
