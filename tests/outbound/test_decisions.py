@@ -25,9 +25,10 @@ from meshlib.testing import is_testing, set_testing
 
 
 class _E:
-    def __init__(self, name: str, in_flight: int = 0) -> None:
+    def __init__(self, name: str, in_flight: int = 0, weight: int = 1) -> None:
         self.name = name
         self.in_flight = in_flight
+        self.weight = weight
 
     def __repr__(self) -> str:
         return self.name
@@ -198,6 +199,18 @@ def test_least_request_takes_less_loaded_of_two() -> None:
     balancer = Balancer("least_request", clock)
     assert balancer.pick([busy, idle]) is idle
     assert balancer.pick([idle, busy]) is idle
+
+
+def test_weights_shape_both_balancers() -> None:
+    """Round robin gives each endpoint weight/total of picks; P2C compares load per weight."""
+    clock = FakeClock(random_values=[0.0, 0.0])
+    heavy, light = _E("heavy", weight=3), _E("light")
+    balancer = Balancer("round_robin", clock)
+    picks = [balancer.pick([heavy, light]).name for _ in range(8)]
+    assert picks.count("heavy") == 6
+    assert picks.count("light") == 2
+    busy_big, idle_small = _E("big", in_flight=4, weight=4), _E("small", in_flight=2)
+    assert Balancer("least_request", clock).pick([idle_small, busy_big]) is busy_big
 
 
 # --- retry rules ----------------------------------------------------------------------------

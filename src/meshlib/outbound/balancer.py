@@ -1,9 +1,10 @@
 """Load balancing: which of the healthy endpoints takes the next attempt.
 
-``round_robin`` cycles through the candidates; ``least_request`` is the
+``round_robin`` cycles through the candidates (each ``weight`` times per
+cycle); ``least_request`` is the
 power of two random choices (P2C): pick two at random, take the one with
 fewer requests in flight, which tracks load nearly as well as scanning all
-endpoints, with none of the herding. A retry passes the endpoints already
+endpoints, with none of the herding (load is compared per unit of weight). A retry passes the endpoints already
 tried so it prefers one it has not used::
 
     balancer = Balancer("least_request", clock)
@@ -23,11 +24,15 @@ __all__ = ["Balancer", "Loaded"]
 
 
 class Loaded(Protocol):
-    """Anything with a count of requests in flight."""
+    """Anything with a count of requests in flight and a relative weight."""
 
     @property
     def in_flight(self) -> int:
         """Requests in flight right now."""
+
+    @property
+    def weight(self) -> int:
+        """Relative share of traffic (1 when all endpoints are equal)."""
 
 
 E = TypeVar("E", bound=Loaded)
@@ -58,6 +63,18 @@ class Balancer:
             if second >= first:
                 second += 1
             a, b = candidates[first], candidates[second]
-            return b if b.in_flight < a.in_flight else a
-        # next() on itertools.count is atomic under the GIL: no lock needed.
-        return candidates[next(self._counter) % count]
+            # Cross-multiplied: b.in_flight / b.weight < a.in_flight / a.weight.
+            return b if b.in_flight * a.weight < a.in_flight * b.weight else a
+        position = next(self._counter)  # atomic under the GIL: no lock needed
+        total = 0
+        for candidate in candidates:
+            total += candidate.weight
+        if total == count:
+            return candidates[position % count]
+        # Unequal weights: walk the weighted cycle, so each gets weight/total of the picks.
+        slot = position % total
+        for candidate in candidates:
+            slot -= candidate.weight
+            if slot < 0:
+                return candidate
+        return candidates[-1]  # pragma: no cover - unreachable: slots cover the total

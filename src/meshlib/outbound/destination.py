@@ -44,6 +44,7 @@ class EndpointState:
         "scheme",
         "transport",
         "url",
+        "weight",
     )
 
     def __init__(
@@ -55,6 +56,7 @@ class EndpointState:
         self.port = port
         self.transport = transport
         self.breaker = breaker
+        self.weight = 1
         self.rewrite = True
         """Whether requests are re-addressed to this endpoint (False for non-mesh origins)."""
         self.in_flight = 0
@@ -104,6 +106,7 @@ class Destination:
                 if previous is not None and previous.transport is fresh.transport:
                     if not same_breaker:
                         previous.breaker = fresh.breaker
+                    previous.weight = fresh.weight
                     kept.append(previous)
                 else:
                     kept.append(fresh)

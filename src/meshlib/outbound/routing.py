@@ -184,7 +184,7 @@ class Router:
         keys.add((endpoint.url, effective.tls, identity))
         transport = self.pools.get(endpoint.url, effective.tls, identity)
         url = httpx.URL(endpoint.url)
-        return EndpointState(
+        state = EndpointState(
             endpoint.url,
             url.scheme,
             url.host,
@@ -192,3 +192,5 @@ class Router:
             transport,
             Breaker(effective.circuit_breaker, self.clock, name=endpoint.url),
         )
+        state.weight = endpoint.weight
+        return state
