@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from opentelemetry import trace
 
-from meshlib.inbound.tracecontext import extract_context, parent_span_context
+from meshlib.inbound.tracecontext import (
+    TRACESTATE_LIMIT,
+    extract_context,
+    parent_span_context,
+    truncate_tracestate,
+)
 
 TRACE_ID = "12345678901234567890123456789012"
 VALID = f"00-{TRACE_ID}-1234567890123456-01"
@@ -151,7 +156,6 @@ def test_empty_tracestate_members_are_ignored() -> None:
         ["foo=1", "t" * 242 + "@v=1"],
         ["foo=1", "t@" + "v" * 15 + "=1"],
         [",".join(f"bar{i:02d}={i:02d}" for i in range(1, 34))],
-        [",".join(f"k{i:02d}=" + "v" * 256 for i in range(32))],  # 32 members, over 8192 chars
     ],
 )
 def test_invalid_tracestate_is_discarded_whole(fields: list[str]) -> None:
@@ -166,6 +170,34 @@ def test_tracestate_limits_are_inclusive() -> None:
     assert len(state_of([members])) == 32
     assert state_of(["foo=1", "z" * 256 + "=1"])["foo"] == "1"
     assert state_of(["foo=1", "t" * 241 + "@" + "v" * 14 + "=1"])["foo"] == "1"
+
+
+def test_oversized_tracestate_is_truncated_by_whole_entries() -> None:
+    """Over the limit: entries over 128 characters go first, from the end, then any from the end."""
+    big = [f"k{i:02d}=" + "v" * 256 for i in range(32)]  # 32 valid members, 8351 characters
+    state = state_of([",".join(big)])
+    assert list(state) == [f"k{i:02d}" for i in range(31)]
+    bigs = [f"b{i:02d}" + "k" * 100 + "=" + "v" * 250 for i in range(30)]  # 354 characters each
+    kept = list(state_of(["a=1", ",".join(bigs), "z=2"]))
+    assert kept[0] == "a"
+    assert kept[-1] == "z"
+    big_kept = kept[1:-1]
+    assert big_kept == [b.split("=")[0] for b in bigs[: len(big_kept)]]
+    assert 7 + len(big_kept) * 355 <= TRACESTATE_LIMIT < 7 + (len(big_kept) + 1) * 355
+
+
+def test_truncation_drops_small_entries_only_when_needed() -> None:
+    """Small entries survive until every big one is gone; then the last ones go."""
+    entries = [("a", "1"), ("big", "x" * 200), ("b", "2"), ("c", "3")]
+    assert truncate_tracestate(entries, 20) == [("a", "1"), ("b", "2"), ("c", "3")]
+    assert truncate_tracestate(entries, 7) == [("a", "1"), ("b", "2")]
+    assert truncate_tracestate(entries, 0) == []
+
+
+def test_prohibitively_large_tracestate_is_dropped() -> None:
+    """A tracestate over 64 KiB is not parsed at all."""
+    huge = [",".join(f"k{i}=v" for i in range(20000))]
+    assert state_of(huge) == {}
 
 
 def test_tracestate_is_not_parsed_without_a_valid_traceparent() -> None:
