@@ -87,7 +87,9 @@ class RequestInfo:
     Header values are raw strings (``None`` when absent); ``traceparent`` and
     ``tracestate`` hold every field of that name in arrival order.
     ``peer_cert`` is the PEM of a client certificate the server's TLS layer
-    verified, never anything taken from a header.
+    verified, never anything taken from a header::
+
+        RequestInfo("GET", "/v1/orders", traceparent=["00-4bf9...-01"], deadline_ms="250")
     """
 
     method: str
@@ -177,7 +179,10 @@ class InboundCore:
     """Everything the middlewares share: policy, plan cache, limiters, telemetry, health.
 
     Drivers build it with :func:`meshlib.inbound.config.build_core`; tests may
-    build it directly from a store.
+    build it directly from a store::
+
+        core = InboundCore(PolicyStore(policy), "payments", clock=FakeClock())
+        core.health("/readyz").status   # 200
     """
 
     def __init__(

@@ -19,7 +19,10 @@ __all__ = ["HealthPaths", "MeshResponse"]
 
 @dataclass(frozen=True, slots=True)
 class MeshResponse:
-    """A response the middleware sends itself: status, headers (lower-case names) and body."""
+    """A response the middleware sends itself: status, headers (lower-case names) and body.
+
+    ``MeshResponse.text(403, "Forbidden", "forbidden").status == 403``
+    """
 
     status: int
     reason: str
