@@ -182,13 +182,22 @@ def in_process(calls: int) -> dict[tuple[str, str], float]:
                 close()
         return (time.perf_counter() - start) / calls * 1e6
 
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    from meshlib.inbound import MeshMiddleware
+
     built = {variant: _apps(variant) for variant in VARIANTS}
-    results: dict[tuple[str, str], list[float]] = {(a, v): [] for a in APPS for v in VARIANTS}
+    raws = {"bare": raw, "mesh": MeshMiddleware(raw, **_mesh_kwargs())}
+    names = (*APPS, "raw asgi")
+    results: dict[tuple[str, str], list[float]] = {(a, v): [] for a in names for v in VARIANTS}
     for _ in range(5):
         for variant in VARIANTS:
             asgi, wsgi = built[variant]
             results["fastapi", variant].append(asyncio.run(asgi_batch(asgi)))
             results["flask", variant].append(wsgi_batch(wsgi))
+            results["raw asgi", variant].append(asyncio.run(asgi_batch(raws[variant])))
     return {key: statistics.median(values) for key, values in results.items()}
 
 
@@ -309,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {app_name} | {variant} | {p50:.0f} | {p90:.0f} | {cpu_us:.0f} {ratios}|")
 
     costs = in_process(args.calls)
-    print(f"\nIn-process cost, no server or network: median of 5 batches of {args.calls} calls.\n")
+    print(f"\nIn-process cost, no server or network: median of 5 batches of {args.calls} calls")
+    print("('raw asgi' is an app that only sends a response: the middleware's own cost).\n")
     print("| app | bare µs/req | mesh µs/req | added µs | ratio |")
     print("|---|---:|---:|---:|---:|")
-    for app_name in APPS:
+    for app_name in (*APPS, "raw asgi"):
         bare, mesh = costs[app_name, "bare"], costs[app_name, "mesh"]
         print(f"| {app_name} | {bare:.1f} | {mesh:.1f} | {mesh - bare:.1f} | {mesh / bare:.2f} |")
     return 0
