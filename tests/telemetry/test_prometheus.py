@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -71,3 +72,10 @@ def test_busy_port_is_a_settings_error(endpoint: PrometheusEndpoint) -> None:
         SettingsError, match=f"MESH_PROMETHEUS_PORT={port}: cannot listen on 127.0.0.1"
     ):
         start_prometheus_server(port)
+
+
+def test_missing_extra_is_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without prometheus-client, building an endpoint says which extra to install."""
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(SettingsError, match=r"pip install meshlib\[prometheus\]"):
+        PrometheusEndpoint()

@@ -104,10 +104,12 @@ def test_nothing_happens_at_import(run_python: RunPython) -> None:
         import meshlib.telemetry.names, meshlib.telemetry.setup, meshlib.telemetry.policy_metrics
         import meshlib.telemetry.prometheus, meshlib.telemetry.client, meshlib.telemetry.server
         from opentelemetry import metrics, trace
+        from meshlib.telemetry.setup import httpx_instrumentation_active
         print(json.dumps({
             "kinds": [type(trace.get_tracer_provider()).__name__, type(metrics.get_meter_provider()).__name__],
             "threads": threading.active_count(),
             "exporters": sorted(m for m in sys.modules if m.startswith(("opentelemetry.exporter", "prometheus_client"))),
+            "instrumentor": [httpx_instrumentation_active(), "opentelemetry.instrumentation.httpx" in sys.modules],
         }))
         """
     )
@@ -115,6 +117,7 @@ def test_nothing_happens_at_import(run_python: RunPython) -> None:
         "kinds": ["ProxyTracerProvider", "_ProxyMeterProvider"],
         "threads": 1,
         "exporters": [],
+        "instrumentor": [False, False],
     }
 
 
@@ -213,6 +216,32 @@ print(json.dumps({{"mode": h.mode, "kinds": kinds()}}))
         for metric in sm.metrics
     }
     assert "test.calls" in exported_metrics
+
+
+def test_otlp_mode_without_endpoint_follows_the_otel_variables(
+    run_python: RunPython, otlp: tuple[OtlpReceiver, RunningServer]
+) -> None:
+    """MESH_TELEMETRY=otlp with no MESH_OTLP_ENDPOINT exports where OTEL_EXPORTER_OTLP_ENDPOINT says."""
+    receiver, server = otlp
+    out = run_python(
+        PRELUDE
+        + """
+h = configure_telemetry(MeshSettings(telemetry="otlp"))
+emit("env-span")
+h.shutdown()
+print(json.dumps(h.mode))
+""",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": server.url, "OTEL_SERVICE_NAME": "from-env"},
+    )
+    assert out["result"] == "otlp"
+    received = [
+        (span.name, _resource(rs.resource.attributes)["service.name"])
+        for request in receiver.traces
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+    assert received == [("env-span", "from-env")]
 
 
 def test_missing_otlp_extra_is_an_actionable_error(run_python: RunPython) -> None:
