@@ -54,22 +54,7 @@ if TYPE_CHECKING:
     from meshlib.inbound.authz import AuthzDecision
     from meshlib.inbound.core import RequestInfo
 
-__all__ = [
-    "ATTR_AUTHZ_DECISION",
-    "ATTR_LIMIT",
-    "ATTR_RETRY_AFTER",
-    "ServerTelemetry",
-    "known_method",
-    "split_host",
-]
-
-# Server-side keys not (yet) in meshlib.telemetry.names.
-ATTR_AUTHZ_DECISION = "meshlib.authz.decision"
-"""``allow`` or ``deny``: the authz decision on an inbound request (span attribute)."""
-ATTR_LIMIT = "meshlib.limit"
-"""Where in the policy the limit that shed a request is set, e.g. ``services.payments.inbound.rate_limit``."""
-ATTR_RETRY_AFTER = "meshlib.retry_after"
-"""Seconds a shed caller was told to wait (float, span events only)."""
+__all__ = ["ServerTelemetry", "known_method", "split_host"]
 
 _METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
@@ -166,7 +151,7 @@ class ServerTelemetry:
     ) -> None:
         """Record an authz decision: span attributes always, an event and a count when denied."""
         if span.is_recording():
-            span.set_attribute(ATTR_AUTHZ_DECISION, "allow" if decision.allowed else "deny")
+            span.set_attribute(names.ATTR_AUTHZ_DECISION, "allow" if decision.allowed else "deny")
             span.set_attribute(names.ATTR_DENY_RULE, decision.rule)
             if identity is not None:
                 span.set_attribute(names.ATTR_CALLER, identity)
@@ -192,13 +177,13 @@ class ServerTelemetry:
         """Record a request shed (or, in shadow mode, one that would have been)."""
         attributes: dict[str, AttributeValue] = {
             names.ATTR_SHED_REASON: reason,
-            ATTR_LIMIT: where,
+            names.ATTR_LIMIT: where,
             names.ATTR_SHADOW: shadow,
         }
         if span.is_recording():
             event = dict(attributes)
             if retry_after is not None:
-                event[ATTR_RETRY_AFTER] = retry_after
+                event[names.ATTR_RETRY_AFTER] = retry_after
             span.add_event(names.EVENT_SHED, event)
         self._shed.add(1, attributes)
 
