@@ -9,6 +9,8 @@ and ``<!-- test: run -->`` run a console block's commands, and
 from __future__ import annotations
 
 import ast
+import asyncio
+import atexit
 import os
 import re
 import signal
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.docs.markdown import Block, Page, commands, matches, read_page
@@ -103,6 +106,16 @@ def _wait_for_port(command: str, proc: subprocess.Popen[bytes], log: Path) -> No
     raise AssertionError(f"`{command}` did not listen on port {port.group(1)}:\n{log.read_text()}")
 
 
+def _close_clients(namespace: dict[str, Any]) -> None:
+    """Close the clients a page left open (at exit, in its words), so no state outlives its test."""
+    for value in namespace.values():
+        if isinstance(value, httpx.Client) and not value.is_closed:
+            atexit.unregister(value.close)
+            value.close()
+        elif isinstance(value, httpx.AsyncClient) and not value.is_closed:
+            asyncio.run(value.aclose())
+
+
 @pytest.mark.parametrize("page", _runnable_pages())
 def test_page_runs_as_written(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A page's marked blocks run in order, in a fresh directory, and show the output it promises."""
@@ -152,6 +165,7 @@ def test_page_runs_as_written(page: Path, tmp_path: Path, monkeypatch: pytest.Mo
             elif directive not in ("", "test: skip") and not directive.startswith("test: skip "):
                 raise AssertionError(f"{where}: unknown directive {directive!r}")
     finally:
+        _close_clients(namespace)
         for proc, _out in background:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)  # the session this test started
@@ -162,3 +176,17 @@ def test_page_runs_as_written(page: Path, tmp_path: Path, monkeypatch: pytest.Mo
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             out.close()
+
+
+def test_every_generated_marker_in_the_docs_is_rendered_by_the_hooks() -> None:
+    """docs/hooks.py replaces each `<!-- generated: ... -->` marker a page uses, so no section is empty."""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks  # docs/hooks.py, as mkdocs loads it
+    finally:
+        sys.path.remove(str(DOCS))
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        rendered = hooks.on_page_markdown(text)
+        left = re.findall(r"<!-- generated: [\w-]+ -->", rendered)
+        assert not left, f"{_name(page)}: docs/hooks.py does not render {left}"
