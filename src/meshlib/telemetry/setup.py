@@ -91,7 +91,7 @@ class TelemetryHandle:
     meter_provider: MeterProvider | None = None
     prometheus: PrometheusEndpoint | None = None
     external: frozenset[Literal["traces", "metrics"]] = frozenset()
-    _closed: bool = field(default=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
 
     def shutdown(self) -> None:
         """Flush and stop what meshlib created (exporters, Prometheus server); idempotent.
