@@ -273,3 +273,14 @@ def test_reporter_only_with_a_service_name() -> None:
     )
     assert named.reporter is not None
     assert named.reporter.service == "orders"
+
+
+def test_same_version_number_with_other_content_is_still_applied() -> None:
+    """A control plane whose history was reset (version 1 again, new content) is followed."""
+    store = PolicyStore()
+    with raw_server(good(1, DOC_V1)) as raw, started([raw.url], store, wait=0.1) as source:
+        reset = good(1, DOC_V1 | {"trust_domain": "example.org"})
+        raw.answer = reset.replace(f"{1:064d}".encode(), b"f" * 64).replace(b'"1-x"', b'"1-y"')
+        assert wait_until(lambda: store.current.policy.trust_domain == "example.org")
+        assert store.current.revision == "1-ffffffff"
+        assert source.hash == "sha256:" + "f" * 64

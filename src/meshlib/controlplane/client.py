@@ -118,6 +118,8 @@ class ControlPlaneSource:
         """The ETag of the last version seen (applied or rejected)."""
         self.version: int | None = None
         """The control plane version in force, or None when booted from the bootstrap file."""
+        self.hash: str | None = None
+        """The content hash of that version."""
         self.failures = 0
         self.rejected = 0
         self.applied = 0
@@ -205,14 +207,19 @@ class ControlPlaneSource:
         """Hand a payload to the store; a document the model refuses is logged and counted."""
         assert self._store is not None
         self.etag = payload.get("etag")
+        revision = str(payload["version"])
+        if payload["version"] == self.version and payload["hash"] != self.hash:
+            # Same number, other content: the server's history was reset. Still apply it.
+            revision += "-" + payload["hash"].removeprefix("sha256:")[:8]
         try:
             changed = self._store.update_from_data(
-                payload["document"], source=source, revision=str(payload["version"])
+                payload["document"], source=source, revision=revision
             )
         except PolicyError:
             self.rejected += 1  # the store logged it; the last good policy stays
             return False
         self.version = payload["version"]
+        self.hash = payload["hash"]
         self.applied += int(changed)
         return True
 
