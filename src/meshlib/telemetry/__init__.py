@@ -5,8 +5,11 @@ Importing this package configures nothing. Modules:
 - `meshlib.telemetry.names`: every meshlib instrument, span event and attribute name.
 - `meshlib.telemetry.setup`: ``configure_telemetry(settings)``, providers from MeshSettings.
 - `meshlib.telemetry.client` / `meshlib.telemetry.server`: spans and metrics per call and request.
+- `meshlib.telemetry.latency`: a call's time split into service, network and meshlib.
 - `meshlib.telemetry.policy_metrics`: the policy revision in force and reload failures.
+- `meshlib.telemetry.state_metrics`: breaker states and ejected endpoints of live clients.
 - `meshlib.telemetry.prometheus`: a Prometheus scrape endpoint.
+- `meshlib.telemetry.reference`: the reference docs page, rendered from `names`.
 """
 
 from __future__ import annotations
