@@ -69,3 +69,9 @@ def test_mtls_identity_grants_its_rights(monkeypatch: pytest.MonkeyPatch) -> Non
     assert principal.name == "spiffe://example.org/deployer"
     auth.require(principal, Right.PUBLISH)
     assert auth.authenticate({}, {"client_cert_chain": []}) is ANONYMOUS
+
+
+def test_only_read_credentials_close_reading() -> None:
+    """Publish tokens or identities alone leave reading open; a read identity closes it."""
+    assert Authenticator(publish_tokens=["p"], publish_identities=["spiffe://e.org/d"]).open_read
+    assert not Authenticator(read_identities=["spiffe://e.org/r"]).open_read

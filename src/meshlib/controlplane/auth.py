@@ -92,9 +92,10 @@ class Authenticator:
         for i, spec in enumerate(read_tokens, len(self._tokens) + 1):
             name, secret = parse_token(spec, i)
             self._tokens.append((secret, Principal(name, read)))
+        read_identities = tuple(read_identities)
         self._identities: dict[str, frozenset[Right]] = dict.fromkeys(read_identities, read)
         self._identities.update(dict.fromkeys(publish_identities, both))
-        self.open_read = not read_tokens and not self._identities_with(Right.READ)
+        self.open_read = not read_tokens and not read_identities
         self.can_publish = any(p.may(Right.PUBLISH) for _, p in self._tokens) or bool(
             self._identities_with(Right.PUBLISH)
         )
