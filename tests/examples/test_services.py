@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -125,3 +127,39 @@ def test_examples_dev_and_production_policies_are_valid() -> None:
     for path in (EXAMPLES / "mesh.yaml", EXAMPLES / "production" / "policy" / "policy.yaml"):
         policy = meshlib.load_policy(Path(path))
         assert set(policy.services) == set(SERVICES)
+
+
+def _batch(mesh: Mesh, workdir: Path, *args: str) -> str:
+    from demo import write_policy
+    from demoprocs import child_environment
+
+    policy = write_policy(workdir / "policy", mesh.ports)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "batch.py"), *args],
+        env=child_environment(MESH_POLICY_FILE=str(policy)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def test_the_plain_asyncio_batch_places_orders_through_the_mesh(mesh: Mesh, tmp_path: Path) -> None:
+    """examples/batch.py (AsyncMeshClient, no framework) pays every order when the mesh is healthy."""
+    mesh.fault()
+    assert _batch(mesh, tmp_path, "--orders", "6", "--within", "20") == "6 paid"
+
+
+def test_the_batch_deadline_bounds_every_call_down_the_chain(mesh: Mesh, tmp_path: Path) -> None:
+    """With payments slow, the batch's 0.5 s deadline ends every order early (504 or its own deadline)."""
+    mesh.fault(delay=1.5)
+    try:
+        outcome = _batch(mesh, tmp_path, "--orders", "3", "--within", "0.5")
+    finally:
+        mesh.fault()
+    counts = {name: int(n) for n, name in re.findall(r"(\d+) (\w+)", outcome)}
+    assert set(counts) <= {"deadline", "504"}, outcome
+    assert sum(counts.values()) == 3, outcome
+    assert mesh.stats("orders")["app"]["deadline_exceeded"] >= 1
