@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,32 @@ def test_env_tokens_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = ControlPlaneSettings()
     assert [t.get_secret_value() for t in settings.publish_tokens] == ["alice=s3cret", "ci=0ther"]
     assert "s3cret" not in repr(settings)
+
+
+def test_sigterm_does_not_wait_for_parked_long_polls(policy_dir: Path) -> None:
+    """A served control plane stops on SIGTERM although a 60 s long-poll is parked on it."""
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    from tests.controlplane.conftest import plane_process
+    from tests.support.servers import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with plane_process(policy_dir, port) as proc, httpx.Client(base_url=url, timeout=90) as client:
+        etag = client.get("/v1/policy").headers["etag"]
+
+        def park() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                client.get("/v1/policy", params={"wait": "60s"}, headers={"If-None-Match": etag})
+
+        watcher = threading.Thread(target=park)
+        watcher.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)  # 60 s without the graceful-shutdown timeout
+        watcher.join(timeout=10)
+        assert not watcher.is_alive()

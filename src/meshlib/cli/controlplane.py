@@ -103,6 +103,9 @@ def serve(args: argparse.Namespace) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": args.log_level,
+        # Parked long-polls would hold a shutdown for up to max_wait; their clients
+        # reconnect (to another replica) within one backoff step instead.
+        "timeout_graceful_shutdown": 3,
     }
     if settings.tls_cert is not None:
         config.update(
