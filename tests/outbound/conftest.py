@@ -15,6 +15,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from meshlib.deadline import Deadline, deadline_scope
 from meshlib.outbound import AsyncMeshClient, MeshClient
+from meshlib.outbound.aiohttp_transport import AiohttpTransport
 from meshlib.policy.model import Policy
 from tests.support.servers import RunningServer, serve_asgi
 
@@ -119,13 +120,18 @@ def mesh_policy(endpoints: list[str], **service: Any) -> Policy:
 class Driver:
     """Runs the same test body against MeshClient or AsyncMeshClient."""
 
-    def __init__(self, is_async: bool, portal: BlockingPortal | None) -> None:
+    def __init__(
+        self, is_async: bool, portal: BlockingPortal | None, endpoint_transport: Any = None
+    ) -> None:
         self.is_async = is_async
         self.portal = portal
+        self.endpoint_transport = endpoint_transport
         self._clients: list[Any] = []
 
     def client(self, policy: Any, **kwargs: Any) -> Any:
         """A mesh client of this driver's kind, closed when the test ends."""
+        if self.endpoint_transport is not None:
+            kwargs["endpoint_transport"] = self.endpoint_transport
         cls = AsyncMeshClient if self.is_async else MeshClient
         client = cls(policy, **kwargs)
         self._clients.append(client)
@@ -205,9 +211,9 @@ def _clock() -> Any:
     return SYSTEM_CLOCK
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "async-aiohttp"])
 def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
-    """A sync or an async driver; each test using it runs once with each."""
+    """A sync, an async, and an async-over-aiohttp driver; each test runs once with each."""
     if request.param == "sync":
         d = Driver(False, None)
         try:
@@ -215,8 +221,9 @@ def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
         finally:
             d.close()
         return
+    endpoint_transport = AiohttpTransport if request.param == "async-aiohttp" else None
     with start_blocking_portal() as portal:
-        d = Driver(True, portal)
+        d = Driver(True, portal, endpoint_transport)
         try:
             yield d
         finally:

@@ -130,6 +130,11 @@ class MeshClient(httpx.Client):
 class AsyncMeshClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` whose calls go through the mesh; the twin of :class:`MeshClient`.
 
+    ``endpoint_transport`` replaces httpx's connection pool under the mesh
+    (a class or factory taking ``httpx.AsyncHTTPTransport``'s keyword
+    arguments): :class:`~meshlib.outbound.aiohttp_transport.AiohttpTransport`
+    is several times faster under many concurrent requests.
+
     Example::
 
         async with AsyncMeshClient(policy, service_name="orders") as client:
@@ -146,6 +151,7 @@ class AsyncMeshClient(httpx.AsyncClient):
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        endpoint_transport: Callable[..., httpx.AsyncBaseTransport] | None = None,
         auth: AuthTypes | None = None,
         params: QueryParamTypes | None = None,
         headers: HeaderTypes | None = None,
@@ -173,6 +179,7 @@ class AsyncMeshClient(httpx.AsyncClient):
             clock=clock,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
+            endpoint_transport=endpoint_transport,
             **_pool_kwargs(verify, cert, trust_env, http1, http2, limits),
         )
         super().__init__(

@@ -45,6 +45,9 @@ def pool_is_idle(transport: Any) -> bool:
     httpx keeps its httpcore pool private; we read it defensively and treat
     anything we cannot inspect as busy.
     """
+    is_idle = getattr(transport, "is_idle", None)
+    if is_idle is not None:
+        return bool(is_idle())
     pool = getattr(transport, "_pool", None)
     connections = getattr(pool, "connections", None)
     if connections is None:

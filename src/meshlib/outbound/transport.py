@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -69,14 +70,16 @@ class _MeshBase:
         clock: Clock = SYSTEM_CLOCK,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        endpoint_transport: Callable[..., Any] | None = None,
         **pool_kwargs: Any,
     ) -> None:
         store, self._source = _store_for(policy, settings)
         if service_name is None:
             service_name = (settings or MeshSettings()).service_name
         self.service_name = service_name
-        pools: Pools[Any] = Pools(self._pool_class, settings=settings, **pool_kwargs)
-        base = transport if transport is not None else self._pool_class(**pool_kwargs)
+        factory = endpoint_transport or self._pool_class
+        pools: Pools[Any] = Pools(factory, settings=settings, **pool_kwargs)
+        base = transport if transport is not None else factory(**pool_kwargs)
         self.router = Router(store, pools, base, clock)
         telemetry = ClientTelemetry(
             tracer_provider=tracer_provider, meter_provider=meter_provider, caller=self.service_name
