@@ -236,11 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  dashboard    {demo.url('controlplane')}/dashboard")
         print(f"\nDriving checkouts for {args.duration:.0f} s:")
         started = time.monotonic()
-        observer = Observer(
-            {n: demo.url(n) + "/mesh/stats" for n in SERVICES},
-            started,
-            phase=lambda: demo.phase[0],
-        )
+        observer = Observer({n: demo.url(n) + "/mesh/stats" for n in SERVICES}, started)
         observer.start()
         demo.run_phases(args.duration, observer)
         observer.stop()

@@ -5,11 +5,11 @@ answers ``GET /mesh/stats`` (see ``servicekit.py``). An :class:`Observer`
 polls those documents in a thread, prints each circuit-breaker change as it
 happens, and :func:`summary` turns the last documents into plain text::
 
-    observer = Observer({"frontend": url, "orders": url, "payments": url}, clock_start)
+    observer = Observer({"frontend": url, "orders": url, "payments": url}, time.monotonic())
     observer.start()
     ...
     observer.stop()
-    print(summary(observer, traffic))
+    print(summary(observer, traffic, elapsed=20.0))
 """
 
 from __future__ import annotations
@@ -69,13 +69,11 @@ class Observer:
         stats_urls: Mapping[str, str],
         started: float,
         *,
-        phase: Callable[[], str] = lambda: "",
         interval: float = 0.1,
         echo: Callable[[str], None] = print,
     ) -> None:
         self.stats_urls = dict(stats_urls)
         self.started = started
-        self.phase = phase
         self.interval = interval
         self.echo = echo
         self.documents: dict[str, dict[str, Any]] = {}
