@@ -13,6 +13,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from meshlib.controlplane.client import ControlPlaneSource
 from meshlib.errors import (
     CertificateError,
     CircuitOpenError,
@@ -48,6 +49,7 @@ __all__ = [
     "AsyncMeshTransport",
     "CertificateError",
     "CircuitOpenError",
+    "ControlPlaneSource",
     "ControlPlaneError",
     "DeadlineExceeded",
     "EffectivePolicy",
