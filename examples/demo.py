@@ -259,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 0 if args.keep_running else 130
     except StartupError as exc:
         print(f"\nThe demo could not run: {exc}", file=sys.stderr)
+        if str(exc).startswith("controlplane"):
+            print("(--no-control-plane runs it on the policy file alone)", file=sys.stderr)
         status = 1
     finally:
         demo.end_traffic()
