@@ -194,6 +194,8 @@ def _breaker_lines(observer: Observer) -> list[str]:
                     lines.append(f"    last recovered (closed again) at {last_close.at:.1f}s")
     if not lines:
         lines.append("  no breaker changed state")
+    else:
+        lines.append("  (a breaker opens again when its half-open probe fails)")
     return lines
 
 
