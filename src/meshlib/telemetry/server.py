@@ -66,6 +66,21 @@ def known_method(method: str) -> str:
     return method if method in _METHODS else "_OTHER"
 
 
+_HOSTS: dict[tuple[str | None, str], tuple[str | None, int | None]] = {}
+
+
+def _server_address(host: str | None, scheme: str) -> tuple[str | None, int | None]:
+    # Most requests carry the same few Host values: remember them (bounded).
+    key = (host, scheme)
+    found = _HOSTS.get(key)
+    if found is None:
+        found = split_host(host, scheme)
+        if len(_HOSTS) >= 256:
+            _HOSTS.clear()
+        _HOSTS[key] = found
+    return found
+
+
 def split_host(host: str | None, scheme: str) -> tuple[str | None, int | None]:
     """``server.address`` and ``server.port`` from a Host header (``"[::1]:8080"`` -> ``("::1", 8080)``)."""
     if not host:
@@ -130,7 +145,7 @@ class ServerTelemetry:
             attributes[HTTP_REQUEST_METHOD_ORIGINAL] = info.method
         if info.query:
             attributes[URL_QUERY] = info.query
-        address, port = split_host(info.host, info.scheme)
+        address, port = _server_address(info.host, info.scheme)
         if address:
             attributes[SERVER_ADDRESS] = address
             if port is not None:
