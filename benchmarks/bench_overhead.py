@@ -6,6 +6,8 @@ Two ratios, medians over interleaved rounds (no absolute time is asserted):
   ``httpx.MockTransport`` vs ``httpx.Client(transport=MockTransport)``.
 * Loopback: MeshClient calling a mesh service on 127.0.0.1 vs httpx.Client
   calling the same server directly (tracing unsampled: no SDK configured).
+* 32 requests in flight: req/s of httpx.AsyncClient, AsyncMeshClient on
+  httpx's pool and on meshlib's AiohttpTransport, and plain aiohttp.
 
 Run: ``python benchmarks/bench_overhead.py [--calls N] [--rounds R]``.
 """
@@ -19,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -123,6 +125,7 @@ def main() -> None:
                 max(200, args.calls // 4),
                 args.rounds,
             )
+        asyncio.run(_concurrent(port, policy, args.rounds))
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -155,6 +158,57 @@ async def _async_mock(calls: int, rounds: int) -> None:
     print(
         f"{'async mock':<12} bare p50 {b * 1e6:8.1f} us  mesh p50 {m * 1e6:8.1f} us  ratio p50 {m / b:5.2f}"
     )
+
+
+async def _concurrent(port: int, policy: Policy, rounds: int, calls: int = 2000) -> None:
+    """Requests per second with 32 in flight: httpx, AsyncMeshClient (httpx and aiohttp pools), aiohttp."""
+    import aiohttp
+
+    from meshlib.outbound.aiohttp_transport import AiohttpTransport
+
+    url = f"http://127.0.0.1:{port}/x"
+    limits = httpx.Limits(max_connections=32)
+
+    async def rate(get: Callable[[], Awaitable[object]], count: int) -> float:
+        gate = asyncio.Semaphore(32)
+
+        async def one() -> None:
+            async with gate:
+                await get()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return count / (time.perf_counter() - start)
+
+    async with (
+        httpx.AsyncClient(limits=limits) as bare,
+        AsyncMeshClient(policy, limits=limits) as mesh,
+        AsyncMeshClient(policy, limits=limits, endpoint_transport=AiohttpTransport) as fast,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session,
+    ):
+
+        async def raw() -> None:
+            async with session.get(url) as response:
+                await response.read()
+
+        kinds: dict[str, Callable[[], Awaitable[object]]] = {
+            "httpx.AsyncClient": lambda: bare.get(url),
+            "AsyncMeshClient": lambda: mesh.get("http://upstream/x"),
+            "AsyncMeshClient+aiohttp": lambda: fast.get("http://upstream/x"),
+            "aiohttp": raw,
+        }
+        results: dict[str, list[float]] = {name: [] for name in kinds}
+        for get in kinds.values():
+            await rate(get, 200)
+        for _ in range(rounds):
+            for name, get in kinds.items():
+                results[name].append(await rate(get, calls))
+    base = statistics.median(results["httpx.AsyncClient"])
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(
+            f"{'32 in flight':<12} {name:<24} {median:8.0f} req/s  x{median / base:5.2f} vs httpx"
+        )
 
 
 def _wait_for(port: int) -> None:

@@ -21,6 +21,7 @@ from meshlib.outbound import (
     MeshTransport,
     stats,
 )
+from meshlib.outbound.aiohttp_transport import AiohttpTransport
 from meshlib.policy.model import Policy
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
@@ -49,7 +50,9 @@ def sync_usage() -> int:
 
 
 async def async_usage() -> int:
-    async with AsyncMeshClient(PolicyStore(policy), service_name="orders") as client:
+    async with AsyncMeshClient(
+        PolicyStore(policy), service_name="orders", endpoint_transport=AiohttpTransport
+    ) as client:
         response = await client.post("http://payments/v1/charges", json={"amount": 5})
         return response.status_code
 
