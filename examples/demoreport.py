@@ -237,7 +237,10 @@ def summary(observer: Observer, traffic: Traffic, elapsed: float) -> str:
             f"{counts.get(503, 0):>6}{counts.get(504, 0):>6}{sum(counts.values()) - known:>7}"
         )
 
-    lines += ["", "Calls per edge (from each caller's meshlib.outbound.stats):"]
+    lines += [
+        "",
+        "Calls per edge (meshlib.outbound.stats in each caller; p50/p99 of answered calls):",
+    ]
     header = f"  {'edge':<22}{'calls':>7}{'errors':>8}{'retries':>9}{'budget refusals':>17}{'p50':>11}{'p99':>11}"
     lines.append(header)
     rows = _edge_rows(observer)
