@@ -160,7 +160,7 @@ def test_a_plan_that_fails_to_compile_keeps_the_last_good_one(
     telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug compiling a new policy never takes the service down: the old plan stays."""
-    from meshlib.inbound import core as core_module
+    from meshlib.inbound.plan import InboundPlan
 
     store = PolicyStore(policy({"authz": {"default": "deny"}}))
     core = make_core(telemetry, store, FakeClock())
@@ -171,7 +171,7 @@ def test_a_plan_that_fails_to_compile_keeps_the_last_good_one(
         calls.append(1)
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(core_module.InboundPlan, "compile", broken)
+    monkeypatch.setattr(InboundPlan, "compile", broken)
     store.update(policy())
     assert run(core, RequestInfo("GET", "/")) == 403
     assert run(core, RequestInfo("GET", "/")) == 403

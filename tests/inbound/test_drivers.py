@@ -33,6 +33,19 @@ def environ(path: str = "/", method: str = "GET", **extra: Any) -> dict[str, Any
     }
 
 
+def recorder(into: list[Any] | None = None, *, exc_into: list[Any] | None = None) -> Any:
+    """A WSGI start_response that records headers (and exc_info) and returns a write callable."""
+
+    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        if into is not None:
+            into.extend(headers)
+        if exc_into is not None:
+            exc_into.append(exc_info)
+        return lambda data: None
+
+    return start_response
+
+
 def wsgi(app: Any, telemetry: Telemetry) -> MeshWSGIMiddleware:
     return MeshWSGIMiddleware(
         app, policy=POLICY, service_name="payments", tracer_provider=telemetry.tracer_provider
@@ -46,7 +59,7 @@ def test_wsgi_app_exception_is_recorded_and_reraised(telemetry: Telemetry) -> No
         raise ValueError("bad")
 
     with pytest.raises(ValueError, match="bad"):
-        wsgi(app, telemetry)(environ(), lambda *a: None)
+        wsgi(app, telemetry)(environ(), recorder())
     (span,) = telemetry.spans()
     assert span.status.status_code is StatusCode.ERROR
     assert (span.attributes or {})[ERROR_TYPE] == "ValueError"
@@ -69,7 +82,7 @@ def test_wsgi_streaming_body_error_ends_the_span(telemetry: Telemetry) -> None:
         return Body()
 
     headers: list[Any] = []
-    body = wsgi(app, telemetry)(environ(), lambda status, h, exc=None: headers.extend(h))
+    body = wsgi(app, telemetry)(environ(), recorder(headers))
     with pytest.raises(OSError, match="disk"):
         list(body)
     assert telemetry.spans() == []
@@ -92,7 +105,7 @@ def test_wsgi_exc_info_is_passed_on(telemetry: Telemetry) -> None:
             start_response("500 Internal Server Error", [], (type(exc), exc, exc.__traceback__))
         return [b"oops"]
 
-    body = wsgi(app, telemetry)(environ(), lambda status, h, exc=None: seen.append(exc))
+    body = wsgi(app, telemetry)(environ(), recorder(exc_into=seen))
     assert list(body) == [b"oops"]
     body.close()  # type: ignore[attr-defined]
     assert seen[0][0] is RuntimeError
@@ -101,7 +114,7 @@ def test_wsgi_exc_info_is_passed_on(telemetry: Telemetry) -> None:
 def test_wsgi_head_reply_has_no_body(telemetry: Telemetry) -> None:
     """HEAD on a health path gets headers only."""
     app = wsgi(lambda e, s: [b"never"], telemetry)
-    assert list(app(environ("/healthz", "HEAD"), lambda *a: None)) == []
+    assert list(app(environ("/healthz", "HEAD"), recorder())) == []
 
 
 def test_wsgi_request_info_decodes_paths_and_ports() -> None:
