@@ -190,3 +190,24 @@ def test_every_generated_marker_in_the_docs_is_rendered_by_the_hooks() -> None:
         rendered = hooks.on_page_markdown(text)
         left = re.findall(r"<!-- generated: [\w-]+ -->", rendered)
         assert not left, f"{_name(page)}: docs/hooks.py does not render {left}"
+
+
+def test_every_docs_page_is_in_the_nav() -> None:
+    """mkdocs.yml's nav lists every page under docs/, so none is built but unreachable."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("", lambda loader, suffix, node: None)  # !!python/name etc.
+    config = yaml.load((DOCS.parent / "mkdocs.yml").read_text(), Loader=_Loader)
+
+    def listed(items: Any) -> set[str]:
+        found: set[str] = set()
+        for item in items:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            found |= listed(value) if isinstance(value, list) else {str(value)}
+        return found
+
+    pages = {str(page.relative_to(DOCS)) for page in PAGES}
+    assert pages - listed(config["nav"]) == set()
