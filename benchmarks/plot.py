@@ -25,6 +25,7 @@ def plot_latencies(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import LogLocator, StrMethodFormatter
     except ImportError:
         return None
     panels = [(name, paths) for name, paths in tables.items() if any(paths.values())]
@@ -54,13 +55,17 @@ def plot_latencies(
         ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(StrMethodFormatter("{x:.0f}"))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
+        ax.tick_params(axis="x", which="both", labelsize=7)
         ax.set_title(name, fontsize=10, loc="left")
         ax.grid(axis="x", which="both", alpha=0.3)
     axes[-1, 0].set_xlabel(
         "latency per request, µs (log scale); box p25..p75, whiskers p1..p99, dot p99.9"
     )
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
