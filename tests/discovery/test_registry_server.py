@@ -173,8 +173,10 @@ def test_watch_wakes_when_a_lease_lapses(policy_dir: Path) -> None:
         serve(plane_app(policy_dir, registry)) as cp,
         httpx.Client(base_url=cp.url, headers=READ) as http,
     ):
-        http.post("/v1/registry/payments/instances", json=body(lease="300ms"), headers=REG)
-        etag = http.get("/v1/registry/payments").headers["etag"]
+        http.post("/v1/registry/payments/instances", json=body(lease="1s"), headers=REG)
+        listing = http.get("/v1/registry/payments")
+        assert len(listing.json()["instances"]) == 1  # not lapsed yet: the watch below parks
+        etag = listing.headers["etag"]
         started = time.monotonic()
         r = http.get(
             "/v1/registry/payments", params={"wait": "10s"}, headers={"if-none-match": etag}

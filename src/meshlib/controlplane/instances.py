@@ -12,7 +12,6 @@ tests drive it with a FakeClock::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -245,8 +244,11 @@ class InstanceRegistry:
             if nxt is not None:  # wake when a lease lapses, so watchers see the expiry
                 remaining = min(remaining, max(0.0, nxt - self.clock.monotonic()) + 0.005)
             event = self._events.setdefault(service, asyncio.Event())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+            waiter = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                waiter.cancel()
             self.expire()
 
 

@@ -11,17 +11,18 @@ with backoff, failing over between control plane URLs::
     watcher.wait_synced(2.0)
     watcher.close()
 
-The background watch runs on an asyncio loop in its own daemon thread, so
-``close()`` cancels a parked long-poll at once instead of waiting it out;
-:meth:`RegistryWatcher.poll` is the same step, synchronous, for callers and
-tests that drive it themselves.
+The watch runs in a daemon thread. ``close()`` does not wait a parked
+long-poll out: it shuts the connection's socket down (found through httpx's
+``trace`` extension), which ends the blocked read at once. (An asyncio loop
+with task cancellation would do too, but anyio 4.16's ``connect_tcp`` can
+leak a stray CancelledError into its caller, which would stop the watch.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -80,8 +81,8 @@ class RegistryWatcher:
         self._client: httpx.Client | None = None
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+        self._stopped = threading.Event()
         self._closed = False
 
     def _request(self, wait: float) -> dict[str, Any]:
@@ -119,6 +120,8 @@ class RegistryWatcher:
         return True
 
     def _failed(self, error: str) -> bool:
+        if self._closed:  # the read close() interrupted
+            return False
         self.errors += 1
         self.consecutive_errors += 1
         self.last_error = error
@@ -133,51 +136,40 @@ class RegistryWatcher:
     def _backoff(self) -> float:
         return min(0.1 * 2.0 ** min(self.consecutive_errors, 6), 5.0)
 
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        # httpx's "trace" extension: keep the socket, so close() can wake a parked poll.
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            if stream is not None:
+                self._socket = stream.get_extra_info("socket")
+
     def poll(self, wait: float | None = None) -> bool:
-        """One (long-)poll, synchronously; True when the endpoints changed. Errors are counted."""
-        if self._client is None:
-            self._client = httpx.Client(verify=self.verify, trust_env=False)
+        """One (long-)poll; True when the endpoints changed. Errors are counted, not raised."""
+        client = self._client
+        if client is None:
+            client = self._client = httpx.Client(
+                verify=self.verify, trust_env=False, limits=httpx.Limits(max_connections=1)
+            )
         kwargs = self._request(self.wait if wait is None else wait)
         error: httpx.HTTPError | None = None
         for base in self.bases:
             try:
-                return self._handle(self._client.get(self._path(base), **kwargs))
+                response = client.get(self._path(base), extensions={"trace": self._trace}, **kwargs)
             except httpx.HTTPError as exc:
                 error = exc
+            else:
+                return self._handle(response)
         return self._failed(repr(error))
-
-    async def _apoll(self, client: httpx.AsyncClient) -> bool:
-        kwargs = self._request(self.wait)
-        error: httpx.HTTPError | None = None
-        for base in self.bases:
-            try:
-                return self._handle(await client.get(self._path(base), **kwargs))
-            except httpx.HTTPError as exc:
-                error = exc
-        return self._failed(repr(error))
-
-    async def _watch(self) -> None:
-        self._task = asyncio.current_task()
-        async with httpx.AsyncClient(verify=self.verify, trust_env=False) as client:
-            while not self._closed:
-                try:
-                    await self._apoll(client)
-                except Exception:  # a callback bug must not stop the watch
-                    logger.exception("%s: applying the registry's answer failed", self.service)
-                    self.consecutive_errors += 1
-                if self.consecutive_errors:
-                    await asyncio.sleep(self._backoff())
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._watch())
-        except asyncio.CancelledError:
-            pass
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+        while not self._closed:
+            try:
+                self.poll()
+            except Exception:  # a callback bug must not stop the watch
+                logger.exception("%s: applying the registry's answer failed", self.service)
+                self.consecutive_errors += 1
+            if self.consecutive_errors and not self._closed:
+                self._stopped.wait(self._backoff())
 
     def start(self) -> None:
         """Start watching in the background (idempotent)."""
@@ -192,14 +184,15 @@ class RegistryWatcher:
         return self._synced.wait(timeout)
 
     def close(self) -> None:
-        """Stop watching, cancelling a parked long-poll at once; idempotent."""
+        """Stop watching, waking a parked long-poll at once; idempotent."""
         self._closed = True
+        self._stopped.set()
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):  # wakes the blocked read with EOF
+                sock.shutdown(socket.SHUT_RDWR)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            loop, task = self._loop, self._task
-            if loop is not None and task is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(task.cancel)
             thread.join(timeout=5)
         client, self._client = self._client, None
         if client is not None:
