@@ -11,6 +11,8 @@ The conventions (also in docs/how-to and checked by tests/docs/test_docs.py):
   commands in the background for the rest of the page;
 * ``<!-- test: run -->`` before a console block: run its ``$`` commands; every
   output line shown after a command must appear in its output (``...`` is a wildcard);
+* ``<!-- test: background output -->`` before a block: each of its lines must appear
+  in what the background commands have printed so far;
 * ``<!-- test: ports 8001 8002 -->`` in a page: those ports become free ones.
 """
 

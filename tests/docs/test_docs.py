@@ -2,8 +2,9 @@
 
 Conventions are in tests/docs/markdown.py: ``<!-- test -->`` runs a python
 block, ``<!-- file: NAME -->`` writes a block to a file, ``<!-- test: background -->``
-and ``<!-- test: run -->`` run a console block's commands, and
-``<!-- test: ports ... -->`` swaps a page's ports for free ones.
+and ``<!-- test: run -->`` run a console block's commands, ``<!-- test: background
+output -->`` checks a block's lines against what the background commands printed,
+and ``<!-- test: ports ... -->`` swaps a page's ports for free ones.
 """
 
 from __future__ import annotations
@@ -162,6 +163,14 @@ def test_page_runs_as_written(page: Path, tmp_path: Path, monkeypatch: pytest.Mo
                     assert result.returncode == 0, f"{where}: `{command.command}`:\n{output}"
                     for line in command.expected:
                         assert matches(line, output), f"{where}: {line!r} not in:\n{output}"
+            elif directive == "test: background output":
+                logs = "".join(
+                    path.read_text(errors="replace")
+                    for path in sorted(tmp_path.glob("background-*.log"))
+                )
+                for line in block.code.splitlines():
+                    if line.strip():
+                        assert matches(line, logs), f"{where}: {line!r} not in:\n{logs}"
             elif directive not in ("", "test: skip") and not directive.startswith("test: skip "):
                 raise AssertionError(f"{where}: unknown directive {directive!r}")
     finally:
