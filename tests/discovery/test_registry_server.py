@@ -223,3 +223,25 @@ def test_mtls_identity_may_only_register_its_own_service(policy_dir: Path, tmp_p
     with serve(app, lifespan="off") as cp, httpx.Client(base_url=cp.url) as http:
         r = http.post("/v1/registry/payments/instances", json=body())
         assert r.status_code == 201  # its own service, identity allowed without a token
+
+
+def test_config_from_control_plane_settings() -> None:
+    """Register tokens, identities, lease and size come from the control plane's settings when set."""
+    from types import SimpleNamespace
+
+    from pydantic import SecretStr
+
+    settings = SimpleNamespace(
+        register_tokens=(SecretStr("bot=s3"),),
+        register_identities=("*",),
+        registry_lease=12.0,
+        registry_max_instances=5,
+    )
+    config = RegistryConfig.from_settings(settings)
+    assert config == RegistryConfig(
+        default_lease=12.0,
+        max_instances=5,
+        register_tokens=("bot=s3",),
+        register_identities=("*",),
+    )
+    assert RegistryConfig.from_settings(object()) == RegistryConfig()

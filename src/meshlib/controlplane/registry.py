@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from meshlib.clock import SYSTEM_CLOCK
 from meshlib.controlplane.auth import ANONYMOUS, Denied, Right, parse_token
 from meshlib.controlplane.instances import (
     InstanceRegistry,
@@ -60,7 +61,8 @@ def _registry(request: Request) -> InstanceRegistry:
     registry: InstanceRegistry | None = getattr(state, "registry", None)
     if registry is None:
         plane = state.plane
-        registry = InstanceRegistry(RegistryConfig.from_settings(plane.settings))
+        clock = getattr(plane, "clock", SYSTEM_CLOCK)
+        registry = InstanceRegistry(RegistryConfig.from_settings(plane.settings), clock)
         state.registry = registry
     return registry
 
