@@ -48,11 +48,16 @@ def _machine(meta: dict[str, Any]) -> str:
 
 
 def _targets(checks: list[dict[str, Any]]) -> str:
-    lines = ["| table | target | value | limit | verdict |", "|---|---|--:|--:|---|"]
+    lines = [
+        "| table | target | value | per round (min..max) | limit | verdict |",
+        "|---|---|--:|--:|--:|---|",
+    ]
     for c in checks:
         verdict = "info" if c.get("kind") == "info" else ("met" if c["met"] else "**missed**")
+        rounds = c.get("per_round")
+        spread = f"{rounds[0]:.2f}..{rounds[-1]:.2f}" if rounds else ""
         lines.append(
-            f"| {c['table']} | {c['target']} | {c['value']:.2f} | {c['limit']:.2f} | {verdict} |"
+            f"| {c['table']} | {c['target']} | {c['value']:.2f} | {spread} | {c['limit']:.2f} | {verdict} |"
         )
     return "\n".join(lines)
 

@@ -176,8 +176,12 @@ def format_targets(checks: list[dict[str, Any]]) -> str:
         verdict = "MET   " if check["met"] else "MISSED"
         if check.get("kind") == "info":
             verdict = "(info)"
+        spread = ""
+        if check.get("per_round"):
+            rounds = check["per_round"]
+            spread = f"; per round {rounds[0]:.2f}..{rounds[-1]:.2f}, median {rounds[len(rounds) // 2]:.2f}"
         lines.append(
-            f"  {verdict} {check['table']}: {check['target']} = {check['value']:.2f} (≤ {check['limit']:.2f})"
+            f"  {verdict} {check['table']}: {check['target']} = {check['value']:.2f} (≤ {check['limit']:.2f}{spread})"
         )
     return "\n".join(lines)
 

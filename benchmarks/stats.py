@@ -68,6 +68,7 @@ class PathTotals:
             "mean_us": sum(ordered) / n if n else math.nan,
             "round_p50_min_us": min(self.round_p50s, default=math.nan),
             "round_p50_max_us": max(self.round_p50s, default=math.nan),
+            "round_p50s_us": list(self.round_p50s),
             "throughput_rps": n / self.wall_s if self.wall_s else math.nan,
             "client_cpu_us_per_req": self.cpu_s * per_req,
             "sidecar_cpu_us_per_req": self.sidecar_cpu_s * per_req,
@@ -144,13 +145,16 @@ def targets(rows: dict[str, dict[str, Any]], *, mesh: str, httpx: str) -> list[d
         if other not in rows:
             continue
         value = _figure(rows, mesh, httpx, key, other)
-        checks.append(
-            {
-                "target": f"{mesh} {label}",
-                "value": value,
-                "limit": limit,
-                "met": value <= limit,
-                "kind": "target" if index < len(TARGETS) else "info",
-            }
-        )
+        check = {
+            "target": f"{mesh} {label}",
+            "value": value,
+            "limit": limit,
+            "met": value <= limit,
+            "kind": "target" if index < len(TARGETS) else "info",
+        }
+        if key == "p50_us":
+            # Ratios of the same round, so drift between rounds cancels out.
+            pairs = zip(rows[mesh]["round_p50s_us"], rows[other]["round_p50s_us"], strict=False)
+            check["per_round"] = sorted(a / b for a, b in pairs if b)
+        checks.append(check)
     return checks
