@@ -80,3 +80,26 @@ services:
         finally:
             discovered.close()
     assert discovered.discovery is None
+
+
+def test_first_sync_waits_for_the_first_dns_answer(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A client's first sync has DNS endpoints at once, so its first call does not fail for want of them."""
+    from meshlib.discovery.dns import DnspythonResolver
+    from tests.discovery.dnsserver import Zone, serve_dns
+
+    zone = Zone()
+    zone.set("payments.test.", "A", "127.0.0.7", ttl=30)
+    text = "version: 1\nservices:\n  payments:\n    discovery: {dns: {name: payments.test, port: 81}}\n"
+    with serve_dns(zone) as port:
+        resolver = DnspythonResolver(["127.0.0.1"], port=port)
+        monkeypatch.setattr("meshlib.discovery.dns.default_resolver", lambda: resolver)
+        store = PolicyStore(parse_policy(text))
+        discovered = DiscoveredEndpoints(store, settings=MeshSettings())
+        try:
+            discovered.begin(store.current)
+            service = store.current.policy.services["payments"]
+            assert [e.url for e in discovered.endpoints("payments", service)] == [
+                "http://127.0.0.7:81"
+            ]
+        finally:
+            discovered.close()

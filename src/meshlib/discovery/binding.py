@@ -34,7 +34,7 @@ from meshlib.settings import MeshSettings
 __all__ = ["DiscoveredEndpoints", "uses_discovery"]
 
 FIRST_ANSWER_WAIT = 2.0
-"""How long a newly configured DNS or registry source may hold up the first sync."""
+"""How long a DNS or registry source may hold up a client's first sync (its construction)."""
 
 
 def uses_discovery(service: Service, local_zone: str | None) -> bool:
@@ -76,16 +76,19 @@ class DiscoveredEndpoints:
             needed = any(
                 uses_discovery(s, self.local_zone) for s in snapshot.policy.services.values()
             )
+            first = self._snapshot is None
             if self.discovery is None and needed:
                 self.discovery = Discovery(
                     self.store,
                     settings=self.settings,
                     clock=self.clock,
-                    first_answer_wait=FIRST_ANSWER_WAIT,
                     follow=False,
                     on_change=self._changed,
                 )
             if self.discovery is not None and snapshot is not self._snapshot:
+                # Only the client's first sync waits for first answers; later ones (which may
+                # run on an event loop) never block.
+                self.discovery.first_answer_wait = FIRST_ANSWER_WAIT if first else 0.0
                 self.discovery.sync(snapshot)
             self._snapshot = snapshot
             self.dirty = False
