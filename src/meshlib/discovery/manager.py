@@ -99,7 +99,7 @@ class Discovery:
         self._unsubscribe: Callable[[], None] = (
             store.subscribe(lambda old, new: self.sync(new)) if follow else lambda: None
         )
-        if snapshot is not None:
+        if snapshot is not None and follow:  # else the owner drives sync()
             self.sync(snapshot)
         _live.add(self)
 
