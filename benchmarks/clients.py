@@ -8,7 +8,9 @@ Kinds:
   ``@retry`` around a pybreaker ``@breaker`` around ``client.get``, with
   OpenTelemetry's httpx instrumentation on the client;
 - ``mesh``: ``meshlib.MeshClient`` / ``meshlib.AsyncMeshClient`` with the
-  default policy, imported lazily so the rest runs before it exists.
+  default policy, imported lazily so the rest runs before it exists;
+- ``httpx-aiotr`` / ``mesh-aiotr`` (async only): the same, over meshlib's
+  ``AiohttpTransport`` instead of httpcore's pool.
 
 Each returns a :class:`Opened` whose ``call()`` makes one GET and returns the
 status code::
@@ -176,8 +178,34 @@ def open_sync(kind: str, target: Target) -> Opened:
     raise ValueError(f"unknown sync client kind {kind!r}")
 
 
+def _aiohttp_transport() -> Any:
+    from meshlib.outbound.aiohttp_transport import AiohttpTransport
+
+    return AiohttpTransport
+
+
 async def open_async(kind: str, target: Target) -> AsyncOpened:
-    """Open an async client of ``kind`` (httpx, aiohttp, naive, mesh) aimed at ``target``."""
+    """Open an async client of ``kind`` (httpx, aiohttp, naive, mesh, *-aiotr) aimed at ``target``."""
+    if kind == "httpx-aiotr":
+        transport = _aiohttp_transport()(verify=_client_ssl(target.pki))
+        tclient = httpx.AsyncClient(transport=transport, timeout=_TIMEOUT)
+        turl = target.url
+
+        async def tget() -> int:
+            return (await tclient.get(turl)).status_code
+
+        return AsyncOpened(tget, tclient.aclose)
+    if kind == "mesh-aiotr":
+        factory = _aiohttp_transport()
+        tmesh = _mesh_class("AsyncMeshClient")(
+            mesh_policy(target), service_name="bench-client", endpoint_transport=factory
+        )
+        murl = _mesh_url(target)
+
+        async def tmesh_get() -> int:
+            return int((await tmesh.get(murl)).status_code)
+
+        return AsyncOpened(tmesh_get, tmesh.aclose)
     if kind in ("httpx", "naive"):
         client = httpx.AsyncClient(verify=_client_ssl(target.pki), timeout=_TIMEOUT)
         url = target.url

@@ -109,7 +109,7 @@ def format_table(name: str, table: dict[str, Any]) -> str:
     rows: dict[str, dict[str, Any]] = table["paths"]
     rat: dict[str, dict[str, float]] = table["ratios"]
     head = (
-        f"{'path':<28}{'p50 µs':>9}{'p90 µs':>9}{'p99 µs':>9}{'req/s':>9}"
+        f"{'path':<32}{'p50 µs':>9}{'p90 µs':>9}{'p99 µs':>9}{'req/s':>9}"
         f"{'cpu µs/req':>11}{'sidecar':>9}{'r.p50':>7}{'r.p99':>7}{'r.rps':>7}{'r.cpu':>7}{'err':>5}"
     )
     lines = [
@@ -120,7 +120,7 @@ def format_table(name: str, table: dict[str, Any]) -> str:
     for path, row in rows.items():
         r = rat.get(path, {})
         lines.append(
-            f"{path:<28}{_num(row['p50_us'], 9)}{_num(row['p90_us'], 9)}{_num(row['p99_us'], 9)}"
+            f"{path:<32}{_num(row['p50_us'], 9)}{_num(row['p90_us'], 9)}{_num(row['p99_us'], 9)}"
             f"{_num(row['throughput_rps'], 9)}{_num(row['client_cpu_us_per_req'], 11)}"
             f"{_num(row['sidecar_cpu_us_per_req'] or math.nan, 9)}"
             f"{_num(r.get('p50', math.nan), 7, 2)}{_num(r.get('p99', math.nan), 7, 2)}"
@@ -128,7 +128,7 @@ def format_table(name: str, table: dict[str, Any]) -> str:
             f"{_num(r.get('client_cpu', math.nan), 7, 2)}{row['errors']:>5}"
         )
     for path, reason in table["skipped"].items():
-        lines.append(f"{path:<28}skipped: {reason}")
+        lines.append(f"{path:<32}skipped: {reason}")
     if table.get("truncated"):
         lines.append("(time budget reached: fewer rounds than asked)")
     return "\n".join(lines)

@@ -70,6 +70,9 @@ SYNC_PATHS = (
 ASYNC_PATHS = (
     PathSpec("httpx-async", "httpx", "direct"),
     PathSpec("aiohttp", "aiohttp", "direct"),
+    PathSpec("httpx-async[aiohttp]", "httpx-aiotr", "direct"),
+    PathSpec("httpx-async[aiohttp]+nginx-pair", "httpx-aiotr", "nginx-pair"),
+    PathSpec("mesh-async[aiohttp]", "mesh-aiotr", "direct"),
     PathSpec("httpx-async+nginx-pair", "httpx", "nginx-pair"),
     PathSpec("httpx-async+haproxy-pair", "httpx", "haproxy-pair"),
     PathSpec("naive-async", "naive", "direct"),
@@ -188,7 +191,12 @@ def _finish(
         "truncated": truncated,
         "paths": rows,
         "ratios": ratios(rows, base),
-        "targets": targets(rows, mesh="mesh" if mode == "seq" else "mesh-async", httpx=base),
+        "targets": targets(rows, mesh="mesh" if mode == "seq" else "mesh-async", httpx=base)
+        + (
+            targets(rows, mesh="mesh-async[aiohttp]", httpx="httpx-async[aiohttp]")
+            if mode == "async"
+            else []
+        ),
         "skipped": skipped,
         "sampled_paths": [item.spec.name for item in live if item.spec.sampled],
         "latencies_us": {item.spec.name: item.totals.latencies_us for item in live},
@@ -201,7 +209,7 @@ def _plan(
     runnable, skipped = [], {}
     for spec in paths:
         reason = topo.missing(spec.route)
-        if reason is None and spec.client == "mesh" and mesh_reason:
+        if reason is None and spec.client.startswith("mesh") and mesh_reason:
             reason = mesh_reason
         if reason:
             skipped[spec.name] = reason
