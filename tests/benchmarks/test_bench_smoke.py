@@ -43,11 +43,13 @@ def test_quick_bench_runs_and_writes_tables(tmp_path: Path) -> None:
     seq, concurrent = document["tables"]["seq/uvicorn"], document["tables"]["async/uvicorn"]
     expected_seq = {"httpx", "naive", "naive-sampled"}
     expected_async = {"httpx-async", "naive-async"}
-    if importlib.util.find_spec("aiohttp"):
-        expected_async.add("aiohttp")
     if mesh_unavailable() is None:
         expected_seq |= {"mesh", "mesh-sampled"}
         expected_async |= {"mesh-async", "mesh-async-sampled"}
+    if importlib.util.find_spec("aiohttp"):
+        expected_async |= {"aiohttp", "httpx-async[aiohttp]"}
+        if mesh_unavailable() is None:
+            expected_async.add("mesh-async[aiohttp]")
     assert expected_seq <= set(seq["paths"]), seq["skipped"]
     assert expected_async <= set(concurrent["paths"]), concurrent["skipped"]
     for table in (seq, concurrent):
