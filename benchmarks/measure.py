@@ -11,11 +11,15 @@ the event loop and any telemetry thread are counted too)::
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["RoundResult", "async_round", "sync_round"]
+__all__ = ["STOP", "RoundResult", "async_round", "sync_round"]
+
+STOP = threading.Event()
+"""Set (by the SIGTERM/SIGINT handler) to end every loop early but cleanly."""
 
 
 @dataclass
@@ -52,7 +56,7 @@ def sync_round(call: Callable[[], int], *, requests: int, time_limit: float) -> 
         latencies.append((end - start) / 1e3)
         if status != 200:
             result.errors += 1
-        if end > stop:
+        if end > stop or STOP.is_set():
             break
     result.wall_s = (perf() - wall0) / 1e9
     result.cpu_s = time.process_time() - cpu0
@@ -71,7 +75,7 @@ async def async_round(
 
     async def worker() -> None:
         nonlocal left
-        while left > 0 and perf() < stop:
+        while left > 0 and perf() < stop and not STOP.is_set():
             left -= 1
             start = perf()
             try:

@@ -26,6 +26,7 @@ if __package__ in (None, ""):
 
 from benchmarks.certs import make_pki
 from benchmarks.clients import mesh_unavailable
+from benchmarks.measure import STOP
 from benchmarks.plot import plot_latencies
 from benchmarks.procs import ProcessSet
 from benchmarks.report import format_table, format_targets, machine_info, write_json
@@ -132,14 +133,24 @@ def _select(paths: tuple[PathSpec, ...], only: str | None) -> tuple[PathSpec, ..
     return tuple(p for i, p in enumerate(paths) if i == 0 or p.name in wanted)
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+def _stop(signum: int, frame: Any) -> None:
+    # Raising here could land inside the event loop and strand its worker threads; instead
+    # every loop checks STOP and the run ends cleanly. A second signal ends it at once.
+    if STOP.is_set():
+        raise SystemExit(128 + signum)
+    STOP.set()
+    print(
+        f"\nstopping after signal {signum}: finishing the current round, then cleaning up",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the tables, print them, write JSON and the plot; return the exit status."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, _stop)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _stop)
     tools = system_tools()
     if tools.missing() and not args.no_system:
         print(
@@ -191,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables[key] = table
                 print(format_table(key, table), flush=True)
                 print(flush=True)
+                if STOP.is_set():
+                    break
         finally:
             procs.stop_all()
             tel.shutdown()
@@ -215,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {meta['cpu_model']}, {meta['cpus']} CPUs, load {meta['loadavg_start']} -> {meta['loadavg_end']}"
     )
+    if STOP.is_set():
+        print("interrupted: the figures above are partial")
+        return 130
     return 0 if tables else 1
 
 

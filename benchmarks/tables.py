@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.certs import Pki
 from benchmarks.clients import AsyncOpened, Opened, Target, open_async, open_sync
-from benchmarks.measure import RoundResult, async_round, sync_round
+from benchmarks.measure import STOP, RoundResult, async_round, sync_round
 from benchmarks.procs import ProcessSet, Started, cpu_seconds
 from benchmarks.servers import (
     INSTALL_HINT,
@@ -252,7 +252,7 @@ def run_sync_table(
             if _warm_ok(spec, warm, skipped):
                 live.append(_Live(spec, pids, client, PathTotals(spec.name)))
         for _ in range(cfg.rounds):
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or STOP.is_set():
                 truncated = True
                 break
             for item in live:
@@ -299,7 +299,7 @@ async def _async_table(
             if _warm_ok(spec, warm, skipped):
                 live.append(_Live(spec, pids, client, PathTotals(spec.name)))
         for _ in range(cfg.rounds):
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or STOP.is_set():
                 truncated = True
                 break
             for item in live:
