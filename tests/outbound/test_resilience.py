@@ -10,8 +10,9 @@ import pytest
 
 from meshlib.clock import FakeClock
 from meshlib.errors import CircuitOpenError, DeadlineExceeded
-from meshlib.outbound import ATTEMPTS_EXTENSION
+from meshlib.outbound import ATTEMPTS_EXTENSION, MeshClient
 from meshlib.policy.store import PolicyStore
+from meshlib.settings import MeshSettings
 from tests.outbound.conftest import Driver, mesh_policy
 
 
@@ -148,3 +149,16 @@ def test_policy_swap_mid_traffic_no_failures(driver: Driver, up, up2) -> None:
     pools = client.mesh_transport.outbound.pools
     assert len(pools) == 1  # the removed endpoint's pool was retired ...
     assert not pools._retired  # ... and closed once idle
+
+
+def test_caller_zone_keeps_traffic_in_zone(up, up2) -> None:
+    """With MESH_ZONE set, discovery's zone preference decides which endpoints the client uses."""
+    (far, far_server), (near, near_server) = up, up2
+    policy = mesh_policy(
+        [{"url": far_server.url, "zone": "z1"}, {"url": near_server.url, "zone": "z2"}]
+    )
+    with MeshClient(policy, settings=MeshSettings(zone="z2")) as client:
+        for _ in range(4):
+            assert client.get("http://payments/ok").status_code == 200
+    assert near.hits["/ok"] == 4
+    assert far.total == 0

@@ -10,7 +10,9 @@ policy and :class:`Destination` state lives across snapshots::
     plan, dest = router.route(snapshot, request)
 
 A policy swap (:meth:`Router.sync`, subscribed to the store) reconfigures
-destinations, keeps the pools of kept endpoints and retires the others.
+destinations, keeps the pools of kept endpoints and retires the others; so
+does a change of the endpoints discovery found (DNS, a registry, health,
+zones: :mod:`meshlib.discovery.binding`), on the next call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import httpx
 
 from meshlib.clock import Clock
+from meshlib.discovery.binding import DiscoveredEndpoints
 from meshlib.outbound.breaker import Breaker
 from meshlib.outbound.destination import Destination, EndpointState
 from meshlib.outbound.endpoints import PoolKey, Pools
@@ -75,10 +78,19 @@ class Plan:
 class Router:
     """Maps requests to plans and destinations; owns the destinations of one transport."""
 
-    def __init__(self, store: PolicyStore, pools: Pools[Any], base: Any, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: PolicyStore,
+        pools: Pools[Any],
+        base: Any,
+        clock: Clock,
+        discovered: DiscoveredEndpoints | None = None,
+    ) -> None:
         self.store = store
         self.pools = pools
         self.base = base
+        self.discovered = discovered
+        """Where services with ``discovery`` (or zones to prefer) get their endpoints from."""
         self.clock = clock
         self.destinations: dict[str, Destination] = {}
         self.origins: dict[tuple[str, str, int | None], Destination] = {}
@@ -96,7 +108,10 @@ class Router:
 
     def route(self, snapshot: PolicySnapshot, request: httpx.Request) -> tuple[Plan, Destination]:
         """The plan and destination for ``request`` under ``snapshot``."""
-        if snapshot is not self._synced and snapshot is self.store.peek():
+        discovered = self.discovered
+        if (snapshot is not self._synced or (discovered is not None and discovered.dirty)) and (
+            snapshot is self.store.peek()
+        ):
             self.sync(snapshot)
         url = request.url
         # httpx's parsed form, when present, spares three property decodes per call.
@@ -148,12 +163,18 @@ class Router:
         return dest
 
     def sync(self, snapshot: PolicySnapshot) -> None:
-        """Bring destinations and pools in line with ``snapshot`` (idempotent, thread-safe)."""
+        """Bring destinations and pools in line with ``snapshot`` (idempotent, thread-safe).
+
+        Also runs when discovery changed a service's endpoints (``discovered.dirty``).
+        """
+        discovered = self.discovered
         with self._lock:
-            if snapshot is self._synced:
+            if snapshot is self._synced and (discovered is None or not discovered.dirty):
                 return
             if self._synced is not None and snapshot is not self.store.peek():
                 return  # an older snapshot, told late (or asked for by an in-flight call)
+            if discovered is not None:
+                discovered.begin(snapshot)
             resolver = snapshot.resolver
             keys: set[PoolKey] = set()
             destinations: dict[str, Destination] = {}
@@ -165,7 +186,10 @@ class Router:
                     if effective.tls.mode == "disabled"
                     else snapshot.policy.service_identity(name)
                 )
-                fresh = [self._endpoint(e, effective, identity, keys) for e in service.endpoints]
+                endpoints = (
+                    service.endpoints if discovered is None else discovered.endpoints(name, service)
+                )
+                fresh = [self._endpoint(e, effective, identity, keys) for e in endpoints]
                 dest.configure(effective, fresh)  # dropped endpoints' pools retire below
                 destinations[name] = dest
             self.pools.keep_only(keys)

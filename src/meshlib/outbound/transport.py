@@ -22,6 +22,7 @@ import httpx
 from opentelemetry import metrics, trace
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.discovery.binding import DiscoveredEndpoints
 from meshlib.outbound import stats
 from meshlib.outbound.endpoints import Pools
 from meshlib.outbound.flow import Outbound
@@ -80,7 +81,8 @@ class _MeshBase:
         factory = endpoint_transport or self._pool_class
         pools: Pools[Any] = Pools(factory, settings=settings, **pool_kwargs)
         base = transport if transport is not None else factory(**pool_kwargs)
-        self.router = Router(store, pools, base, clock)
+        self._discovered = DiscoveredEndpoints(store, settings=settings, clock=clock)
+        self.router = Router(store, pools, base, clock, self._discovered)
         telemetry = ClientTelemetry(
             tracer_provider=tracer_provider, meter_provider=meter_provider, caller=self.service_name
         )
@@ -102,6 +104,7 @@ class _MeshBase:
         """Stop following the policy; return every transport to close."""
         self._unsubscribe()
         stats.unregister(self.router)
+        self._discovered.close()
         if self._source is not None:
             self._source.close()
         # Like OTel's and httpx's wrapping transports, closing passes on to the wrapped one.
