@@ -13,6 +13,7 @@ import pytest
 
 from meshlib.errors import NoEndpointsError, SettingsError
 from meshlib.outbound import MeshClient, stats
+from meshlib.policy.model import Policy
 from meshlib.policy.store import PolicyStore
 from tests.outbound.conftest import Driver, mesh_policy
 
@@ -113,3 +114,25 @@ def test_store_without_policy_yet_fails_calls_clearly_then_works(up) -> None:
             client.get("http://payments/ok")
         store.update(mesh_policy([server.url]))
         assert client.get("http://payments/ok").status_code == 200
+
+
+def test_bad_tls_files_for_one_service_leave_others_working(up, tmp_path: Path) -> None:
+    """A service whose certificate files are missing fails clearly; other services keep working."""
+    _upstream, server = up
+    missing = str(tmp_path / "missing.pem")
+    policy = Policy.model_validate(
+        {
+            "version": 1,
+            "services": {
+                "payments": {"endpoints": [server.url]},
+                "ledger": {
+                    "endpoints": ["https://127.0.0.1:1"],
+                    "tls": {"mode": "mutual", "ca": missing, "cert": missing, "key": missing},
+                },
+            },
+        }
+    )
+    with MeshClient(policy) as client:
+        assert client.get("http://payments/ok").status_code == 200
+        with pytest.raises(NoEndpointsError, match=r"ledger.*missing\.pem"):
+            client.get("http://ledger/ok")

@@ -84,6 +84,8 @@ class Destination:
         self.budget_refusals = 0
         self.shadow_retries = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self.problem: str | None = None
+        """Why the endpoints could not be set up (a TLS file, say), when they could not."""
         self._lock = threading.Lock()
 
     def configure(
@@ -134,7 +136,8 @@ class Destination:
         """
         endpoints = self.endpoints
         if not endpoints:
-            raise NoEndpointsError(f"service {self.name!r} has no endpoints in the policy")
+            why = self.problem or "it has no endpoints in the policy"
+            raise NoEndpointsError(f"cannot call service {self.name!r}: {why}")
         outlier = self.outlier
         assert outlier is not None
         assert self.balancer is not None

@@ -17,6 +17,7 @@ zones: :mod:`meshlib.discovery.binding`), on the next call.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -34,6 +35,8 @@ from meshlib.policy.resolve import EffectivePolicy
 from meshlib.policy.store import PolicySnapshot, PolicyStore
 
 __all__ = ["Plan", "Router"]
+
+logger = logging.getLogger("meshlib.outbound")
 
 _MAX_ORIGINS = 256
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -97,6 +100,7 @@ class Router:
         self._default_plan: Plan | None = None
         self._plans: dict[int, Plan] = {}
         self._synced: PolicySnapshot | None = None
+        self._keys: dict[str, set[PoolKey]] = {}
         self._lock = threading.Lock()
 
     def plan_for(self, effective: EffectivePolicy) -> Plan:
@@ -189,8 +193,25 @@ class Router:
                 endpoints = (
                     service.endpoints if discovered is None else discovered.endpoints(name, service)
                 )
-                fresh = [self._endpoint(e, effective, identity, keys) for e in endpoints]
+                wanted: set[PoolKey] = set()
+                try:
+                    fresh = [self._endpoint(e, effective, identity, wanted) for e in endpoints]
+                except Exception as exc:
+                    # A bad certificate path for one service must not take the others down:
+                    # it keeps what it had (or gets no endpoints, and says why when called).
+                    logger.error(
+                        "cannot set up endpoints of %r; keeping the last good: %s", name, exc
+                    )
+                    dest.problem = f"its endpoints could not be set up: {exc}"
+                    if dest.effective is None:
+                        dest.configure(effective, [])
+                    keys.update(self._keys.get(name, ()))
+                    destinations[name] = dest
+                    continue
+                dest.problem = None
                 dest.configure(effective, fresh)  # dropped endpoints' pools retire below
+                self._keys[name] = wanted
+                keys.update(wanted)
                 destinations[name] = dest
             self.pools.keep_only(keys)
             self.destinations = destinations
