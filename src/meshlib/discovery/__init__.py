@@ -1,9 +1,39 @@
 """Service discovery: endpoints from DNS and the control plane's registry, active health, locality.
 
-See :class:`meshlib.discovery.endpoints.EndpointSet` for how the sources,
-health and zones combine into the endpoints a balancer is offered.
+A service's ``discovery`` policy section turns it on; MeshClient then balances
+over what :class:`EndpointSet` selects (healthy endpoints, the caller's zone
+first, every endpoint in panic). A service registers itself with a
+:class:`Registrar`::
+
+    registrar = Registrar.from_settings(MeshSettings(), "http://10.0.0.7:8080")
+    registrar.start(wait=2.0)
+    ...
+    registrar.drain(delay=2.0)
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from meshlib.discovery.dns import DnsAnswer, DnspythonResolver, DnsTracker, DnsWatcher
+from meshlib.discovery.endpoints import EndpointSet, Selection, select_endpoints
+from meshlib.discovery.health import Health, HealthMonitor, HealthProber
+from meshlib.discovery.manager import Discovery
+from meshlib.discovery.registry import InstanceInfo, LeaseState, Registrar
+from meshlib.discovery.watch import RegistryWatcher
+
+__all__ = [
+    "Discovery",
+    "DnsAnswer",
+    "DnsTracker",
+    "DnsWatcher",
+    "DnspythonResolver",
+    "EndpointSet",
+    "Health",
+    "HealthMonitor",
+    "HealthProber",
+    "InstanceInfo",
+    "LeaseState",
+    "Registrar",
+    "RegistryWatcher",
+    "Selection",
+    "select_endpoints",
+]
