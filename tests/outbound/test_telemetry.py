@@ -90,6 +90,7 @@ def test_two_retries_give_call_span_and_three_attempt_spans(
     assert [e.attributes[names.ATTR_RETRY_ATTEMPT] for e in retries] == [0, 1]
     assert all(e.attributes[names.ATTR_RETRY_REASON] == "503" for e in retries)
     assert call.attributes[names.ATTR_CALLER] == "orders"
+    assert call.attributes[names.ATTR_DEADLINE_BUDGET] == 10.0
     # every attempt carried its own span's trace context
     parents = [h["traceparent"].split("-")[2] for h in upstream.headers]
     assert parents == [format(a.context.span_id, "016x") for a in attempts]
@@ -190,3 +191,19 @@ def test_httpx_instrumentation_does_not_double_attempt_spans(
         instrumentor.uninstrument()
     spans = telemetry.exporter.get_finished_spans()
     assert len([s for s in spans if s.kind is SpanKind.CLIENT]) == 2
+
+
+def test_shadow_retry_is_counted_and_marked(driver: Driver, up, telemetry: Telemetry) -> None:
+    """A shadow-mode retry shows as a retry event and count marked meshlib.shadow, with no resend."""
+    _upstream, server = up
+    policy = mesh_policy([server.url], retry={"mode": "shadow"})
+    client = driver.client(policy, **telemetry.kwargs())
+    assert driver.request(client, "GET", "http://payments/flaky/1/sh").status_code == 503
+    spans = telemetry.exporter.get_finished_spans()
+    assert len([s for s in spans if s.kind is SpanKind.CLIENT]) == 1
+    (call,) = [s for s in spans if s.kind is SpanKind.INTERNAL]
+    (event,) = [e for e in call.events if e.name == names.EVENT_RETRY]
+    assert event.attributes[names.ATTR_SHADOW] is True
+    (point,) = telemetry.metrics()[names.CLIENT_RETRIES.name]
+    assert point.value == 1
+    assert point.attributes[names.ATTR_SHADOW] is True

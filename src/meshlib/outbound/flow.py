@@ -126,6 +126,8 @@ class Outbound:
         call = self.telemetry.start_call(
             request, dest.name, plan.route, start, clock, self.is_async
         )
+        if call is not None and call.recording:
+            call.span.set_attribute(names.ATTR_DEADLINE_BUDGET, deadline_at - start)
         dest.requests += 1
         budget = dest.budget
         assert budget is not None
@@ -262,6 +264,8 @@ class Outbound:
             if isinstance(wait, str):
                 if wait == "budget" and call is not None:
                     call.event(names.EVENT_BUDGET_REFUSED, {names.ATTR_DESTINATION: dest.name})
+                elif wait == "shadow":
+                    self._shadow_retry(dest, endpoint, reason, number, call)
                 return (yield from self._give_up(history, last, wait))
             backoff = wait
             dest.retries += 1
@@ -379,6 +383,25 @@ class Outbound:
             tel.ejections.add(1, attributes)
             if call is not None:
                 call.event(names.EVENT_EJECTION, attributes)
+
+    def _shadow_retry(
+        self,
+        dest: Destination,
+        endpoint: EndpointState,
+        reason: int | str,
+        number: int,
+        call: CallTelemetry | None,
+    ) -> None:
+        """Count (metric and event, marked shadow) a retry a shadow-mode policy did not make."""
+        attributes = {
+            names.ATTR_DESTINATION: dest.name,
+            names.ATTR_ENDPOINT: endpoint.url,
+            names.ATTR_RETRY_REASON: str(reason),
+            names.ATTR_SHADOW: True,
+        }
+        self.telemetry.retries.add(1, attributes)
+        if call is not None:
+            call.event(names.EVENT_RETRY, {**attributes, names.ATTR_RETRY_ATTEMPT: number - 1})
 
     def _deadline(self, dest: Destination, call: CallTelemetry | None) -> None:
         self.telemetry.deadline_exceeded.add(1, {names.ATTR_DESTINATION: dest.name})
