@@ -67,3 +67,45 @@ def test_close_cancels_a_parked_long_poll(policy_dir: Path) -> None:
         watcher.close()
         assert time.monotonic() - started < 10  # far below the 30 s it would park
         assert watcher._thread is None
+
+
+def test_registry_restart_keeps_known_instances_for_a_grace_period(policy_dir: Path) -> None:
+    """A restarted registry lists nobody at first; known instances stay until the grace ends."""
+    from meshlib.clock import FakeClock
+    from meshlib.controlplane.instances import InstanceRegistry, RegistryConfig
+
+    reg = {"authorization": "Bearer r3g1ster"}
+    app = plane_app(policy_dir)
+    clock = FakeClock()
+    seen: list[list[str]] = []
+    with serve(app) as cp, httpx.Client(base_url=cp.url, headers=reg) as http:
+        http.post(
+            "/v1/registry/payments/instances", json={"instance": "a", "url": "http://127.0.0.1:1"}
+        )
+        watcher = RegistryWatcher(
+            "payments",
+            cp.url,
+            lambda eps: seen.append([e.url for e in eps]),
+            token="r3ad",
+            wait=0.2,
+            grace=10,
+            clock=clock,
+        )
+        try:
+            assert watcher.poll()
+            app.state.registry = InstanceRegistry(RegistryConfig(register_tokens=("r3g1ster",)))
+            assert not watcher.poll()  # empty, but a new boot: "a" is kept
+            http.post(
+                "/v1/registry/payments/instances",
+                json={"instance": "b", "url": "http://127.0.0.1:2"},
+            )
+            assert watcher.poll()
+            clock.advance(10)
+            assert watcher.poll()  # the grace ended: only what registered again
+        finally:
+            watcher.close()
+    assert seen == [
+        ["http://127.0.0.1:1"],
+        ["http://127.0.0.1:2", "http://127.0.0.1:1"],
+        ["http://127.0.0.1:2"],
+    ]

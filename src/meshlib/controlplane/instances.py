@@ -228,6 +228,7 @@ class InstanceRegistry:
         instances = sorted(self.services.get(service, {}).values(), key=lambda i: i.instance)
         return {
             "service": service,
+            "boot": self._boot,
             "revision": self.revisions.get(service, 0),
             "instances": [i.to_json(now) for i in instances],
         }

@@ -225,6 +225,7 @@ class Discovery:
             on_change,
             token=self.token,
             wait=self.registry_wait,
+            clock=self.clock,
         )
         running.registry.start()
         if self.first_answer_wait > 0:

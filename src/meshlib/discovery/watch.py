@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.policy.model import Endpoint
 
 __all__ = ["RegistryWatcher", "endpoints_from_listing"]
@@ -52,7 +53,10 @@ class RegistryWatcher:
     """Follows one service's registered instances; ``on_change(endpoints)`` on every change.
 
     ``verify`` is what httpx's ``verify=`` takes (an ``ssl.SSLContext`` for a
-    control plane behind mTLS).
+    control plane behind mTLS). When the registry restarts (its ``boot`` id
+    changes) it lists nobody until the instances' next heartbeats; the
+    instances known before are kept for ``grace`` seconds meanwhile, so a
+    control-plane restart never empties a service.
     """
 
     def __init__(
@@ -64,6 +68,8 @@ class RegistryWatcher:
         token: str | None = None,
         wait: float = 30.0,
         verify: ssl.SSLContext | bool = True,
+        grace: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.service = service
         self.bases = (control_plane,) if isinstance(control_plane, str) else tuple(control_plane)
@@ -71,6 +77,12 @@ class RegistryWatcher:
             raise ValueError("RegistryWatcher needs at least one control plane URL")
         self.wait = wait
         self.verify = verify
+        self.grace = grace
+        self.clock = clock
+        self._boot: str | None = None
+        self._listed: tuple[Endpoint, ...] = ()
+        self._carried: tuple[Endpoint, ...] = ()
+        self._carry_until = 0.0
         self.endpoints: tuple[Endpoint, ...] | None = None
         self.etag: str | None = None
         self.errors = 0
@@ -86,6 +98,9 @@ class RegistryWatcher:
         self._closed = False
 
     def _request(self, wait: float) -> dict[str, Any]:
+        carrying = self._carry_until - self.clock.monotonic()
+        if self._carried and carrying > 0:  # come back when the grace period ends
+            wait = min(wait, carrying + 0.01)
         headers = dict(self._headers)
         if self.etag:
             headers["if-none-match"] = self.etag
@@ -102,17 +117,44 @@ class RegistryWatcher:
         """Apply one answer; True when the endpoints changed."""
         if response.status_code == 304:
             self.consecutive_errors = 0
-            return False
+            return self._publish()
         if not response.is_success:
             return self._failed(f"HTTP {response.status_code}: {response.text[:200]}")
         try:
-            endpoints = endpoints_from_listing(response.json())
+            listing = response.json()
+            listed = endpoints_from_listing(listing)
         except ValueError as exc:
             return self._failed(f"not JSON: {exc}")
         self.consecutive_errors = 0
         self.etag = response.headers.get("etag")
+        boot = listing.get("boot") if isinstance(listing, dict) else None
+        if boot is not None and self._boot is not None and boot != self._boot and self._listed:
+            # A restarted control plane (or another replica) knows nobody until the instances'
+            # next heartbeats: keep the ones we knew for a grace period rather than drop them all.
+            logger.warning(
+                "%s: the registry restarted; keeping %d known instances for %gs while they "
+                "register again",
+                self.service,
+                len(self._listed),
+                self.grace,
+            )
+            self._carried = self._listed
+            self._carry_until = self.clock.monotonic() + self.grace
+        self._boot = boot
+        self._listed = listed
         self._synced.set()
-        if endpoints == self.endpoints:
+        return self._publish()
+
+    def _publish(self) -> bool:
+        """Tell ``on_change`` about the listed endpoints (plus those carried over a restart)."""
+        endpoints = self._listed
+        if self._carried:
+            if self.clock.monotonic() < self._carry_until:
+                known = {e.url for e in endpoints}
+                endpoints += tuple(e for e in self._carried if e.url not in known)
+            else:
+                self._carried = ()
+        if not self._synced.is_set() or endpoints == self.endpoints:
             return False
         self.endpoints = endpoints
         logger.info("%s: the registry lists %d instances", self.service, len(endpoints))
