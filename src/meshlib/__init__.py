@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from meshlib.controlplane.client import ControlPlaneSource
+from meshlib.deadline import Deadline, deadline_scope
 from meshlib.errors import (
     CertificateError,
     CircuitOpenError,
@@ -38,6 +39,7 @@ from meshlib.policy.store import PolicySnapshot, PolicyStore
 from meshlib.serve import serve
 from meshlib.settings import MeshSettings
 from meshlib.telemetry.setup import configure_telemetry
+from meshlib.testing import set_testing
 
 try:
     __version__ = _version("meshlib")
@@ -51,6 +53,7 @@ __all__ = [
     "CircuitOpenError",
     "ControlPlaneError",
     "ControlPlaneSource",
+    "Deadline",
     "DeadlineExceeded",
     "EffectivePolicy",
     "FileSource",
@@ -71,8 +74,10 @@ __all__ = [
     "SettingsError",
     "__version__",
     "configure_telemetry",
+    "deadline_scope",
     "load_policy",
     "parse_policy",
     "resolve",
     "serve",
+    "set_testing",
 ]
