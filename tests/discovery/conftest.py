@@ -60,7 +60,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 @contextmanager
-def serve(app: Any, *, lifespan: str = "on") -> Iterator[RunningServer]:
+def serve(app: Any, *, lifespan: str = "on", **config: Any) -> Iterator[RunningServer]:
     """Serve an ASGI app under uvicorn on 127.0.0.1 in a thread (lifespan on) until the block ends."""
     port = free_port()
     server = _Uvicorn(
@@ -71,6 +71,7 @@ def serve(app: Any, *, lifespan: str = "on") -> Iterator[RunningServer]:
             log_level="warning",
             lifespan=lifespan,
             timeout_graceful_shutdown=2,
+            **config,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -81,7 +82,7 @@ def serve(app: Any, *, lifespan: str = "on") -> Iterator[RunningServer]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield RunningServer("127.0.0.1", port)
+        yield RunningServer("127.0.0.1", port, "https" if config.get("ssl_certfile") else "http")
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -149,3 +149,30 @@ def test_registrar_fails_over_and_reregisters_after_a_lost_lease(tmp_path) -> No
                 bad.close()
         finally:
             registrar.close()
+
+
+def test_registrar_from_settings_speaks_tls_to_the_control_plane(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With an https control plane, the registrar verifies it with MESH_TLS_CA and registers."""
+    from meshlib.controlplane.instances import InstanceRegistry, RegistryConfig
+    from meshlib.discovery.registry import Registrar
+    from meshlib.security.ca import DevCA
+    from meshlib.settings import MeshSettings
+    from tests.discovery.conftest import POLICY, plane_app, serve
+
+    ca = DevCA.create("example.org", tmp_path / "ca")
+    leaf = ca.issue("controlplane", ips=["127.0.0.1"])
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    registry = InstanceRegistry(RegistryConfig(register_tokens=("r3g",)))
+    tls = {"ssl_certfile": str(leaf.cert_path), "ssl_keyfile": str(leaf.key_path)}
+    with serve(plane_app(tmp_path, registry), **tls) as cp:
+        assert cp.url.startswith("https://")
+        settings = MeshSettings(
+            service_name="payments", control_plane_url=cp.url, tls_ca=ca.cert_path
+        )
+        registrar = Registrar.from_settings(settings, "http://127.0.0.1:9000", token="r3g")
+        try:
+            assert registrar.step() == "register"
+            assert registrar.state.phase is LeasePhase.REGISTERED
+        finally:
+            registrar.close()
+    assert "payments" in registry.services

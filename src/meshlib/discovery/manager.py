@@ -32,6 +32,7 @@ from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.discovery.dns import DnsResolver, DnsWatcher
 from meshlib.discovery.endpoints import EndpointSet, Selection
 from meshlib.discovery.health import HealthMonitor, HealthProber
+from meshlib.discovery.http import control_plane_verify
 from meshlib.discovery.watch import RegistryWatcher
 from meshlib.policy.model import TLS, Endpoint, Service
 from meshlib.policy.model import Discovery as DiscoveryPolicy
@@ -226,6 +227,7 @@ class Discovery:
             token=self.token,
             wait=self.registry_wait,
             clock=self.clock,
+            verify=control_plane_verify(self.settings),
         )
         running.registry.start()
         if self.first_answer_wait > 0:

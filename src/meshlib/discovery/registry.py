@@ -36,6 +36,7 @@ import httpx
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.discovery import telemetry
+from meshlib.discovery.http import control_plane_verify, request_any
 from meshlib.errors import SettingsError
 from meshlib.policy.durations import format_duration
 from meshlib.settings import MeshSettings
@@ -45,24 +46,9 @@ __all__ = [
     "LeasePhase",
     "LeaseState",
     "Registrar",
-    "request_any",
 ]
 
 logger = logging.getLogger("meshlib.discovery")
-
-
-def request_any(
-    client: httpx.Client, bases: Sequence[str], method: str, path: str, **kwargs: Any
-) -> httpx.Response:
-    """Send to the first control plane in ``bases`` that answers at all (failing over on errors)."""
-    error: httpx.HTTPError | None = None
-    for base in bases:
-        try:
-            return client.request(method, base.rstrip("/") + path, **kwargs)
-        except httpx.HTTPError as exc:
-            error = exc
-    assert error is not None, "no control plane URL given"
-    raise error
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +166,7 @@ class Registrar:
         token: str | None = None,
         lease: float = 30.0,
         client: httpx.Client | None = None,
+        owns_client: bool | None = None,
         clock: Clock = SYSTEM_CLOCK,
         timeout: float = 5.0,
     ) -> None:
@@ -190,7 +177,7 @@ class Registrar:
         self.state = LeaseState(lease, clock)
         self.last_error: str | None = None
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._own_client = client is None
+        self._own_client = client is None if owns_client is None else owns_client
         self._client = client or httpx.Client(timeout=timeout, trust_env=False)
         self._headers = headers
         self._ready = True
@@ -210,12 +197,14 @@ class Registrar:
         lease: float = 30.0,
         identity: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        token: str | None = None,
         client: httpx.Client | None = None,
     ) -> Registrar:
         """A registrar for this process, from ``MESH_SERVICE_NAME``, ``MESH_INSTANCE_ID``, ``MESH_ZONE``.
 
-        The control plane comes from ``MESH_CONTROL_PLANE_URL`` and ``MESH_CONTROL_PLANE_TOKEN``;
-        ``url`` is where this instance listens.
+        The control plane comes from ``MESH_CONTROL_PLANE_URL``, its TLS from ``MESH_TLS_*``,
+        the token from ``token`` or else ``MESH_CONTROL_PLANE_TOKEN`` (it needs the register or
+        publish right); ``url`` is where this instance listens.
 
         Raises:
             SettingsError: the service name or the control plane URL is not set.
@@ -232,13 +221,20 @@ class Registrar:
             metadata=dict(metadata or {}),
             **({"instance": settings.instance_id} if settings.instance_id else {}),
         )
-        token = settings.control_plane_token
+        if token is None and settings.control_plane_token is not None:
+            token = settings.control_plane_token.get_secret_value()
+        owned = client is None
+        if client is None:
+            client = httpx.Client(
+                verify=control_plane_verify(settings), trust_env=False, timeout=5.0
+            )
         return cls(
             info,
             settings.control_plane_url,
-            token=token.get_secret_value() if token is not None else None,
+            token=token,
             lease=lease,
             client=client,
+            owns_client=owned,
         )
 
     @property
