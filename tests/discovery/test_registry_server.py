@@ -245,3 +245,17 @@ def test_config_from_control_plane_settings() -> None:
         register_identities=("*",),
     )
     assert RegistryConfig.from_settings(object()) == RegistryConfig()
+
+
+def test_publish_identity_may_register_its_own_service(policy_dir: Path, tmp_path: Path) -> None:
+    """An mTLS identity holding the publish right registers its own service without a token."""
+    from meshlib.security.ca import DevCA
+
+    ca = DevCA.create("example.org", tmp_path / "ca")
+    payments = ca.issue("payments").chain[0]
+    app = plane_app(policy_dir, publish_identities=("spiffe://example.org/payments",))
+    with (
+        serve(_WithPeerCert(app, payments), lifespan="off") as cp,
+        httpx.Client(base_url=cp.url) as http,
+    ):
+        assert http.post("/v1/registry/payments/instances", json=body()).status_code == 201

@@ -124,7 +124,8 @@ def authorize_register(request: Request, registry: InstanceRegistry, service: st
         and ("*" in config.register_identities or peer in config.register_identities)
     ):
         return peer
-    principal = plane.auth.authenticate(request.headers, None)
+    tls = (request.scope.get("extensions") or {}).get("tls")
+    principal = plane.auth.authenticate(request.headers, tls)
     if not principal.may(Right.PUBLISH):
         status = 401 if principal is ANONYMOUS else 403
         raise Denied(status, "registering an instance needs a register token or the publish right")
