@@ -165,3 +165,40 @@ def test_three_instances_register_one_lapses_one_drains(policy_dir: Path) -> Non
         assert apps["b"].served == served_by_b  # nothing reached b after its drain
         assert [e.url for e in endpoints.all] == [registrars["a"].info.url]
         assert registrars["a"].state.renewals >= 1
+
+
+def test_drain_turns_mesh_middleware_unready_before_deregistering(policy_dir: Path) -> None:
+    """Wired to MeshMiddleware.drain, a drain answers /readyz with 503 before the instance leaves."""
+    from meshlib.inbound.asgi import MeshMiddleware
+    from meshlib.policy.parse import parse_policy
+
+    app = MeshMiddleware(
+        Instance("a"),
+        policy=parse_policy("version: 1\nservices: {payments: {}}\n"),
+        service_name="payments",
+    )
+    registry = InstanceRegistry(RegistryConfig(register_tokens=(REGISTER_TOKEN,)))
+    with serve(plane_app(policy_dir, registry)) as cp, serve(app, lifespan="off") as up:
+        registrar = Registrar(
+            InstanceInfo("payments", up.url, instance="a"), cp.url, token=REGISTER_TOKEN
+        )
+        seen: list[tuple[int, bool]] = []
+        try:
+            assert registrar.start(wait=5)
+            registrar.on_drain(app.drain)
+            with httpx.Client() as http:
+                assert http.get(up.url + "/readyz").status_code == 200
+                registrar.on_drain(
+                    lambda: seen.append(
+                        (
+                            http.get(up.url + "/readyz").status_code,
+                            "a" in registry.services["payments"],
+                        )
+                    )
+                )
+                assert registrar.drain(delay=0)
+                assert http.get(up.url + "/readyz").status_code == 503
+        finally:
+            registrar.close()
+    assert seen == [(503, True)]  # unready first, still registered at that moment
+    assert "payments" not in registry.services
