@@ -22,7 +22,6 @@ from benchmarks.clients import AsyncOpened, Opened, Target, open_async, open_syn
 from benchmarks.measure import STOP, RoundResult, async_round, sync_round
 from benchmarks.procs import ProcessSet, Started, cpu_seconds
 from benchmarks.servers import (
-    INSTALL_HINT,
     Pair,
     SystemTools,
     start_haproxy_pair,
@@ -122,7 +121,7 @@ class Topology:
             return f"needs {', '.join(needs)} (--no-system)"
         absent = [n for n in needs if getattr(self.tools, n) is None]
         if absent:
-            return f"{', '.join(absent)} not installed; {INSTALL_HINT}"
+            return f"{', '.join(absent)} not installed (e.g. `apt-get install -y nginx haproxy`)"
         return None
 
     def _up(self) -> Started:
