@@ -156,7 +156,9 @@ def _counter(document: Mapping[str, Any], name: str, **match: str) -> int:
 
 
 def _ms(value: Any) -> str:
-    return f"{float(value):.1f} ms" if isinstance(value, (int, float)) else "-"
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.2f} ms" if value < 1.0 else f"{value:.1f} ms"
 
 
 def _breaker_lines(observer: Observer) -> list[str]:

@@ -57,6 +57,8 @@ _SPLIT = {
     names.CLIENT_LATENCY_MESHLIB.name: "meshlib",
 }
 
+_SPLIT_PARTS = ("service", "network", "meshlib")
+
 _reader_lock = threading.Lock()
 _reader: InMemoryMetricReader | None = None
 
@@ -168,14 +170,40 @@ def metric_summary() -> dict[str, Any]:
     return {"counters": counters, "latency_split": latency_split}
 
 
+def _split_from_snapshot(service: str, mesh: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Mean split per call from the snapshot's ``latency_split_s`` sums, where meshlib keeps them."""
+    split: dict[str, dict[str, float]] = {}
+    for dest, row in (mesh.get("destinations") or {}).items():
+        sums = row.get("latency_split_s") or {}
+        calls = float(sums.get("calls") or 0)
+        if calls:
+            split[f"{service}->{dest}"] = {
+                **{
+                    f"{part}_ms": 1000 * float(sums.get(part, 0.0)) / calls for part in _SPLIT_PARTS
+                },
+                "calls": calls,
+            }
+    return split
+
+
 def stats_document(service: str, counters: Counters) -> dict[str, Any]:
-    """The ``/mesh/stats`` document of ``service``."""
+    """The ``/mesh/stats`` document of ``service``.
+
+    The latency split per edge comes from meshlib's outbound snapshot when it
+    sums the split of every call, else from its split histograms.
+    """
+    mesh = mesh_snapshot()
+    summary = metric_summary()
+    summary["latency_split"] = {
+        **summary["latency_split"],
+        **_split_from_snapshot(service, mesh),
+    }
     return {
         "service": service,
         "pid": os.getpid(),
         "app": counters.snapshot(),
-        "mesh": mesh_snapshot(),
-        "metrics": metric_summary(),
+        "mesh": mesh,
+        "metrics": summary,
     }
 
 
