@@ -1,9 +1,12 @@
 """OpenTelemetry as a production service would configure it, with a switch for sampling.
 
 One SDK ``TracerProvider`` is installed globally before any client exists,
-with a sampler the bench flips per path: ``ALWAYS_OFF`` for the "unsampled"
-paths (spans are created but not recorded, as with a low sampling ratio) and
-``ALWAYS_ON`` for the "sampled" ones. Finished spans go through a
+with the sampler shape a production service has (the SDK default,
+``ParentBased``, as ``OTEL_TRACES_SAMPLER=parentbased_*`` and
+``MESH_TRACE_SAMPLE_RATIO`` configure it) whose root the bench flips per
+path: ``ALWAYS_OFF`` for the "unsampled" paths (as with a low sampling
+ratio, for a call that is not sampled) and ``ALWAYS_ON`` for the "sampled"
+ones. Finished spans go through a
 ``SimpleSpanProcessor`` to an exporter that only counts them, so the bench pays
 for recording a span but not for a network export. An SDK ``MeterProvider``
 with an in-memory reader (never collected during a round) is installed too,
@@ -20,27 +23,30 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 
 __all__ = ["Telemetry", "install"]
 
 
-class _SwitchSampler(Sampler):
+class _SwitchSampler(ParentBased):
+    """``ParentBased`` with a root sampler the bench can swap (a plain SDK sampler otherwise)."""
+
     def __init__(self) -> None:
-        self.current: Sampler = ALWAYS_OFF
+        super().__init__(root=ALWAYS_OFF)
 
-    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
-        return self.current.should_sample(*args, **kwargs)
+    @property
+    def current(self) -> Sampler:
+        return self._root  # type: ignore[no-any-return]
 
-    def get_description(self) -> str:
-        return f"BenchSwitch({self.current.get_description()})"
+    @current.setter
+    def current(self, sampler: Sampler) -> None:
+        self._root = sampler
 
 
 class _CountingExporter(SpanExporter):

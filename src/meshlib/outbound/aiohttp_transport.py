@@ -57,9 +57,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` that sends requests with one ``aiohttp.ClientSession``.
 
     Takes the keyword arguments of ``httpx.AsyncHTTPTransport`` that make
-    sense for it (``verify``, ``cert``, ``limits``, ``trust_env``); others
-    are accepted and ignored so it can stand in for it. The session is made
-    on first use, inside the running event loop.
+    sense for it (``verify``, ``cert``, ``limits``); others are accepted and
+    ignored so it can stand in for it. ``trust_env`` is ignored too: with it,
+    aiohttp looks up ``~/.netrc`` in an executor thread and the proxy
+    variables in another for every request (about half of its CPU per
+    request), and proxies and netrc credentials make no sense for mesh
+    endpoints. The session is made on first use, inside the running event loop.
 
     Example::
 
@@ -73,13 +76,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         verify: ssl.SSLContext | str | bool = True,
         cert: Any = None,
         limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
-        trust_env: bool = False,
         **_ignored: Any,
     ) -> None:
         self._aiohttp = _import_aiohttp()
         self._ssl = _ssl_for(verify, cert)
         self._limits = limits
-        self._trust_env = trust_env
         self._session: Any = None
         self._active = 0  # requests and open bodies: the pool may close only when 0
 
@@ -98,7 +99,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # httpx decodes Content-Encoding itself
-            trust_env=self._trust_env,
+            trust_env=False,  # see the class docstring: never per-request netrc/proxy look-ups
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None),
         )

@@ -24,6 +24,7 @@ from meshlib.outbound.breaker import DENIED, Breaker, Permit
 from meshlib.outbound.budget import RetryBudget
 from meshlib.outbound.outlier import OutlierDetector
 from meshlib.policy.resolve import EffectivePolicy
+from meshlib.telemetry.latency import SplitTotals
 
 __all__ = ["Destination", "EndpointState"]
 
@@ -84,6 +85,8 @@ class Destination:
         self.budget_refusals = 0
         self.shadow_retries = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self.split_totals = SplitTotals()
+        """Sums of the latency split of its calls (kept while a meter provider is in place)."""
         self.problem: str | None = None
         """Why the endpoints could not be set up (a TLS file, say), when they could not."""
         self._lock = threading.Lock()
@@ -180,6 +183,7 @@ class Destination:
             "retries": self.retries,
             "budget_refusals": self.budget_refusals,
             "latencies": list(self.latencies),
+            "latency_split_s": self.split_totals.as_dict(),
             "endpoints": {
                 e.url: {
                     "breaker": e.breaker.state,

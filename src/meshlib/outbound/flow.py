@@ -75,15 +75,16 @@ def _judge(
 def _readdress(url: httpx.URL, endpoint: EndpointState) -> httpx.URL:
     """``url`` aimed at ``endpoint``; path and query kept.
 
-    ``URL.copy_with`` re-parses the whole URL (~19 us here); replacing three
-    fields of httpx's parsed form costs ~1 us, so we do that when it exists.
+    ``URL.copy_with`` re-parses the whole URL (~19 us here); building httpx's
+    parsed form (a NamedTuple: scheme, userinfo, host, port, path, query,
+    fragment) with three fields replaced costs ~0.3 us, so we do that when it exists.
     """
     ref = getattr(url, "_uri_reference", None)
-    if ref is None:  # pragma: no cover - a future httpx without the parsed form
+    if ref is None or len(ref) != 7:  # pragma: no cover - a future httpx with another form
         return url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port)
     new = httpx.URL.__new__(httpx.URL)
-    new._uri_reference = ref._replace(
-        scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port
+    new._uri_reference = tuple.__new__(
+        type(ref), (endpoint.scheme, ref[1], endpoint.host, endpoint.port, ref[4], ref[5], ref[6])
     )
     return new
 
@@ -124,7 +125,7 @@ class Outbound:
         if incoming is not None and incoming.at < deadline_at:
             deadline_at = incoming.at
         call = self.telemetry.start_call(
-            request, dest.name, plan.route, start, clock, self.is_async
+            request, dest.name, plan.route, start, clock, self.is_async, dest.split_totals
         )
         if call is not None and call.recording:
             call.span.set_attribute(names.ATTR_DEADLINE_BUDGET, deadline_at - start)

@@ -95,6 +95,8 @@ class Router:
         self.discovered = discovered
         """Where services with ``discovery`` (or zones to prefer) get their endpoints from."""
         self.clock = clock
+        self.caller: str | None = None
+        """The calling service (the transport's ``service_name``), for per-edge stats."""
         self.destinations: dict[str, Destination] = {}
         self.origins: dict[tuple[str, str, int | None], Destination] = {}
         self._default_plan: Plan | None = None

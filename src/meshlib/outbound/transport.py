@@ -83,6 +83,7 @@ class _MeshBase:
         base = transport if transport is not None else factory(**pool_kwargs)
         self._discovered = DiscoveredEndpoints(store, settings=settings, clock=clock)
         self.router = Router(store, pools, base, clock, self._discovered)
+        self.router.caller = self.service_name
         telemetry = ClientTelemetry(
             tracer_provider=tracer_provider, meter_provider=meter_provider, caller=self.service_name
         )

@@ -8,10 +8,20 @@ backoff included. Resilience decisions are events on the call span (names in
 :mod:`meshlib.telemetry.names`). Spans end when the response body is done,
 streamed bodies included. W3C trace context is injected into every attempt.
 
-The latency split (:mod:`meshlib.telemetry.latency`) is set on the call span
-as ``meshlib.latency.*`` attributes and recorded per edge in histograms.
-When no SDK provider is configured and no trace context came in, a call
-costs a cached provider check and one context look-up, nothing more::
+The latency split (:mod:`meshlib.telemetry.latency`) of a *sampled* call is
+set on its call span as ``meshlib.latency.*`` attributes and recorded per
+edge in the split histograms. Every call, sampled or not, adds its split to
+its destination's :class:`~meshlib.telemetry.latency.SplitTotals`, which
+observable instruments read at collection time.
+
+The unsampled hot path with an SDK installed is kept to what it must do:
+the sampling decision and ``traceparent`` without building a span when the
+sampler and propagator are the SDK's standard ones
+(:mod:`meshlib.telemetry.quicktrace`), one ``http.client.request.duration``
+point per attempt with an attribute dict reused per (endpoint, method,
+outcome), no httpcore ``trace`` hook, and a few float additions for the
+split sums. When no SDK provider is configured and no trace context came
+in, a call costs a cached provider check and one context look-up::
 
     telemetry = ClientTelemetry(tracer_provider=provider, meter_provider=meter_provider)
 """
@@ -36,7 +46,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from meshlib.clock import Clock
 from meshlib.telemetry import names
-from meshlib.telemetry.latency import AttemptMarks, LatencySplit, parse_server_timing
+from meshlib.telemetry.latency import (
+    AttemptMarks,
+    LatencySplit,
+    SplitTotals,
+    parse_server_timing,
+)
+from meshlib.telemetry.quicktrace import QuickTrace
 
 __all__ = ["CallTelemetry", "ClientTelemetry"]
 
@@ -52,6 +68,9 @@ def _httpx_instrumented() -> bool:
     return hasattr(httpx.HTTPTransport.handle_request, "__wrapped__") or hasattr(
         httpx.AsyncHTTPTransport.handle_async_request, "__wrapped__"
     )
+
+
+_ATTRIBUTE_CACHE_SIZE = 4096
 
 
 def _is_real(provider: object) -> bool:
@@ -77,12 +96,14 @@ class ClientTelemetry:
         from meshlib import __version__
 
         self.tracer = trace.get_tracer(names.SCOPE, __version__, tracer_provider=tracer_provider)
+        self.quick = QuickTrace(self.tracer)
         meter = metrics.get_meter(names.SCOPE, __version__, meter_provider=meter_provider)
         self._metrics_on = meter_provider is not None
         self._metrics_checked = 0.0
         self._tracing_on = tracer_provider is not None
         self._tracing_checked = 0.0
         self.caller = caller
+        self._duration_attributes: dict[tuple[str, str, int | str | None], dict[str, Any]] = {}
         make = names.create_instrument
         self.duration = make(meter, names.CLIENT_REQUEST_DURATION)
         self.retries = make(meter, names.CLIENT_RETRIES)
@@ -119,6 +140,36 @@ class ClientTelemetry:
         self._tracing_on = _is_real(trace.get_tracer_provider())
         return self._tracing_on
 
+    def duration_attributes(
+        self, request: httpx.Request, endpoint: str, outcome: int | str | None
+    ) -> dict[str, Any]:
+        """The ``http.client.request.duration`` attributes of an attempt, built once per key.
+
+        ``outcome`` is the status code, an exception's qualified name, or None.
+        The dict is shared: the SDK copies what it keeps, nobody may change it.
+        """
+        key = (endpoint, request.method, outcome)
+        attributes = self._duration_attributes.get(key)
+        if attributes is not None:
+            return attributes
+        url = request.url
+        attributes = {
+            HTTP_REQUEST_METHOD: request.method,
+            SERVER_ADDRESS: url.host,
+            SERVER_PORT: url.port or (443 if url.scheme == "https" else 80),
+            URL_SCHEME: url.scheme,
+        }
+        if isinstance(outcome, int):
+            attributes[HTTP_RESPONSE_STATUS_CODE] = outcome
+            if outcome >= 500:
+                attributes[ERROR_TYPE] = str(outcome)
+        elif outcome is not None:
+            attributes[ERROR_TYPE] = outcome
+        if len(self._duration_attributes) >= _ATTRIBUTE_CACHE_SIZE:
+            self._duration_attributes.clear()  # endpoints churned a lot: start over
+        self._duration_attributes[key] = attributes
+        return attributes
+
     def start_call(
         self,
         request: httpx.Request,
@@ -127,13 +178,25 @@ class ClientTelemetry:
         start: float,
         clock: Clock,
         is_async: bool,
+        totals: SplitTotals | None = None,
     ) -> CallTelemetry | None:
-        """Begin a call's telemetry; None when nothing records and there is no context to pass on."""
+        """Begin a call's telemetry; None when nothing records and there is no context to pass on.
+
+        ``totals`` receives the call's latency split while a meter provider is in place.
+        """
+        traceparent: str | None = None
+        tracestate: str | None = None
         if self.tracing_on(start):
-            span = self.tracer.start_span(
-                f"{names.SPAN_CALL_PREFIX} {request.method}", kind=SpanKind.INTERNAL
-            )
-            recording = span.is_recording()
+            quick = self.quick.unsampled()
+            if quick is None:
+                span: Span = self.tracer.start_span(
+                    f"{names.SPAN_CALL_PREFIX} {request.method}", kind=SpanKind.INTERNAL
+                )
+                recording = span.is_recording()
+            else:
+                traceparent, tracestate = quick.traceparent, quick.tracestate
+                span = quick.span or trace.INVALID_SPAN
+                recording = False
         else:
             # No SDK: skip the no-op span, but still pass on a context that came in.
             parent = trace.get_current_span().get_span_context()
@@ -141,11 +204,16 @@ class ClientTelemetry:
                 return None
             span = trace.NonRecordingSpan(parent)
             recording = False
-        split = recording or self.metrics_on(start)
-        if not split and not span.get_span_context().is_valid:
+        measure = totals is not None and self.metrics_on(start)
+        propagates = traceparent is not None or span.get_span_context().is_valid
+        if not (recording or measure or propagates):
             return None
-        call = CallTelemetry(self, span, recording, split, destination, route, start, clock)
+        call = CallTelemetry(self, span, recording, measure, destination, route, start, clock)
         call.is_async = is_async
+        call.totals = totals
+        call.traceparent = traceparent
+        call.tracestate = tracestate
+        call.propagates = traceparent is None and span.get_span_context().is_valid
         if recording:
             span.set_attributes(
                 {
@@ -160,25 +228,38 @@ class ClientTelemetry:
 
 
 class CallTelemetry:
-    """One call's spans and timings (only built when something records or measures)."""
+    """One call's spans and timings (only built when something records, measures or propagates).
+
+    ``recording``: the call span is sampled; attempts get CLIENT spans, the
+    httpcore ``trace`` hook marks the wire window, and the split goes on the
+    span and into the split histograms. ``measure``: a meter provider is in
+    place; the split (wire window = each attempt's transport call) is added
+    to the destination's :class:`~meshlib.telemetry.latency.SplitTotals`.
+    """
 
     __slots__ = (
         "_attempt",
         "_attempt_start",
+        "_endpoint",
         "_headers_at",
         "_marks",
         "_suppress_token",
         "attempt_time",
+        "attempt_wall",
         "clock",
         "destination",
         "is_async",
+        "measure",
+        "propagates",
         "recording",
         "route",
         "service",
         "span",
-        "split",
         "start",
         "tel",
+        "totals",
+        "traceparent",
+        "tracestate",
         "waits",
     )
 
@@ -187,7 +268,7 @@ class CallTelemetry:
         tel: ClientTelemetry,
         span: Span,
         recording: bool,
-        split: bool,
+        measure: bool,
         destination: str,
         route: str | None,
         start: float,
@@ -196,17 +277,23 @@ class CallTelemetry:
         self.tel = tel
         self.span = span
         self.recording = recording
-        self.split = split
+        self.measure = measure
         self.destination = destination
         self.route = route
         self.start = start
         self.clock = clock
         self.is_async = False
+        self.totals: SplitTotals | None = None
+        self.traceparent: str | None = None
+        self.tracestate: str | None = None
+        self.propagates = False
         self.attempt_time = 0.0
+        self.attempt_wall = 0.0
         self.waits = 0.0
         self.service: float | None = None
         self._attempt: Span | None = None
         self._attempt_start = 0.0
+        self._endpoint = ""
         self._headers_at = 0.0
         self._marks: AttemptMarks | None = None
         self._suppress_token: object | None = None
@@ -214,8 +301,8 @@ class CallTelemetry:
     # -- attempts ----------------------------------------------------------------------------
 
     def before_attempt(self, request: httpx.Request, endpoint: str, resend_count: int) -> None:
-        """Start the attempt's CLIENT span, inject trace context, hook httpx's trace events."""
-        span = self.span
+        """Start the attempt's CLIENT span, pass trace context on, hook httpx's trace events."""
+        self._endpoint = endpoint
         if self.recording:
             url = request.url
             span = self.tel.tracer.start_span(
@@ -241,10 +328,17 @@ class CallTelemetry:
                 self._suppress_token = otel_context.attach(
                     otel_context.set_value(_SUPPRESS_KEY, True)
                 )
-        propagate.inject(request.headers, context=trace.set_span_in_context(span))
-        if self.split and "trace" not in request.extensions:
-            marks = self._marks = AttemptMarks(self.clock)
-            request.extensions["trace"] = marks.async_hook if self.is_async else marks.sync_hook
+            propagate.inject(request.headers, context=trace.set_span_in_context(span))
+            if "trace" not in request.extensions:
+                marks = self._marks = AttemptMarks(self.clock)
+                request.extensions["trace"] = marks.async_hook if self.is_async else marks.sync_hook
+        elif self.traceparent is not None:
+            headers = request.headers
+            headers["traceparent"] = self.traceparent
+            if self.tracestate:
+                headers["tracestate"] = self.tracestate
+        elif self.propagates:
+            propagate.inject(request.headers, context=trace.set_span_in_context(self.span))
         self._attempt_start = self.clock.monotonic()
 
     def after_attempt(
@@ -252,32 +346,31 @@ class CallTelemetry:
     ) -> None:
         """Close the attempt's window; record its duration metric and outcome attributes."""
         now = self.clock.monotonic()
-        if self._suppress_token is not None:
-            otel_context.detach(self._suppress_token)  # type: ignore[arg-type]
-            self._suppress_token = None
+        wall = now - self._attempt_start
+        self.attempt_wall += wall
         marks = self._marks
-        if marks is not None and marks.first and marks.done:
-            self.attempt_time += marks.done - marks.first
-        else:
-            self.attempt_time += now - self._attempt_start
         if marks is not None:
+            if self._suppress_token is not None:
+                otel_context.detach(self._suppress_token)  # type: ignore[arg-type]
+                self._suppress_token = None
+            self.attempt_time += marks.done - marks.first if marks.first and marks.done else wall
             self._marks = None
             request.extensions.pop("trace", None)
+        else:
+            if self._suppress_token is not None:
+                otel_context.detach(self._suppress_token)  # type: ignore[arg-type]
+                self._suppress_token = None
+            self.attempt_time += wall
         self._headers_at = now
-        url = request.url
-        attributes: dict[str, Any] = {
-            HTTP_REQUEST_METHOD: request.method,
-            SERVER_ADDRESS: url.host,
-            SERVER_PORT: url.port or (443 if url.scheme == "https" else 80),
-            URL_SCHEME: url.scheme,
-        }
         if response is not None:
-            attributes[HTTP_RESPONSE_STATUS_CODE] = response.status_code
-            if response.status_code >= 500:
-                attributes[ERROR_TYPE] = str(response.status_code)
+            outcome: int | str | None = response.status_code
         elif error is not None:
-            attributes[ERROR_TYPE] = type(error).__qualname__
-        self.tel.duration.record(now - self._attempt_start, attributes)
+            outcome = type(error).__qualname__
+        else:
+            outcome = None
+        self.tel.duration.record(
+            wall, self.tel.duration_attributes(request, self._endpoint, outcome)
+        )
         span = self._attempt
         if span is not None:
             if response is not None:
@@ -307,9 +400,10 @@ class CallTelemetry:
     # -- the end of the call -----------------------------------------------------------------
 
     def finish_response(self, response: httpx.Response) -> None:
-        """The final response's headers are in; the spans end with its body."""
-        if self.split:
-            self.service = parse_server_timing(response.headers.get("server-timing"))
+        """The final response's headers are in; the spans end (and the split closes) with its body."""
+        if not (self.recording or self.measure):
+            return  # only trace context was passed on: nothing waits for the body
+        self.service = parse_server_timing(_server_timing(response))
         if self.recording:
             self.span.set_attribute(HTTP_RESPONSE_STATUS_CODE, response.status_code)
             if response.status_code >= 400:
@@ -338,8 +432,10 @@ class CallTelemetry:
     def finish_body(self) -> None:
         """The body is done (read or closed): compute the split, end the spans."""
         now = self.clock.monotonic()
-        split = self.latency(now)
-        if split is not None:
+        if self.measure and self.totals is not None:
+            self.totals.add(self._split(now, self.attempt_wall))
+        if self.recording:
+            split = self._split(now, self.attempt_time)
             attributes = {names.ATTR_DESTINATION: self.destination}
             if self.tel.caller:
                 attributes[names.ATTR_CALLER] = self.tel.caller
@@ -347,29 +443,39 @@ class CallTelemetry:
                 self.tel.service_time.record(split.service, attributes)
             self.tel.network_time.record(split.network, attributes)
             self.tel.meshlib_time.record(split.meshlib, attributes)
-            if self.recording:
-                values = {
-                    names.ATTR_LATENCY_TOTAL: split.total,
-                    names.ATTR_LATENCY_NETWORK: split.network,
-                    names.ATTR_LATENCY_MESHLIB: split.meshlib,
-                }
-                if split.service is not None:
-                    values[names.ATTR_LATENCY_SERVICE] = split.service
-                self.span.set_attributes(values)
-        self.discard_attempt()
-        self.span.end()
+            values = {
+                names.ATTR_LATENCY_TOTAL: split.total,
+                names.ATTR_LATENCY_NETWORK: split.network,
+                names.ATTR_LATENCY_MESHLIB: split.meshlib,
+            }
+            if split.service is not None:
+                values[names.ATTR_LATENCY_SERVICE] = split.service
+            self.span.set_attributes(values)
+            self.discard_attempt()
+            self.span.end()
 
     def latency(self, now: float) -> LatencySplit | None:
-        """The split as of ``now`` (body done), or None when not measured."""
-        if not self.split:
+        """The split as of ``now`` (body done), as the span shows it; None when not measured."""
+        if not (self.recording or self.measure):
             return None
+        return self._split(now, self.attempt_time)
+
+    def _split(self, now: float, attempts: float) -> LatencySplit:
         total = now - self.start
         body = now - self._headers_at if self._headers_at else 0.0
-        wire = self.attempt_time + body
+        wire = attempts + body
         service = self.service
         network = max(0.0, wire - (service or 0.0))
         meshlib = max(0.0, total - wire - self.waits)
         return LatencySplit(total, service, network, meshlib, self.waits)
+
+
+def _server_timing(response: httpx.Response) -> str | None:
+    """The Server-Timing header (repeats joined); a third of ``headers.get``'s cost."""
+    found = [v for k, v in response.headers.raw if k.lower() == b"server-timing"]
+    if not found:
+        return None
+    return b", ".join(found).decode("latin-1")
 
 
 class _SyncBody(httpx.SyncByteStream):

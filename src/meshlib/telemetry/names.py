@@ -51,6 +51,7 @@ __all__ = [
     "ATTR_HEALTH",
     "ATTR_LATENCY_MESHLIB",
     "ATTR_LATENCY_NETWORK",
+    "ATTR_LATENCY_PART",
     "ATTR_LATENCY_SERVICE",
     "ATTR_LATENCY_TOTAL",
     "ATTR_LIMIT",
@@ -74,9 +75,11 @@ __all__ = [
     "CLIENT_EJECTED_ENDPOINTS",
     "CLIENT_EJECTIONS",
     "CLIENT_FAULTS_INJECTED",
+    "CLIENT_LATENCY_CALLS",
     "CLIENT_LATENCY_MESHLIB",
     "CLIENT_LATENCY_NETWORK",
     "CLIENT_LATENCY_SERVICE",
+    "CLIENT_LATENCY_TIME",
     "CLIENT_REQUEST_DURATION",
     "CLIENT_RETRIES",
     "DISCOVERY_DNS_RESOLUTIONS",
@@ -194,6 +197,8 @@ ATTR_LATENCY_NETWORK: Final = "meshlib.latency.network"
 """Seconds on the wire and in httpx/httpcore: attempt time minus service time (float)."""
 ATTR_LATENCY_MESHLIB: Final = "meshlib.latency.meshlib"
 """Seconds spent in meshlib outside any attempt: policy, picking, backoff excluded (float)."""
+ATTR_LATENCY_PART: Final = "meshlib.latency.part"
+"""Which part of the latency split a ``meshlib.client.latency.time`` point sums: ``total``, ``service``, ``network``, ``meshlib`` or ``waits``."""
 
 BREAKER_STATE_VALUES: Final = {"closed": 0, "half-open": 1, "open": 2}
 """The numeric value `CLIENT_BREAKER_STATE` records for each state."""
@@ -296,22 +301,35 @@ CLIENT_LATENCY_SERVICE: Final = Instrument(
     "meshlib.client.service.duration",
     "histogram",
     "s",
-    "Per call, the callee application's own time (Server-Timing app;dur), per edge caller -> destination.",
+    "Per sampled call, the callee application's own time (Server-Timing app;dur), per edge caller -> destination.",
     DURATION_BUCKETS,
 )
 CLIENT_LATENCY_NETWORK: Final = Instrument(
     "meshlib.client.network.duration",
     "histogram",
     "s",
-    "Per call, time on the network and in httpx: attempt time minus service time, per edge.",
+    "Per sampled call, time on the network and in httpx: attempt time minus service time, per edge.",
     DURATION_BUCKETS,
 )
 CLIENT_LATENCY_MESHLIB: Final = Instrument(
     "meshlib.client.meshlib.duration",
     "histogram",
     "s",
-    "Per call, time spent in meshlib itself outside attempts and backoff sleeps, per edge.",
+    "Per sampled call, time spent in meshlib itself outside attempts and backoff sleeps, per edge.",
     DURATION_BUCKETS,
+)
+CLIENT_LATENCY_TIME: Final = Instrument(
+    "meshlib.client.latency.time",
+    "observable_counter",
+    "s",
+    "Per edge caller -> destination, seconds summed over every call, sampled or not, by part "
+    "(meshlib.latency.part); read at collection time, so calls pay no metric for it.",
+)
+CLIENT_LATENCY_CALLS: Final = Instrument(
+    "meshlib.client.latency.calls",
+    "observable_counter",
+    "{call}",
+    "Per edge, the calls summed in meshlib.client.latency.time (divide the two for a mean).",
 )
 SERVER_SHED: Final = Instrument(
     "meshlib.server.shed",
@@ -376,6 +394,8 @@ INSTRUMENTS: Final = (
     CLIENT_LATENCY_SERVICE,
     CLIENT_LATENCY_NETWORK,
     CLIENT_LATENCY_MESHLIB,
+    CLIENT_LATENCY_TIME,
+    CLIENT_LATENCY_CALLS,
     SERVER_SHED,
     SERVER_DENIED,
     DISCOVERY_ENDPOINT_SET_CHANGES,

@@ -8,6 +8,10 @@ pays for these instruments and the numbers agree with the dashboard:
   1 half-open, 2 open. Alert on ``max > 0`` for a while.
 - ``meshlib.client.ejected_endpoints``: per destination, how many endpoints
   outlier detection has taken out right now.
+- ``meshlib.client.latency.time`` and ``meshlib.client.latency.calls``: per
+  edge (caller -> destination), the latency split summed over every call,
+  sampled or not (`meshlib.outbound.stats.split_by_edge`); the split
+  histograms only see sampled calls.
 
 ::
 
@@ -32,6 +36,9 @@ from meshlib.telemetry import names
 __all__ = ["MeshStateMetrics", "observe_mesh_state"]
 
 Snapshot = Callable[[], dict[str, Any]]
+Edges = Callable[[], dict[tuple[str, str], dict[str, float]]]
+
+_PARTS = ("total", "service", "network", "meshlib", "waits")
 
 _global: MeshStateMetrics | None = None
 _per_provider: weakref.WeakKeyDictionary[MeterProvider, MeshStateMetrics] = (
@@ -44,6 +51,12 @@ def _stats_snapshot() -> dict[str, Any]:
     from meshlib.outbound import stats
 
     return stats.snapshot()
+
+
+def _split_by_edge() -> dict[tuple[str, str], dict[str, float]]:
+    from meshlib.outbound import stats
+
+    return stats.split_by_edge()
 
 
 class MeshStateMetrics:
@@ -61,15 +74,22 @@ class MeshStateMetrics:
     """
 
     def __init__(
-        self, *, meter_provider: MeterProvider | None = None, snapshot: Snapshot | None = None
+        self,
+        *,
+        meter_provider: MeterProvider | None = None,
+        snapshot: Snapshot | None = None,
+        edges: Edges | None = None,
     ) -> None:
         from meshlib import __version__
 
         self._snapshot = snapshot or _stats_snapshot
+        self._edges = edges or _split_by_edge
         self._closed = False
         meter = metrics.get_meter(names.SCOPE, __version__, meter_provider)
         names.create_instrument(meter, names.CLIENT_BREAKER_STATE, [self._observe_breakers])
         names.create_instrument(meter, names.CLIENT_EJECTED_ENDPOINTS, [self._observe_ejected])
+        names.create_instrument(meter, names.CLIENT_LATENCY_TIME, [self._observe_split_time])
+        names.create_instrument(meter, names.CLIENT_LATENCY_CALLS, [self._observe_split_calls])
 
     def close(self) -> None:
         """Stop reporting."""
@@ -99,9 +119,35 @@ class MeshStateMetrics:
             for destination, entry in self._destinations().items()
         ]
 
+    def _edge_sums(self) -> dict[tuple[str, str], dict[str, float]]:
+        return {} if self._closed else self._edges()
+
+    @staticmethod
+    def _edge_attributes(caller: str, destination: str) -> dict[str, str]:
+        attributes = {names.ATTR_DESTINATION: destination}
+        if caller:
+            attributes[names.ATTR_CALLER] = caller
+        return attributes
+
+    def _observe_split_time(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                sums.get(part, 0.0),
+                {**self._edge_attributes(caller, destination), names.ATTR_LATENCY_PART: part},
+            )
+            for (caller, destination), sums in self._edge_sums().items()
+            for part in _PARTS
+        ]
+
+    def _observe_split_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(int(sums.get("calls", 0)), self._edge_attributes(caller, destination))
+            for (caller, destination), sums in self._edge_sums().items()
+        ]
+
 
 def observe_mesh_state(*, meter_provider: MeterProvider | None = None) -> MeshStateMetrics:
-    """Report breaker states and ejected endpoints of all mesh clients in this process.
+    """Report breaker states, ejected endpoints and per-edge latency split sums of all mesh clients.
 
     Once per meter provider: repeated calls return the first registration
     (until it is closed), so every mesh transport may call this when it is
