@@ -95,6 +95,7 @@ class QuickTrace:
         self._tracer = tracer
         self._sdk_tracer: Any = None
         self._sampling: Any = None
+        self._foreign = False
         self._textmap: object = None
         self._textmap_default = False
 
@@ -108,6 +109,8 @@ class QuickTrace:
         candidate = real if real is not None else tracer
         if type(candidate) is sdk_trace.Tracer:
             self._sdk_tracer = candidate
+        elif type(candidate).__name__ != "NoOpTracer":
+            self._foreign = True  # another SDK: it always decides, never asked again
         return self._sdk_tracer
 
     def _drops(self, sampler: Any, parent: SpanContext | None, trace_id: int) -> bool:
@@ -137,9 +140,13 @@ class QuickTrace:
 
     def unsampled(self) -> Unsampled | None:
         """The context of a call span the sampler drops, or None when the SDK must decide."""
-        tracer = self._sdk_tracer or self._resolve()
+        tracer = self._sdk_tracer
         if tracer is None:
-            return None
+            if self._foreign:
+                return None
+            tracer = self._resolve()
+            if tracer is None:
+                return None
         current = trace.get_current_span()
         parent: SpanContext | None = current.get_span_context()
         assert parent is not None
