@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from meshlib.policy.reference import render_policy_reference, render_settings_reference
+from meshlib.telemetry.reference import render_telemetry_reference
 
 _MARKERS = {
     "<!-- generated: policy-reference -->": render_policy_reference,
     "<!-- generated: settings-reference -->": render_settings_reference,
+    "<!-- generated: telemetry-reference -->": render_telemetry_reference,
 }
 
 
