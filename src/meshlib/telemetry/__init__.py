@@ -5,9 +5,11 @@ Importing this package configures nothing. Modules:
 - `meshlib.telemetry.names`: every meshlib instrument, span event and attribute name.
 - `meshlib.telemetry.setup`: ``configure_telemetry(settings)``, providers from MeshSettings.
 - `meshlib.telemetry.client` / `meshlib.telemetry.server`: spans and metrics per call and request.
+- `meshlib.telemetry.quicktrace`: an unsampled call's trace context without building a span.
+- `meshlib.telemetry.bodies`: response-body pass-throughs that report the body's end.
 - `meshlib.telemetry.latency`: a call's time split into service, network and meshlib.
 - `meshlib.telemetry.policy_metrics`: the policy revision in force and reload failures.
-- `meshlib.telemetry.state_metrics`: breaker states and ejected endpoints of live clients.
+- `meshlib.telemetry.state_metrics`: breaker states, ejected endpoints and per-edge split sums of live clients.
 - `meshlib.telemetry.prometheus`: a Prometheus scrape endpoint.
 - `meshlib.telemetry.reference`: the reference docs page, rendered from `names`.
 """

@@ -28,7 +28,6 @@ in, a call costs a cached provider check and one context look-up::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -46,6 +45,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from meshlib.clock import Clock
 from meshlib.telemetry import names
+from meshlib.telemetry.bodies import AsyncBody, SyncBody, server_timing
 from meshlib.telemetry.latency import (
     AttemptMarks,
     LatencySplit,
@@ -403,16 +403,16 @@ class CallTelemetry:
         """The final response's headers are in; the spans end (and the split closes) with its body."""
         if not (self.recording or self.measure):
             return  # only trace context was passed on: nothing waits for the body
-        self.service = parse_server_timing(_server_timing(response))
+        self.service = parse_server_timing(server_timing(response))
         if self.recording:
             self.span.set_attribute(HTTP_RESPONSE_STATUS_CODE, response.status_code)
             if response.status_code >= 400:
                 self.span.set_status(Status(StatusCode.ERROR))
         stream = response.stream
         if self.is_async:
-            response.stream = _AsyncBody(stream, self.finish_body)  # type: ignore[arg-type]
+            response.stream = AsyncBody(stream, self.finish_body)  # type: ignore[arg-type]
         else:
-            response.stream = _SyncBody(stream, self.finish_body)  # type: ignore[arg-type]
+            response.stream = SyncBody(stream, self.finish_body)  # type: ignore[arg-type]
 
     def finish_error(self, error: BaseException) -> None:
         """The call failed with ``error``: end its spans now."""
@@ -468,50 +468,3 @@ class CallTelemetry:
         network = max(0.0, wire - (service or 0.0))
         meshlib = max(0.0, total - wire - self.waits)
         return LatencySplit(total, service, network, meshlib, self.waits)
-
-
-def _server_timing(response: httpx.Response) -> str | None:
-    """The Server-Timing header (repeats joined); a third of ``headers.get``'s cost."""
-    found = [v for k, v in response.headers.raw if k.lower() == b"server-timing"]
-    if not found:
-        return None
-    return b", ".join(found).decode("latin-1")
-
-
-class _SyncBody(httpx.SyncByteStream):
-    """Passes a response body through and reports when it is done."""
-
-    def __init__(self, stream: httpx.SyncByteStream, done: Callable[[], None]) -> None:
-        self._stream = stream
-        self._done: Callable[[], None] | None = done
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
-
-    def close(self) -> None:
-        try:
-            self._stream.close()
-        finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done()
-
-
-class _AsyncBody(httpx.AsyncByteStream):
-    """The async twin of :class:`_SyncBody`."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, done: Callable[[], None]) -> None:
-        self._stream = stream
-        self._done: Callable[[], None] | None = done
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done()
