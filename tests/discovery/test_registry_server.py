@@ -259,3 +259,16 @@ def test_publish_identity_may_register_its_own_service(policy_dir: Path, tmp_pat
         httpx.Client(base_url=cp.url) as http,
     ):
         assert http.post("/v1/registry/payments/instances", json=body()).status_code == 201
+
+
+def test_dashboard_shows_registered_instances_and_leases(policy_dir: Path) -> None:
+    """/v1/mesh lists registered instances with their lease; the page has the table that shows them."""
+    with serve(plane_app(policy_dir)) as cp, httpx.Client(base_url=cp.url) as http:
+        http.post("/v1/registry/payments/instances", json=body(lease="20s", zone="z1"), headers=REG)
+        mesh = http.get("/v1/mesh", headers=READ).json()
+        assert [
+            (i["service"], i["instance"], i["zone"], i["lease_s"]) for i in mesh["registry"]
+        ] == [("payments", "p-1", "z1", 20.0)]
+        assert 0 < mesh["registry"][0]["expires_in_s"] <= 20
+        assert 'id="registry"' in http.get("/dashboard").text
+        assert "renderRegistry(mesh.registry" in http.get("/dashboard/app.js").text

@@ -3,7 +3,8 @@
 No front-end build step: ``static/`` holds the HTML, JS and CSS as written.
 The page shows services and the edges between them (rates, errors, latency),
 endpoint breaker and ejection states, which instance runs which policy
-version, the current policy with its history and diffs, and a rollback
+version, the instances registered in the service registry with their leases,
+the current policy with its history and diffs, and a rollback
 button (which needs a publish token, typed into the page and kept only in the
 tab's ``sessionStorage``). The data comes from :func:`mesh_view`::
 
@@ -58,7 +59,16 @@ async def _mesh(request: Request) -> Response:
     plane: ControlPlane = request.app.state.plane
     plane.principal(request, Right.READ)
     await plane.ensure_started()
-    return JSONResponse(mesh_view(plane))
+    view = mesh_view(plane)
+    registry = getattr(request.app.state, "registry", None)  # the service registry, once used
+    if registry is not None:
+        registry.expire()
+        view["registry"] = [
+            {"service": name, **instance}
+            for name in sorted(registry.services)
+            for instance in registry.listing(name)["instances"]
+        ]
+    return JSONResponse(view)
 
 
 def _static(path: str, name: str, media_type: str) -> Route:

@@ -93,6 +93,16 @@ function renderInstances(services) {
   }
 }
 
+function renderRegistry(instances) {
+  const body = document.querySelector("#registry tbody");
+  body.replaceChildren();
+  for (const inst of instances) {
+    const tr = row([inst.service, inst.instance, inst.url, inst.zone || "", num(inst.lease_s), num(inst.expires_in_s)]);
+    tr.dataset.service = inst.service;
+    body.appendChild(tr);
+  }
+}
+
 function renderGraph(services, edges) {
   const svg = document.getElementById("graph");
   svg.replaceChildren();
@@ -208,6 +218,7 @@ async function refresh() {
     renderGraph(mesh.services, mesh.edges);
     renderEdges(mesh.edges);
     renderInstances(mesh.services);
+    renderRegistry(mesh.registry || []);
     renderHistory(history);
     currentVersion = history.current;
     if (currentVersion !== null && currentVersion !== shownVersion) {
