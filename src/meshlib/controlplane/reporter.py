@@ -25,7 +25,7 @@ from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
 
-__all__ = ["StateReporter", "outbound_snapshot"]
+__all__ = ["StateReporter", "discovery_snapshot", "outbound_snapshot"]
 
 logger = logging.getLogger("meshlib.controlplane")
 
@@ -42,6 +42,20 @@ def outbound_snapshot() -> dict[str, Any]:
         logger.debug("meshlib.outbound.stats.snapshot() failed", exc_info=True)
         return {}
     return snapshot if isinstance(snapshot, dict) else {}
+
+
+def discovery_snapshot() -> dict[str, Any]:
+    """``meshlib.discovery.manager.snapshot()["services"]``, or ``{}`` when unavailable or failing."""
+    try:
+        from meshlib.discovery.manager import snapshot
+    except ImportError:
+        return {}
+    try:
+        services: object = snapshot().get("services")
+    except Exception:  # a reporting bug must never reach the service
+        logger.debug("meshlib.discovery.manager.snapshot() failed", exc_info=True)
+        return {}
+    return services if isinstance(services, dict) else {}
 
 
 def _requests(item: tuple[str, Any]) -> int:
@@ -111,6 +125,7 @@ class StateReporter:
             "policy_revision": snapshot.revision if snapshot else None,
             "sent_at": self._clock.wall(),
             "destinations": destinations,
+            "discovery": dict(list(discovery_snapshot().items())[: self.max_destinations]),
         }
 
     async def send(

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["DestinationReport", "EndpointReport", "InstanceReport", "ReportStore"]
+__all__ = [
+    "DestinationReport",
+    "DiscoveredEndpoint",
+    "DiscoveryReport",
+    "EndpointReport",
+    "InstanceReport",
+    "ReportStore",
+]
 
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Count = Annotated[int, Field(ge=0)]
@@ -59,6 +66,22 @@ class DestinationReport(_Lenient):
     endpoints: dict[Key, EndpointReport] = Field(default_factory=dict)
 
 
+class DiscoveredEndpoint(_Lenient):
+    """One endpoint as one instance's discovery sees it (``meshlib.discovery``)."""
+
+    zone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    health: Annotated[str, StringConstraints(max_length=16)] = "unknown"
+    selected: bool = True
+
+
+class DiscoveryReport(_Lenient):
+    """One destination's discovered endpoints: health, which are in use, and whether in panic."""
+
+    panic: bool = False
+    zone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    endpoints: dict[Key, DiscoveredEndpoint] = Field(default_factory=dict)
+
+
 class InstanceReport(_Lenient):
     """What ``POST /v1/reports`` accepts: who is reporting, its policy version, its destinations."""
 
@@ -67,6 +90,7 @@ class InstanceReport(_Lenient):
     policy_revision: Annotated[str, StringConstraints(max_length=100)] | None = None
     zone: Annotated[str, StringConstraints(max_length=64)] | None = None
     destinations: dict[Key, DestinationReport] = Field(default_factory=dict)
+    discovery: dict[Key, DiscoveryReport] = Field(default_factory=dict)
 
 
 @dataclass
@@ -127,7 +151,13 @@ class ReportStore:
             else dest
             for name, dest in _top(report.destinations, self.max_destinations).items()
         }
-        return report.model_copy(update={"destinations": destinations})
+        discovery = {
+            name: found.model_copy(
+                update={"endpoints": dict(list(found.endpoints.items())[: self.max_endpoints])}
+            )
+            for name, found in list(report.discovery.items())[: self.max_destinations]
+        }
+        return report.model_copy(update={"destinations": destinations, "discovery": discovery})
 
     def ingest(self, report: InstanceReport) -> None:
         """Keep ``report`` as its instance's latest, computing rates from the previous one."""
@@ -197,9 +227,23 @@ class ReportStore:
             services[inst["service"]]["instances"].append(inst)
         for _, destination in edges:
             services.setdefault(destination, {"name": destination, "instances": []})
+        discovered = [
+            {
+                "source": e.report.service,
+                "instance": e.report.instance,
+                "destination": name,
+                "panic": found.panic,
+                "url": url,
+                **endpoint.model_dump(),
+            }
+            for e in self._entries.values()
+            for name, found in sorted(e.report.discovery.items())
+            for url, endpoint in sorted(found.endpoints.items())
+        ]
         return {
             "services": sorted(services.values(), key=lambda s: str(s["name"])),
             "edges": [_finish(edges[key]) for key in sorted(edges)],
+            "discovery": discovered,
             "instances": len(instances),
             "limits": {"max_instances": self.max_instances, "ttl_s": self.ttl},
             "evicted": self.evicted,

@@ -93,6 +93,18 @@ function renderInstances(services) {
   }
 }
 
+function renderDiscovery(rows) {
+  const body = document.querySelector("#discovery tbody");
+  body.replaceChildren();
+  for (const r of rows) {
+    const health = el("td", r.health, { class: r.health === "unhealthy" ? "bad-cell" : "" });
+    const use = r.panic ? "yes (panic: all)" : (r.selected ? "yes" : "no");
+    const tr = row([r.source + " / " + r.instance, r.destination, r.url, r.zone || "", health, use]);
+    tr.dataset.destination = r.destination;
+    body.appendChild(tr);
+  }
+}
+
 function renderRegistry(instances) {
   const body = document.querySelector("#registry tbody");
   body.replaceChildren();
@@ -218,6 +230,7 @@ async function refresh() {
     renderGraph(mesh.services, mesh.edges);
     renderEdges(mesh.edges);
     renderInstances(mesh.services);
+    renderDiscovery(mesh.discovery || []);
     renderRegistry(mesh.registry || []);
     renderHistory(history);
     currentVersion = history.current;
