@@ -83,6 +83,29 @@ def test_explain_shows_layers(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert lines["timeouts.total"] == ["30s", "services.payments.routes[0]"]
     assert lines["retry.attempts"] == ["2", "services.payments"]
     assert lines["circuit_breaker.failure_threshold"] == ["5", "defaults"]
+    assert "authz        allowed by services.payments.inbound.authz.rules[0]" in out
+
+
+def test_explain_names_the_authz_rule_for_the_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --from, explain says whether the callee's inbound authz admits the caller, and by which rule."""
+    path = tmp_path / "mesh.yaml"
+    path.write_text(GOOD_YAML)
+    args = [
+        "policy",
+        "explain",
+        "--policy",
+        str(path),
+        "--json",
+        "--from",
+        "billing",
+        "GET",
+        "http://payments/v1/charges/1",
+    ]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["authz"] == {"allowed": False, "rule": "services.payments.inbound.authz.rules[0]"}
 
 
 def test_explain_json_for_hosts_outside_the_mesh(

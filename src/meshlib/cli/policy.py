@@ -155,7 +155,16 @@ def _report(
         ],
     }
     if caller is not None:
-        report["caller"] = {"service": caller, "identity": policy.service_identity(caller)}
+        identity = policy.service_identity(caller)
+        report["caller"] = {"service": caller, "identity": identity}
+        if routed:
+            # The callee's inbound authz, as its MeshMiddleware would judge this caller.
+            from meshlib.inbound.authz import CompiledAuthz
+
+            where = f"services.{host}"
+            authz = CompiledAuthz.compile(policy.services[host].inbound.authz, where)
+            decision = authz.decide(method, urlsplit(url).path or "/", identity)
+            report["authz"] = {"allowed": decision.allowed, "rule": decision.rule}
     return report
 
 
@@ -184,6 +193,9 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     if "caller" in report:
         print(f"  caller       {report['caller']['service']} ({report['caller']['identity']})")
+    if "authz" in report:
+        verdict = "allowed" if report["authz"]["allowed"] else "denied"
+        print(f"  authz        {verdict} by {report['authz']['rule']} (with mTLS on)")
     width = max(len(row["setting"]) for row in report["settings"])
     print()
     print(f"  {'setting'.ljust(width)}  {'value'.ljust(24)}  set by")
