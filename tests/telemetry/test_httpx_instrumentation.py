@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.semconv.attributes.http_attributes import HTTP_REQUEST_RESEND_COUNT
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
@@ -165,3 +174,45 @@ def test_detects_instrument_client_on_one_client(
         finally:
             HTTPXClientInstrumentor.uninstrument_client(client)
     assert not httpx_instrumentation_active()
+
+
+class _DropCallSpans(Sampler):
+    """Drops meshlib's call spans and samples everything else: a sampler meshlib cannot shortcut."""
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, *args: Any, **kwargs: Any
+    ) -> SamplingResult:
+        decision = (
+            Decision.DROP if name.startswith(names.SPAN_CALL_PREFIX) else Decision.RECORD_AND_SAMPLE
+        )
+        return SamplingResult(decision)
+
+    def get_description(self) -> str:
+        return "DropCallSpans"
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, _DropCallSpans()], ids=["standard", "custom"])
+def test_unsampled_calls_get_no_instrumentor_spans(
+    flaky: tuple[Flaky, RunningServer], sampler: Sampler, driver: str
+) -> None:
+    """An unsampled mesh call keeps the instrumentor out too: no orphan CLIENT span, meshlib's traceparent sent."""
+    service, server = flaky
+    seen = InMemorySpanExporter()
+    instrumentor_provider = TracerProvider()  # samples everything it is asked about
+    instrumentor_provider.add_span_processor(SimpleSpanProcessor(seen))
+    mesh_provider = TracerProvider(sampler=ParentBased(sampler))
+    HTTPXClientInstrumentor().instrument(tracer_provider=instrumentor_provider)
+    try:
+        service.traceparents.clear()
+        response = _mesh_get(
+            server, mesh_provider, f"/unsampled-{driver}-{sampler.get_description()}", driver
+        )
+    finally:
+        HTTPXClientInstrumentor().uninstrument()
+        mesh_provider.shutdown()
+        instrumentor_provider.shutdown()
+    assert response.status_code == 200
+    assert seen.get_finished_spans() == ()
+    trace_ids = {tp.split("-")[1] for tp in service.traceparents}
+    sampled = {int(tp.split("-")[3], 16) & 0x01 for tp in service.traceparents}
+    assert (len(service.traceparents), len(trace_ids), sampled) == (3, 1, {0})

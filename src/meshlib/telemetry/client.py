@@ -303,6 +303,11 @@ class CallTelemetry:
     def before_attempt(self, request: httpx.Request, endpoint: str, resend_count: int) -> None:
         """Start the attempt's CLIENT span, pass trace context on, hook httpx's trace events."""
         self._endpoint = endpoint
+        if _SUPPRESS_KEY is not None and _httpx_instrumented():
+            # meshlib owns this attempt's trace context, sampled or not: the httpx
+            # instrumentation would add a CLIENT span (a new root one when ours is not
+            # sampled) and overwrite the traceparent we send.
+            self._suppress_token = otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
         if self.recording:
             url = request.url
             span = self.tel.tracer.start_span(
@@ -323,11 +328,6 @@ class CallTelemetry:
                 },
             )
             self._attempt = span
-            if _SUPPRESS_KEY is not None and _httpx_instrumented():
-                # Our attempt span is the CLIENT span; the httpx instrumentation would double it.
-                self._suppress_token = otel_context.attach(
-                    otel_context.set_value(_SUPPRESS_KEY, True)
-                )
             propagate.inject(request.headers, context=trace.set_span_in_context(span))
             if "trace" not in request.extensions:
                 marks = self._marks = AttemptMarks(self.clock)
