@@ -163,3 +163,26 @@ def test_shared_store_without_any_source_says_what_to_set() -> None:
     """No policy file and no control plane is a clear SettingsError."""
     with pytest.raises(SettingsError, match="MESH_POLICY_FILE"):
         shared_store(MeshSettings())
+
+
+def test_store_for_each_kind_of_policy_argument(tmp_path: Path) -> None:
+    """store_for takes a store as is, wraps a Policy, watches a path, and refuses anything else."""
+    from meshlib.policy.sources import store_for
+    from meshlib.telemetry import policy_metrics
+
+    store = PolicyStore(load_policy({"version": 1}))
+    assert store_for(store) == (store, None)
+    wrapped, source = store_for(load_policy({"version": 1}))
+    assert source is None
+    assert wrapped.loaded
+    path = tmp_path / "mesh.yaml"
+    path.write_text(V1)
+    watched, source = store_for(path)
+    assert isinstance(source, FileSource)
+    try:
+        assert watched.current.source == str(path)
+        assert watched in policy_metrics._observed_global  # the revision in force is reported
+    finally:
+        source.close()
+    with pytest.raises(TypeError, match="policy must be"):
+        store_for(42)  # type: ignore[arg-type]

@@ -11,7 +11,6 @@ applies is ``service_name``, else ``MESH_SERVICE_NAME``::
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -19,16 +18,11 @@ from opentelemetry import metrics, trace
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.errors import SettingsError
 from meshlib.inbound.core import InboundCore
-from meshlib.policy.model import Policy
-from meshlib.policy.sources import FileSource, shared_store
-from meshlib.policy.store import PolicyStore
+from meshlib.policy.sources import PolicyArg, store_for
 from meshlib.settings import MeshSettings
 from meshlib.telemetry.server import ServerTelemetry
 
 __all__ = ["PolicyArg", "build_core"]
-
-PolicyArg = Policy | PolicyStore | str | os.PathLike[str] | None
-"""What ``policy=`` accepts."""
 
 
 def build_core(
@@ -55,23 +49,8 @@ def build_core(
             "service_name='payments' or set MESH_SERVICE_NAME; its rules are read from "
             "services.<service_name>.inbound in the policy"
         )
-    closers: list[Any] = []
-    if policy is None:
-        store = shared_store(settings)
-    elif isinstance(policy, PolicyStore):
-        store = policy
-    elif isinstance(policy, Policy):
-        store = PolicyStore(policy)
-    elif isinstance(policy, str | os.PathLike):
-        store = PolicyStore()
-        source = FileSource(policy, poll_interval=settings.policy_poll_interval)
-        source.start(store)
-        closers.append(source)
-    else:
-        raise TypeError(
-            f"policy must be a Policy, a PolicyStore, a path to a policy file or None, "
-            f"not {type(policy).__name__}"
-        )
+    store, source = store_for(policy, settings)
+    closers: list[Any] = [source] if source is not None else []
     telemetry = ServerTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
     return InboundCore(
         store, service, settings=settings, telemetry=telemetry, clock=clock, on_close=closers

@@ -9,12 +9,14 @@ meshlib's outbound side, which reads exactly this entry::
 
 from __future__ import annotations
 
+from meshlib.telemetry import names
+
 __all__ = ["SERVER_TIMING", "SERVER_TIMING_METRIC", "server_timing"]
 
 SERVER_TIMING = "server-timing"
 """The response header name (lower case, as ASGI sends it)."""
 
-SERVER_TIMING_METRIC = "app"
+SERVER_TIMING_METRIC = names.SERVER_TIMING_APP
 """The Server-Timing metric name meshlib writes and reads."""
 
 

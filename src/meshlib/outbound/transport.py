@@ -12,7 +12,6 @@ to all of them::
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,31 +27,12 @@ from meshlib.outbound.endpoints import Pools
 from meshlib.outbound.flow import Outbound
 from meshlib.outbound.routing import Router
 from meshlib.outbound.steps import Send
-from meshlib.policy.model import Policy
-from meshlib.policy.sources import FileSource, PolicySource, shared_store
+from meshlib.policy.sources import PolicyArg, store_for
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
 from meshlib.telemetry.client import ClientTelemetry
 
 __all__ = ["AsyncMeshTransport", "MeshTransport", "PolicyArg"]
-
-PolicyArg = Policy | PolicyStore | str | os.PathLike[str] | None
-"""What a mesh client is built from: a Policy, a store, a policy file path, or None (MeshSettings)."""
-
-
-def _store_for(
-    policy: PolicyArg, settings: MeshSettings | None
-) -> tuple[PolicyStore, PolicySource | None]:
-    if isinstance(policy, PolicyStore):
-        return policy, None
-    if isinstance(policy, Policy):
-        return PolicyStore(policy), None
-    if policy is None:
-        return shared_store(settings), None
-    store = PolicyStore()
-    source = FileSource(policy, poll_interval=(settings or MeshSettings()).policy_poll_interval)
-    source.start(store)
-    return store, source
 
 
 class _MeshBase:
@@ -74,7 +54,7 @@ class _MeshBase:
         endpoint_transport: Callable[..., Any] | None = None,
         **pool_kwargs: Any,
     ) -> None:
-        store, self._source = _store_for(policy, settings)
+        store, self._source = store_for(policy, settings)
         if service_name is None:
             service_name = (settings or MeshSettings()).service_name
         self.service_name = service_name

@@ -22,12 +22,23 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from meshlib.errors import PolicyError, SettingsError
+from meshlib.policy.model import Policy
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
 
-__all__ = ["FileSource", "PolicySource", "close_shared_store", "shared_store"]
+__all__ = [
+    "FileSource",
+    "PolicyArg",
+    "PolicySource",
+    "close_shared_store",
+    "shared_store",
+    "store_for",
+]
 
 logger = logging.getLogger("meshlib.policy")
+
+PolicyArg = Policy | PolicyStore | str | os.PathLike[str] | None
+"""What clients and middleware are built from: a Policy, a store, a policy file, or None (settings)."""
 
 
 @runtime_checkable
@@ -173,3 +184,38 @@ def close_shared_store() -> None:
     if shared is not None:
         for source in shared[1]:
             source.close()
+
+
+def store_for(
+    policy: PolicyArg, settings: MeshSettings | None = None
+) -> tuple[PolicyStore, PolicySource | None]:
+    """The store a client or middleware reads, and the source it started (to close with it).
+
+    A ``PolicyStore`` is used as is; a ``Policy`` gets a store of its own; a
+    path gets a store fed by a watching :class:`FileSource`; ``None`` means the
+    process-wide :func:`shared_store` from ``MeshSettings``. The revision and
+    reload failures of the stores built here from a file or settings are
+    reported as metrics (once per store); a store or Policy passed in is the
+    caller's to observe (``meshlib.telemetry.policy_metrics.observe_policy``).
+    """
+    source: PolicySource | None = None
+    if isinstance(policy, PolicyStore):
+        return policy, None
+    if isinstance(policy, Policy):
+        return PolicyStore(policy), None
+    if policy is None:
+        store = shared_store(settings)
+    elif isinstance(policy, str | os.PathLike):
+        store = PolicyStore()
+        interval = (settings or MeshSettings()).policy_poll_interval
+        source = FileSource(policy, poll_interval=interval)
+        source.start(store)
+    else:
+        raise TypeError(
+            "policy must be a Policy, a PolicyStore, a path to a policy file or None, "
+            f"not {type(policy).__name__}"
+        )
+    from meshlib.telemetry.policy_metrics import observe_policy
+
+    observe_policy(store)
+    return store, source
