@@ -16,14 +16,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from opentelemetry import metrics, trace
-
-from meshlib.clock import SYSTEM_CLOCK, Clock
-from meshlib.inbound.config import PolicyArg, build_core
+from meshlib.inbound.config import MiddlewareBase
 from meshlib.inbound.core import Exchange, RequestInfo
 from meshlib.inbound.health import MeshResponse
 from meshlib.inbound.timing import SERVER_TIMING
-from meshlib.settings import MeshSettings
 
 __all__ = ["ASGIApp", "MeshMiddleware"]
 
@@ -97,7 +93,7 @@ async def _send_reply(send: Send, reply: MeshResponse, timing: str, head: bool) 
     await send({"type": "http.response.body", "body": b"" if head else reply.body})
 
 
-class MeshMiddleware:
+class MeshMiddleware(MiddlewareBase[ASGIApp]):
     """Trace context, Server-Timing, deadlines, authz, admission and health for an ASGI app.
 
     Configured from ``services.<service_name>.inbound`` in the policy,
@@ -108,35 +104,6 @@ class MeshMiddleware:
 
     ``tracer_provider`` and ``meter_provider`` default to the global ones.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        policy: PolicyArg = None,
-        service_name: str | None = None,
-        settings: MeshSettings | None = None,
-        tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: metrics.MeterProvider | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.app = app
-        self.core = build_core(
-            policy,
-            service_name=service_name,
-            settings=settings,
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            clock=clock,
-        )
-
-    def drain(self) -> None:
-        """Answer readiness probes with 503 from now on (graceful shutdown)."""
-        self.core.drain()
-
-    def close(self) -> None:
-        """Stop the policy file watcher this middleware started, if any."""
-        self.core.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope."""

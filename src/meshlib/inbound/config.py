@@ -11,7 +11,7 @@ applies is ``service_name``, else ``MESH_SERVICE_NAME``::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import metrics, trace
 
@@ -22,7 +22,7 @@ from meshlib.policy.sources import PolicyArg, store_for
 from meshlib.settings import MeshSettings
 from meshlib.telemetry.server import ServerTelemetry
 
-__all__ = ["PolicyArg", "build_core"]
+__all__ = ["MiddlewareBase", "PolicyArg", "build_core"]
 
 
 def build_core(
@@ -55,3 +55,39 @@ def build_core(
     return InboundCore(
         store, service, settings=settings, telemetry=telemetry, clock=clock, on_close=closers
     )
+
+
+AppT = TypeVar("AppT")
+
+
+class MiddlewareBase(Generic[AppT]):
+    """What the ASGI and WSGI middlewares share: the wrapped app, the core, drain and close."""
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        policy: PolicyArg = None,
+        service_name: str | None = None,
+        settings: MeshSettings | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.app = app
+        self.core = build_core(
+            policy,
+            service_name=service_name,
+            settings=settings,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            clock=clock,
+        )
+
+    def drain(self) -> None:
+        """Answer readiness probes with 503 from now on (graceful shutdown)."""
+        self.core.drain()
+
+    def close(self) -> None:
+        """Stop the policy file watcher this middleware started, if any."""
+        self.core.close()

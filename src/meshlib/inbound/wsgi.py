@@ -21,13 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from opentelemetry import metrics, trace
-
-from meshlib.clock import SYSTEM_CLOCK, Clock
-from meshlib.inbound.config import PolicyArg, build_core
+from meshlib.inbound.config import MiddlewareBase
 from meshlib.inbound.core import Exchange, RequestInfo
 from meshlib.inbound.health import MeshResponse
-from meshlib.settings import MeshSettings
 
 __all__ = ["MeshWSGIMiddleware", "WSGIApp"]
 
@@ -124,42 +120,13 @@ class _Body:
             exchange.finish(status or 500, route or route_template(self._environ), self._error)
 
 
-class MeshWSGIMiddleware:
+class MeshWSGIMiddleware(MiddlewareBase[WSGIApp]):
     """Trace context, Server-Timing, deadlines, authz, admission and health for a WSGI app.
 
     Same arguments and behaviour as :class:`meshlib.MeshMiddleware`::
 
         app.wsgi_app = MeshWSGIMiddleware(app.wsgi_app, service_name="payments", policy=policy)
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        policy: PolicyArg = None,
-        service_name: str | None = None,
-        settings: MeshSettings | None = None,
-        tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: metrics.MeterProvider | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.app = app
-        self.core = build_core(
-            policy,
-            service_name=service_name,
-            settings=settings,
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            clock=clock,
-        )
-
-    def drain(self) -> None:
-        """Answer readiness probes with 503 from now on (graceful shutdown)."""
-        self.core.drain()
-
-    def close(self) -> None:
-        """Stop the policy file watcher this middleware started, if any."""
-        self.core.close()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one WSGI request."""
