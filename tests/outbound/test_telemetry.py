@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD,
     HTTP_REQUEST_RESEND_COUNT,
@@ -23,31 +17,11 @@ from opentelemetry.trace import SpanKind
 from meshlib.errors import CircuitOpenError
 from meshlib.telemetry import names
 from tests.outbound.conftest import Driver, mesh_policy
+from tests.support.otel import LocalTelemetry
 
 
-class Telemetry:
+class Telemetry(LocalTelemetry):
     """A local tracer and meter provider with in-memory export (no globals touched)."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def kwargs(self) -> dict[str, Any]:
-        """Client keyword arguments that route telemetry here."""
-        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
-
-    def metrics(self) -> dict[str, list[Any]]:
-        """Metric name -> data points."""
-        found: dict[str, list[Any]] = {}
-        data = self.reader.get_metrics_data()
-        for resource in data.resource_metrics if data else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    found.setdefault(metric.name, []).extend(metric.data.data_points)
-        return found
 
 
 @pytest.fixture
@@ -55,8 +29,7 @@ def telemetry() -> Iterator[Telemetry]:
     """In-memory telemetry, shut down after the test."""
     t = Telemetry()
     yield t
-    t.tracer_provider.shutdown()
-    t.meter_provider.shutdown()
+    t.close()
 
 
 def test_two_retries_give_call_span_and_three_attempt_spans(
@@ -94,7 +67,7 @@ def test_two_retries_give_call_span_and_three_attempt_spans(
     # every attempt carried its own span's trace context
     parents = [h["traceparent"].split("-")[2] for h in upstream.headers]
     assert parents == [format(a.context.span_id, "016x") for a in attempts]
-    metrics = telemetry.metrics()
+    metrics = telemetry.points()
     durations = metrics[HTTP_CLIENT_REQUEST_DURATION]
     assert sum(p.count for p in durations) == 3
     assert sum(p.value for p in metrics[names.CLIENT_RETRIES.name]) == 2
@@ -116,7 +89,7 @@ def test_latency_split_is_present_and_consistent(driver: Driver, up, telemetry: 
     assert service + network + meshlib == pytest.approx(total, abs=0.002)
     assert network >= 0.0
     assert meshlib >= 0.0
-    metrics = telemetry.metrics()
+    metrics = telemetry.points()
     (point,) = metrics[names.CLIENT_LATENCY_SERVICE.name]
     assert point.sum == pytest.approx(0.080, abs=1e-6)
     assert names.CLIENT_LATENCY_NETWORK.name in metrics
@@ -142,7 +115,7 @@ def test_breaker_and_budget_events(driver: Driver, up, telemetry: Telemetry) -> 
     assert events.count(names.EVENT_BUDGET_REFUSED) == 2
     changes = [e for s in calls for e in s.events if e.name == names.EVENT_BREAKER_STATE_CHANGE]
     assert [e.attributes[names.ATTR_BREAKER_STATE] for e in changes] == ["open"]
-    metrics = telemetry.metrics()
+    metrics = telemetry.points()
     assert sum(p.value for p in metrics[names.CLIENT_BUDGET_REFUSALS.name]) == 2
     assert sum(p.value for p in metrics[names.CLIENT_BREAKER_TRANSITIONS.name]) == 1
 
@@ -204,6 +177,6 @@ def test_shadow_retry_is_counted_and_marked(driver: Driver, up, telemetry: Telem
     (call,) = [s for s in spans if s.kind is SpanKind.INTERNAL]
     (event,) = [e for e in call.events if e.name == names.EVENT_RETRY]
     assert event.attributes[names.ATTR_SHADOW] is True
-    (point,) = telemetry.metrics()[names.CLIENT_RETRIES.name]
+    (point,) = telemetry.points()[names.CLIENT_RETRIES.name]
     assert point.value == 1
     assert point.attributes[names.ATTR_SHADOW] is True

@@ -11,11 +11,6 @@ import pytest
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ParentBased,
@@ -34,41 +29,18 @@ from meshlib.telemetry import names
 from meshlib.telemetry.client import ClientTelemetry
 from meshlib.telemetry.state_metrics import MeshStateMetrics
 from tests.outbound.conftest import Driver, mesh_policy
+from tests.support.otel import LocalTelemetry
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 PARENT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENT_SPAN = 0x00F067AA0BA902B7
 
 
-class Unsampled:
+class Unsampled(LocalTelemetry):
     """SDK providers whose sampler drops every new trace (as a low ratio does for most calls)."""
 
     def __init__(self, sampler: Sampler | None = None) -> None:
-        sampler = sampler or ParentBased(ALWAYS_OFF)
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider(sampler=sampler)
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def kwargs(self) -> dict[str, Any]:
-        """Client keyword arguments that use these providers."""
-        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
-
-    def points(self) -> dict[str, list[Any]]:
-        """Metric name -> data points collected now."""
-        found: dict[str, list[Any]] = {}
-        data = self.reader.get_metrics_data()
-        for resource in data.resource_metrics if data else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    found.setdefault(metric.name, []).extend(metric.data.data_points)
-        return found
-
-    def close(self) -> None:
-        """Shut both providers down."""
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+        super().__init__(sampler or ParentBased(ALWAYS_OFF))
 
 
 @pytest.fixture
