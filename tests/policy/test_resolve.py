@@ -106,3 +106,12 @@ def test_leaves_cover_every_setting(policy) -> None:  # type: ignore[no-untyped-
     assert "retry.budget.ratio" in names
     assert "load_balancer" in names
     assert len(names) == len(set(names))
+
+
+def test_resolving_does_not_change_equality() -> None:
+    """The memoising resolver is a cache: equal documents stay equal policies after resolution."""
+    first, second = parse_policy(GOOD_YAML), parse_policy(GOOD_YAML)
+    resolve(first, "payments", "GET", "/")
+    resolve(second, "payments", "POST", "/v1/refunds")
+    assert first == second
+    assert first != parse_policy(GOOD_YAML.replace("attempts: 2", "attempts: 3"))

@@ -775,6 +775,14 @@ class Policy(_Model):
         check_policy(self)
         return self
 
+    def __eq__(self, other: object) -> bool:
+        # The memoising resolver is a cache, not content: equal documents are equal policies.
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = _Model.__hash__
+
     def service_identity(self, name: str) -> str:
         """The SPIFFE ID a service proves: its ``identity`` or ``spiffe://<trust_domain>/<name>``."""
         service = self.services.get(name)
