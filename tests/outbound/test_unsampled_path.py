@@ -18,7 +18,12 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_RESPONSE_STATUS_CODE,
+)
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.semconv.metrics.http_metrics import HTTP_CLIENT_REQUEST_DURATION
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
@@ -87,6 +92,16 @@ def test_unsampled_call_records_one_duration_per_attempt_and_no_split(
         (200, 1),
         (503, 2),
     ]
+    # the semantic conventions' required and conditionally required attributes, no opt-in ones
+    for point in durations:
+        status = point.attributes[HTTP_RESPONSE_STATUS_CODE]
+        assert dict(point.attributes) == {
+            HTTP_REQUEST_METHOD: "GET",
+            SERVER_ADDRESS: "127.0.0.1",
+            SERVER_PORT: server.port,
+            HTTP_RESPONSE_STATUS_CODE: status,
+            **({ERROR_TYPE: "503"} if status == 503 else {}),
+        }
     for spec in (
         names.CLIENT_LATENCY_SERVICE,
         names.CLIENT_LATENCY_NETWORK,

@@ -52,6 +52,7 @@ from meshlib.telemetry.latency import (
     SplitTotals,
     parse_server_timing,
 )
+from meshlib.telemetry.providers import ProviderGate
 from meshlib.telemetry.quicktrace import QuickTrace
 
 __all__ = ["CallTelemetry", "ClientTelemetry"]
@@ -73,16 +74,6 @@ def _httpx_instrumented() -> bool:
 _ATTRIBUTE_CACHE_SIZE = 4096
 
 
-def _is_real(provider: object) -> bool:
-    """Whether a global provider is an SDK one rather than the API's proxy or no-op default."""
-    return type(provider).__name__ not in (
-        "_ProxyMeterProvider",
-        "NoOpMeterProvider",
-        "ProxyTracerProvider",
-        "NoOpTracerProvider",
-    )
-
-
 class ClientTelemetry:
     """Tracer and instruments for one mesh transport, taken from the given or global providers."""
 
@@ -98,10 +89,10 @@ class ClientTelemetry:
         self.tracer = trace.get_tracer(names.SCOPE, __version__, tracer_provider=tracer_provider)
         self.quick = QuickTrace(self.tracer)
         meter = metrics.get_meter(names.SCOPE, __version__, meter_provider=meter_provider)
-        self._metrics_on = meter_provider is not None
-        self._metrics_checked = 0.0
-        self._tracing_on = tracer_provider is not None
-        self._tracing_checked = 0.0
+        self.metrics_on = ProviderGate(meter_provider, metrics.get_meter_provider)
+        """Whether a real meter provider is in place (so the latency split is worth measuring)."""
+        self.tracing_on = ProviderGate(tracer_provider, trace.get_tracer_provider)
+        """Whether a real tracer provider is in place."""
         self.caller = caller
         self._duration_attributes: dict[tuple[str, str, int | str | None], dict[str, Any]] = {}
         make = names.create_instrument
@@ -115,30 +106,6 @@ class ClientTelemetry:
         self.service_time = make(meter, names.CLIENT_LATENCY_SERVICE)
         self.network_time = make(meter, names.CLIENT_LATENCY_NETWORK)
         self.meshlib_time = make(meter, names.CLIENT_LATENCY_MESHLIB)
-
-    def metrics_on(self, now: float) -> bool:
-        """Whether a real meter provider is in place (so the latency split is worth measuring).
-
-        Asking OpenTelemetry costs microseconds (it reads the environment), so
-        a "no" is remembered for a second; a "yes" for good.
-        """
-        if self._metrics_on:
-            return True
-        if now < self._metrics_checked:
-            return False
-        self._metrics_checked = now + 1.0
-        self._metrics_on = _is_real(metrics.get_meter_provider())
-        return self._metrics_on
-
-    def tracing_on(self, now: float) -> bool:
-        """Whether a real tracer provider is in place (cached as :meth:`metrics_on` is)."""
-        if self._tracing_on:
-            return True
-        if now < self._tracing_checked:
-            return False
-        self._tracing_checked = now + 1.0
-        self._tracing_on = _is_real(trace.get_tracer_provider())
-        return self._tracing_on
 
     def duration_attributes(
         self, request: httpx.Request, endpoint: str, outcome: int | str | None
@@ -157,7 +124,6 @@ class ClientTelemetry:
             HTTP_REQUEST_METHOD: request.method,
             SERVER_ADDRESS: url.host,
             SERVER_PORT: url.port or (443 if url.scheme == "https" else 80),
-            URL_SCHEME: url.scheme,
         }
         if isinstance(outcome, int):
             attributes[HTTP_RESPONSE_STATUS_CODE] = outcome

@@ -1,0 +1,48 @@
+"""Whether a real OpenTelemetry provider is in place, asked cheaply on every call.
+
+``trace.get_tracer_provider()`` and ``metrics.get_meter_provider()`` read
+the environment on every call until a global provider is set (microseconds),
+so a mesh call asks a :class:`ProviderGate` instead: a provider given
+explicitly is taken as real; the global one is real once it is not the API's
+proxy or no-op default, and a "no" is asked again at most once a second::
+
+    metrics_on = ProviderGate(None, metrics.get_meter_provider)
+    if metrics_on(clock.monotonic()):
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["ProviderGate", "is_sdk_provider"]
+
+_API_DEFAULTS = frozenset(
+    ("_ProxyMeterProvider", "NoOpMeterProvider", "ProxyTracerProvider", "NoOpTracerProvider")
+)
+
+
+def is_sdk_provider(provider: object) -> bool:
+    """Whether ``provider`` is an SDK one rather than the API's proxy or no-op default."""
+    return type(provider).__name__ not in _API_DEFAULTS
+
+
+class ProviderGate:
+    """Remembers whether a real provider is in place: a "yes" for good, a "no" for a second."""
+
+    __slots__ = ("_checked", "_get_global", "_on")
+
+    def __init__(self, given: object | None, get_global: Callable[[], object]) -> None:
+        self._on = given is not None
+        self._checked = 0.0
+        self._get_global = get_global
+
+    def __call__(self, now: float) -> bool:
+        """Whether a real provider is in place as of ``now`` (a monotonic clock reading)."""
+        if self._on:
+            return True
+        if now < self._checked:
+            return False
+        self._checked = now + 1.0
+        self._on = is_sdk_provider(self._get_global())
+        return self._on
