@@ -13,7 +13,9 @@ process-wide store from ``MESH_POLICY_FILE`` / the control plane)::
 services, so adopting meshlib is one line. Timeouts come from the policy; a
 ``timeout=`` given here can only shorten them. TLS settings given here
 (``verify``, ``cert``) apply to non-mesh URLs and to mesh endpoints whose
-policy has ``tls: {mode: disabled}``.
+policy has ``tls: {mode: disabled}``. Their cookie jar is httpx's, minus the
+no-op pass httpx makes over every response without ``Set-Cookie``
+(:mod:`meshlib.outbound.cookies`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 from opentelemetry import metrics, trace
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.outbound.cookies import MeshCookiesMixin
 from meshlib.outbound.transport import AsyncMeshTransport, MeshTransport, PolicyArg
 from meshlib.settings import MeshSettings
 
@@ -59,7 +62,7 @@ def _pool_kwargs(
     }
 
 
-class MeshClient(httpx.Client):
+class MeshClient(MeshCookiesMixin, httpx.Client):
     """An ``httpx.Client`` whose calls go through the mesh (routing, retries, breakers, tracing).
 
     Example::
@@ -125,9 +128,10 @@ class MeshClient(httpx.Client):
             transport=self.mesh_transport,
             default_encoding=default_encoding,
         )
+        self.cookies = self._cookies  # httpx's jar, as MeshCookies (see meshlib.outbound.cookies)
 
 
-class AsyncMeshClient(httpx.AsyncClient):
+class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
     """An ``httpx.AsyncClient`` whose calls go through the mesh; the twin of :class:`MeshClient`.
 
     ``endpoint_transport`` replaces httpx's connection pool under the mesh
@@ -203,3 +207,4 @@ class AsyncMeshClient(httpx.AsyncClient):
             transport=self.mesh_transport,
             default_encoding=default_encoding,
         )
+        self.cookies = self._cookies  # httpx's jar, as MeshCookies (see meshlib.outbound.cookies)
