@@ -171,8 +171,11 @@ def open_sync(kind: str, target: Target) -> Opened:
         # What a user writes as @retry @breaker def get(): ... (decorators applied by hand for mypy).
         guarded: Callable[[], int] = retry(breaker(get))
         return Opened(guarded, client.close)
-    if kind == "mesh":
+    if kind in ("mesh", "mesh-stock-cookies"):
         mesh = _mesh_class("MeshClient")(mesh_policy(target), service_name="bench-client")
+        if kind == "mesh-stock-cookies":
+            # httpx's own jar: meshlib's cost alone, without MeshCookies' saving.
+            mesh._cookies = httpx.Cookies(mesh.cookies)
         url = _mesh_url(target)
         return Opened(lambda: int(mesh.get(url).status_code), mesh.close)
     raise ValueError(f"unknown sync client kind {kind!r}")

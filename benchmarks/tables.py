@@ -62,6 +62,7 @@ SYNC_PATHS = (
     PathSpec("naive-sampled", "naive", "direct", sampled=True),
     PathSpec("mesh", "mesh", "direct"),
     PathSpec("mesh-sampled", "mesh", "direct", sampled=True),
+    PathSpec("mesh-stock-cookies", "mesh-stock-cookies", "direct"),
     PathSpec("httpx-mtls", "httpx", "mtls-direct"),
     PathSpec("httpx+nginx-pair-mtls", "httpx", "nginx-pair-mtls"),
     PathSpec("mesh-mtls", "mesh", "mtls-direct"),
@@ -194,7 +195,7 @@ def _finish(
         + (
             targets(rows, mesh="mesh-async[aiohttp]", httpx="httpx-async[aiohttp]")
             if mode == "async"
-            else []
+            else targets(rows, mesh="mesh-stock-cookies", httpx=base, info=True)
         ),
         "skipped": skipped,
         "sampled_paths": [item.spec.name for item in live if item.spec.sampled],
