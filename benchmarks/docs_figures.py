@@ -70,7 +70,14 @@ def render(documents: list[dict[str, Any]]) -> str:
         f"{documents[0]['settings']['rounds']} interleaved rounds, "
         f"{documents[0]['settings']['requests']} sequential and "
         f"{documents[0]['settings']['async_requests']} async requests per path per round, "
-        f"{documents[0]['settings']['concurrency']} in flight)."
+        f"{documents[0]['settings']['concurrency']} in flight"
+        + (
+            f"; {documents[0]['settings']['rate_requests']} fixed-rate requests per path per "
+            f"round at {documents[0]['settings']['rate']:g} req/s"
+            if "rate_requests" in documents[0]["settings"]
+            else ""
+        )
+        + ")."
     )
     for index, doc in enumerate(documents, start=1):
         parts += ["", f"### Run {index}", "", f"Machine: {_machine(doc['meta'])}", ""]

@@ -4,7 +4,9 @@ Compares, against the same upstream and through the same client API: bare
 httpx, httpx through an nginx and an HAProxy sidecar pair, the naive
 tenacity + pybreaker + OpenTelemetry stack, MeshClient (unsampled and sampled
 tracing) and MeshClient over mTLS; sequentially and with 32 requests in
-flight (aiohttp for reference). Prints one table per (mode, upstream) with
+flight (aiohttp for reference), and async at a fixed Poisson arrival rate
+below saturation (open loop, the latency comparison for async callers).
+Prints one table per (mode, upstream) with
 ratios against bare httpx from the same run, checks the targets, writes JSON
 and a latency plot under ``--out``. Loopback only; every process it starts is
 stopped by PID; the whole run is bounded by ``--budget`` seconds.
@@ -33,12 +35,14 @@ from benchmarks.report import format_table, format_targets, machine_info, write_
 from benchmarks.servers import INSTALL_HINT, system_tools
 from benchmarks.tables import (
     ASYNC_PATHS,
+    RATE_PATHS,
     SYNC_PATHS,
     UPSTREAM_NEEDS,
     PathSpec,
     Settings,
     Topology,
     run_async_table,
+    run_rate_table,
     run_sync_table,
 )
 from benchmarks.telemetry import install
@@ -51,7 +55,8 @@ _FULL = {
     "async_requests": 320,
     "warmup": 100,
     "round_time": 4.0,
-    "budget": 240.0,
+    "rate_requests": 200,
+    "budget": 280.0,
 }
 _QUICK = {
     "rounds": 3,
@@ -59,7 +64,8 @@ _QUICK = {
     "async_requests": 160,
     "warmup": 20,
     "round_time": 1.0,
-    "budget": 30.0,
+    "rate_requests": 60,
+    "budget": 40.0,
 }
 
 
@@ -78,19 +84,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=32, help="requests in flight in the async tables"
     )
     parser.add_argument(
+        "--rate", type=float, default=400.0, help="arrivals per second in the fixed-rate tables"
+    )
+    parser.add_argument(
+        "--rate-requests", type=int, help="fixed-rate requests per path per round (200; quick 60)"
+    )
+    parser.add_argument(
         "--warmup", type=int, help="requests per client before the rounds (100; quick 20)"
     )
     parser.add_argument(
         "--round-time", type=float, help="seconds at most per path per round (4; quick 1)"
     )
     parser.add_argument(
-        "--budget", type=float, help="seconds at most for all rounds of the run (200; quick 30)"
+        "--budget", type=float, help="seconds at most for all rounds of the run (280; quick 40)"
     )
     parser.add_argument(
         "--upstreams",
         help="comma list of nginx-200,uvicorn (default both; quick: nginx-200, or uvicorn without nginx)",
     )
-    parser.add_argument("--modes", default="seq,async", help="comma list of seq,async")
+    parser.add_argument("--modes", default="seq,async,rate", help="comma list of seq,async,rate")
     parser.add_argument(
         "--only", help="comma list of path names to run (each table's base path is always run)"
     )
@@ -106,8 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.rounds < 1 or args.requests < 1 or args.async_requests < 1 or args.concurrency < 1:
-        parser.error("--rounds, --requests, --async-requests and --concurrency must be at least 1")
+    counts = (args.rounds, args.requests, args.async_requests, args.rate_requests, args.concurrency)
+    if min(counts) < 1 or args.rate <= 0:
+        parser.error(
+            "--rounds, --requests, --async-requests, --rate-requests and --concurrency must be "
+            "at least 1, and --rate above 0"
+        )
     return args
 
 
@@ -166,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         warmup=args.warmup,
         round_time=args.round_time,
+        rate=args.rate,
+        rate_requests=args.rate_requests,
     )
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if set(modes) - {"seq", "async"}:
-        raise SystemExit("--modes takes seq and/or async")
+    if not modes or set(modes) - {"seq", "async", "rate"}:
+        raise SystemExit("--modes takes one or more of seq, async, rate")
     upstreams = _upstreams(args, tools.nginx is not None)
     plan = [(u, m) for m in modes for u in upstreams]
     tel = install()
@@ -191,9 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                         table = run_sync_table(
                             paths, topos[upstream], cfg, tel, deadline, mesh_reason
                         )
-                    else:
+                    elif mode == "async":
                         paths = _select(ASYNC_PATHS, args.only)
                         table = run_async_table(
+                            paths, topos[upstream], cfg, tel, deadline, mesh_reason
+                        )
+                    else:
+                        paths = _select(RATE_PATHS, args.only)
+                        table = run_rate_table(
                             paths, topos[upstream], cfg, tel, deadline, mesh_reason
                         )
                 except RuntimeError as exc:

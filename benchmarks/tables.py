@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.certs import Pki
 from benchmarks.clients import AsyncOpened, Opened, Target, open_async, open_sync
-from benchmarks.measure import STOP, RoundResult, async_round, sync_round
+from benchmarks.measure import STOP, RoundResult, async_round, rate_round, sync_round
 from benchmarks.procs import ProcessSet, Started, cpu_seconds
 from benchmarks.servers import (
     Pair,
@@ -34,12 +35,14 @@ from benchmarks.telemetry import Telemetry
 
 __all__ = [
     "ASYNC_PATHS",
+    "RATE_PATHS",
     "SYNC_PATHS",
     "UPSTREAM_NEEDS",
     "PathSpec",
     "Settings",
     "Topology",
     "run_async_table",
+    "run_rate_table",
     "run_sync_table",
 ]
 
@@ -82,6 +85,16 @@ ASYNC_PATHS = (
     PathSpec("httpx-async+nginx-pair-mtls", "httpx", "nginx-pair-mtls"),
     PathSpec("mesh-async-mtls", "mesh", "mtls-direct"),
 )
+RATE_PATHS = (
+    PathSpec("httpx-async", "httpx", "direct"),
+    PathSpec("httpx-async+nginx-pair", "httpx", "nginx-pair"),
+    PathSpec("httpx-async+haproxy-pair", "httpx", "haproxy-pair"),
+    PathSpec("mesh-async", "mesh", "direct"),
+    PathSpec("httpx-async[aiohttp]", "httpx-aiotr", "direct"),
+    PathSpec("httpx-async[aiohttp]+nginx-pair", "httpx-aiotr", "nginx-pair"),
+    PathSpec("mesh-async[aiohttp]", "mesh-aiotr", "direct"),
+)
+"""The fixed-rate (open-loop) async table: latency below saturation, against the pairs."""
 _ROUTE_NEEDS = {
     "direct": (),
     "nginx-pair": ("nginx",),
@@ -102,6 +115,8 @@ class Settings:
     concurrency: int
     warmup: int
     round_time: float
+    rate: float = 400.0
+    rate_requests: int = 200
 
 
 class Topology:
@@ -181,9 +196,13 @@ def _finish(
 ) -> dict[str, Any]:
     base = "httpx" if mode == "seq" else "httpx-async"
     rows = {item.spec.name: item.totals.summary() for item in live}
-    concurrency = "1 in flight" if mode == "seq" else f"{cfg.concurrency} in flight"
+    load = {
+        "seq": "sequential (1 in flight)",
+        "async": f"async ({cfg.concurrency} in flight)",
+        "rate": f"async at {cfg.rate:g} req/s, Poisson arrivals (at most {cfg.concurrency} in flight)",
+    }[mode]
     return {
-        "title": f"{'sequential' if mode == 'seq' else 'async'} ({concurrency}) against {upstream}",
+        "title": f"{load} against {upstream}",
         "mode": mode,
         "upstream": upstream,
         "base": base,
@@ -194,7 +213,7 @@ def _finish(
         "targets": targets(rows, mesh="mesh" if mode == "seq" else "mesh-async", httpx=base)
         + (
             targets(rows, mesh="mesh-async[aiohttp]", httpx="httpx-async[aiohttp]")
-            if mode == "async"
+            if mode != "seq"
             else targets(rows, mesh="mesh-stock-cookies", httpx=base, info=True)
         ),
         "skipped": skipped,
@@ -271,12 +290,18 @@ def run_sync_table(
     return _finish("seq", topo.upstream, cfg, live, skipped, rounds_done, truncated)
 
 
+_Load = Callable[[Callable[[], Awaitable[int]], int], Awaitable[RoundResult]]
+"""One async round: ``load(call, requests)``."""
+
+
 async def _async_table(
     runnable: list[tuple[PathSpec, Target, tuple[int, ...]]],
     skipped: dict[str, str],
     cfg: Settings,
     tel: Telemetry,
     deadline: float,
+    load: _Load,
+    requests: int,
 ) -> tuple[list[_Live], int, bool]:
     live: list[_Live] = []
     opened: list[AsyncOpened] = []
@@ -290,12 +315,7 @@ async def _async_table(
                 continue
             opened.append(client)
             with tel.sampling(spec.sampled):
-                warm = await async_round(
-                    client.call,
-                    requests=cfg.warmup,
-                    concurrency=cfg.concurrency,
-                    time_limit=cfg.round_time,
-                )
+                warm = await load(client.call, cfg.warmup)
             if _warm_ok(spec, warm, skipped):
                 live.append(_Live(spec, pids, client, PathTotals(spec.name)))
         for _ in range(cfg.rounds):
@@ -307,12 +327,7 @@ async def _async_table(
                 gc.collect()
                 before = _sidecar_cpu(item.pids)
                 with tel.sampling(item.spec.sampled):
-                    result = await async_round(
-                        item.opened.call,
-                        requests=cfg.async_requests,
-                        concurrency=cfg.concurrency,
-                        time_limit=cfg.round_time,
-                    )
+                    result = await load(item.opened.call, requests)
                 item.totals.add(result, sidecar_cpu_s=_sidecar_cpu(item.pids) - before)
             rounds_done += 1
     finally:
@@ -330,6 +345,40 @@ def run_async_table(
     mesh_reason: str | None,
 ) -> dict[str, Any]:
     """Async rounds with ``cfg.concurrency`` requests in flight, interleaved across ``paths``."""
+
+    def load(call: Callable[[], Awaitable[int]], requests: int) -> Awaitable[RoundResult]:
+        return async_round(
+            call, requests=requests, concurrency=cfg.concurrency, time_limit=cfg.round_time
+        )
+
     runnable, skipped = _plan(paths, topo, mesh_reason)
-    live, rounds_done, truncated = asyncio.run(_async_table(runnable, skipped, cfg, tel, deadline))
+    live, rounds_done, truncated = asyncio.run(
+        _async_table(runnable, skipped, cfg, tel, deadline, load, cfg.async_requests)
+    )
     return _finish("async", topo.upstream, cfg, live, skipped, rounds_done, truncated)
+
+
+def run_rate_table(
+    paths: tuple[PathSpec, ...],
+    topo: Topology,
+    cfg: Settings,
+    tel: Telemetry,
+    deadline: float,
+    mesh_reason: str | None,
+) -> dict[str, Any]:
+    """Async rounds at ``cfg.rate`` calls per second (open loop), interleaved across ``paths``."""
+
+    def load(call: Callable[[], Awaitable[int]], requests: int) -> Awaitable[RoundResult]:
+        return rate_round(
+            call,
+            requests=requests,
+            rate=cfg.rate,
+            concurrency=cfg.concurrency,
+            time_limit=cfg.round_time,
+        )
+
+    runnable, skipped = _plan(paths, topo, mesh_reason)
+    live, rounds_done, truncated = asyncio.run(
+        _async_table(runnable, skipped, cfg, tel, deadline, load, cfg.rate_requests)
+    )
+    return _finish("rate", topo.upstream, cfg, live, skipped, rounds_done, truncated)

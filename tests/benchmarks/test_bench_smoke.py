@@ -29,6 +29,8 @@ def test_quick_bench_runs_and_writes_tables(tmp_path: Path) -> None:
         f"--rounds={ROUNDS}",
         f"--requests={REQUESTS}",
         f"--async-requests={REQUESTS}",
+        f"--rate-requests={REQUESTS}",
+        "--rate=200",
         "--concurrency=4",
         "--warmup=5",
         "--round-time=20",
@@ -38,9 +40,12 @@ def test_quick_bench_runs_and_writes_tables(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "== seq/uvicorn" in done.stdout
     assert "== async/uvicorn" in done.stdout
+    assert "== rate/uvicorn" in done.stdout
 
     document = json.loads((tmp_path / "latest.json").read_text())
     seq, concurrent = document["tables"]["seq/uvicorn"], document["tables"]["async/uvicorn"]
+    fixed_rate = document["tables"]["rate/uvicorn"]
+    assert "200 req/s" in fixed_rate["title"]
     expected_seq = {"httpx", "naive", "naive-sampled"}
     expected_async = {"httpx-async", "naive-async"}
     if mesh_unavailable() is None:
@@ -52,7 +57,10 @@ def test_quick_bench_runs_and_writes_tables(tmp_path: Path) -> None:
             expected_async.add("mesh-async[aiohttp]")
     assert expected_seq <= set(seq["paths"]), seq["skipped"]
     assert expected_async <= set(concurrent["paths"]), concurrent["skipped"]
-    for table in (seq, concurrent):
+    assert (expected_async - {"aiohttp", "naive-async", "mesh-async-sampled"}) <= set(
+        fixed_rate["paths"]
+    ), fixed_rate["skipped"]
+    for table in (seq, concurrent, fixed_rate):
         assert table["rounds_done"] == ROUNDS
         for name, row in table["paths"].items():
             assert row["requests"] == ROUNDS * REQUESTS, name
@@ -62,6 +70,8 @@ def test_quick_bench_runs_and_writes_tables(tmp_path: Path) -> None:
             "needs"
             in table["skipped"]["httpx+nginx-pair" if table is seq else "httpx-async+nginx-pair"]
         )
+    # at 200 arrivals per second, 20 requests take about a tenth of a second per round
+    assert fixed_rate["paths"]["httpx-async"]["throughput_rps"] < 1000
     if mesh_unavailable() is None:
         # meshlib's own cost without MeshCookies is reported beside the judged mesh path
         info = [t["target"] for t in seq["targets"] if t["kind"] == "info"]
