@@ -70,12 +70,24 @@ def sync_round(call: Callable[[], int], *, requests: int, time_limit: float) -> 
     return result
 
 
+async def _timed(call: Callable[[], Awaitable[int]], result: RoundResult) -> None:
+    """Make one call; add its latency, and count it as an error unless it answered 200."""
+    start = time.perf_counter_ns()
+    try:
+        status = await call()
+    except Exception as exc:  # a failed request is counted, never fatal
+        status = 0
+        result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
+    result.latencies_us.append((time.perf_counter_ns() - start) / 1e3)
+    if status != 200:
+        result.errors += 1
+
+
 async def async_round(
     call: Callable[[], Awaitable[int]], *, requests: int, concurrency: int, time_limit: float
 ) -> RoundResult:
     """Keep ``concurrency`` calls in flight until ``requests`` are done or ``time_limit`` passes."""
     result = RoundResult()
-    latencies = result.latencies_us
     perf = time.perf_counter_ns
     stop = perf() + int(time_limit * 1e9)
     left = requests
@@ -84,15 +96,7 @@ async def async_round(
         nonlocal left
         while left > 0 and perf() < stop and not STOP.is_set():
             left -= 1
-            start = perf()
-            try:
-                status = await call()
-            except Exception as exc:  # a failed request is counted, never fatal
-                status = 0
-                result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
-            latencies.append((perf() - start) / 1e3)
-            if status != 200:
-                result.errors += 1
+            await _timed(call, result)
 
     cpu0, wall0 = time.process_time(), perf()
     await asyncio.wait_for(
@@ -119,24 +123,16 @@ async def rate_round(
     flight (an arrival past that waits, which shows as fewer requests per second).
     """
     result = RoundResult()
-    latencies = result.latencies_us
     perf = time.perf_counter_ns
     stop = perf() + int(time_limit * 1e9)
     gaps = random.Random(seed)
     slots = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
-        start = perf()
         try:
-            status = await call()
-        except Exception as exc:  # a failed request is counted, never fatal
-            status = 0
-            result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
+            await _timed(call, result)
         finally:
             slots.release()
-        latencies.append((perf() - start) / 1e3)
-        if status != 200:
-            result.errors += 1
 
     cpu0, wall0 = time.process_time(), perf()
     due = wall0

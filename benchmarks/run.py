@@ -42,7 +42,6 @@ from benchmarks.tables import (
     Settings,
     Topology,
     run_async_table,
-    run_rate_table,
     run_sync_table,
 )
 from benchmarks.telemetry import install
@@ -209,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
                         table = run_sync_table(
                             paths, topos[upstream], cfg, tel, deadline, mesh_reason
                         )
-                    elif mode == "async":
-                        paths = _select(ASYNC_PATHS, args.only)
-                        table = run_async_table(
-                            paths, topos[upstream], cfg, tel, deadline, mesh_reason
-                        )
                     else:
-                        paths = _select(RATE_PATHS, args.only)
-                        table = run_rate_table(
-                            paths, topos[upstream], cfg, tel, deadline, mesh_reason
+                        fixed_rate = mode == "rate"
+                        paths = _select(RATE_PATHS if fixed_rate else ASYNC_PATHS, args.only)
+                        table = run_async_table(
+                            paths,
+                            topos[upstream],
+                            cfg,
+                            tel,
+                            deadline,
+                            mesh_reason,
+                            fixed_rate=fixed_rate,
                         )
                 except RuntimeError as exc:
                     print(f"== {key}: could not run: {exc}")

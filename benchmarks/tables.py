@@ -42,7 +42,6 @@ __all__ = [
     "Settings",
     "Topology",
     "run_async_table",
-    "run_rate_table",
     "run_sync_table",
 ]
 
@@ -343,42 +342,29 @@ def run_async_table(
     tel: Telemetry,
     deadline: float,
     mesh_reason: str | None,
+    *,
+    fixed_rate: bool = False,
 ) -> dict[str, Any]:
-    """Async rounds with ``cfg.concurrency`` requests in flight, interleaved across ``paths``."""
+    """Async rounds interleaved across ``paths``: ``cfg.concurrency`` requests in flight
+    (closed loop), or with ``fixed_rate`` arrivals at ``cfg.rate`` per second (open loop)."""
 
     def load(call: Callable[[], Awaitable[int]], requests: int) -> Awaitable[RoundResult]:
+        if fixed_rate:
+            return rate_round(
+                call,
+                requests=requests,
+                rate=cfg.rate,
+                concurrency=cfg.concurrency,
+                time_limit=cfg.round_time,
+            )
         return async_round(
             call, requests=requests, concurrency=cfg.concurrency, time_limit=cfg.round_time
         )
 
     runnable, skipped = _plan(paths, topo, mesh_reason)
+    requests = cfg.rate_requests if fixed_rate else cfg.async_requests
     live, rounds_done, truncated = asyncio.run(
-        _async_table(runnable, skipped, cfg, tel, deadline, load, cfg.async_requests)
+        _async_table(runnable, skipped, cfg, tel, deadline, load, requests)
     )
-    return _finish("async", topo.upstream, cfg, live, skipped, rounds_done, truncated)
-
-
-def run_rate_table(
-    paths: tuple[PathSpec, ...],
-    topo: Topology,
-    cfg: Settings,
-    tel: Telemetry,
-    deadline: float,
-    mesh_reason: str | None,
-) -> dict[str, Any]:
-    """Async rounds at ``cfg.rate`` calls per second (open loop), interleaved across ``paths``."""
-
-    def load(call: Callable[[], Awaitable[int]], requests: int) -> Awaitable[RoundResult]:
-        return rate_round(
-            call,
-            requests=requests,
-            rate=cfg.rate,
-            concurrency=cfg.concurrency,
-            time_limit=cfg.round_time,
-        )
-
-    runnable, skipped = _plan(paths, topo, mesh_reason)
-    live, rounds_done, truncated = asyncio.run(
-        _async_table(runnable, skipped, cfg, tel, deadline, load, cfg.rate_requests)
-    )
-    return _finish("rate", topo.upstream, cfg, live, skipped, rounds_done, truncated)
+    mode = "rate" if fixed_rate else "async"
+    return _finish(mode, topo.upstream, cfg, live, skipped, rounds_done, truncated)
