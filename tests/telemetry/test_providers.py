@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from opentelemetry import trace
 from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.sdk.metrics import MeterProvider
 
-from meshlib.telemetry.providers import ProviderGate, is_sdk_provider
+from meshlib.telemetry.providers import ProviderGate, is_real_provider
 
 
 def test_sdk_and_api_providers_told_apart() -> None:
-    assert is_sdk_provider(MeterProvider())
-    assert not is_sdk_provider(NoOpMeterProvider())
+    assert is_real_provider(MeterProvider())
+    assert not is_real_provider(NoOpMeterProvider())
 
 
 def test_explicit_provider_is_real_without_asking() -> None:
@@ -37,3 +39,9 @@ def test_a_no_is_remembered_for_a_second_then_asked_again() -> None:
     assert gate(11.0)
     assert gate(50.0)  # a "yes" is kept for good
     assert len(asked) == 2
+
+
+def test_api_proxies_are_not_real() -> None:
+    assert not is_real_provider(trace.ProxyTracerProvider())
+    assert not is_real_provider(trace.NoOpTracerProvider())
+    assert not is_real_provider(metrics_internal._ProxyMeterProvider())

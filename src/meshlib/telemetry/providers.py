@@ -15,16 +15,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["ProviderGate", "is_sdk_provider"]
+from opentelemetry import metrics, trace
 
-_API_DEFAULTS = frozenset(
-    ("_ProxyMeterProvider", "NoOpMeterProvider", "ProxyTracerProvider", "NoOpTracerProvider")
+# The API's default meter provider is a private class; reach it through the module defining it.
+from opentelemetry.metrics import _internal as metrics_internal
+
+__all__ = ["ProviderGate", "is_real_provider"]
+
+_API_DEFAULTS = (
+    trace.ProxyTracerProvider,
+    trace.NoOpTracerProvider,
+    metrics.NoOpMeterProvider,
+    metrics_internal._ProxyMeterProvider,
 )
 
 
-def is_sdk_provider(provider: object) -> bool:
-    """Whether ``provider`` is an SDK one rather than the API's proxy or no-op default."""
-    return type(provider).__name__ not in _API_DEFAULTS
+def is_real_provider(provider: object) -> bool:
+    """Whether ``provider`` is a real one (an SDK's) rather than the API's proxy or no-op default."""
+    return not isinstance(provider, _API_DEFAULTS)
 
 
 class ProviderGate:
@@ -44,5 +52,5 @@ class ProviderGate:
         if now < self._checked:
             return False
         self._checked = now + 1.0
-        self._on = is_sdk_provider(self._get_global())
+        self._on = is_real_provider(self._get_global())
         return self._on

@@ -42,6 +42,7 @@ from opentelemetry.semconv.attributes.service_attributes import (
 
 from meshlib.errors import SettingsError
 from meshlib.settings import MeshSettings
+from meshlib.telemetry.providers import is_real_provider
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -138,8 +139,7 @@ def tracer_provider_configured() -> bool:
         if not tracer_provider_configured():
             ...  # meshlib's spans go nowhere until someone sets a provider
     """
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return is_real_provider(trace.get_tracer_provider())
 
 
 def meter_provider_configured() -> bool:
@@ -149,14 +149,7 @@ def meter_provider_configured() -> bool:
 
         meter_provider_configured()   # False in a fresh process
     """
-    # The API's default is a private _ProxyMeterProvider; test for the public no-op
-    # class and the proxy through the module that defines them.
-    from opentelemetry.metrics import _internal as metrics_internal
-
-    provider = metrics.get_meter_provider()
-    return not isinstance(
-        provider, (metrics.NoOpMeterProvider, metrics_internal._ProxyMeterProvider)
-    )
+    return is_real_provider(metrics.get_meter_provider())
 
 
 def httpx_instrumentation_active(client: Any = None) -> bool:
