@@ -110,7 +110,7 @@ def format_table(name: str, table: dict[str, Any]) -> str:
     rat: dict[str, dict[str, float]] = table["ratios"]
     head = (
         f"{'path':<32}{'p50 µs':>9}{'p90 µs':>9}{'p99 µs':>9}{'req/s':>9}"
-        f"{'cpu µs/req':>11}{'sidecar':>9}{'r.p50':>7}{'r.p99':>7}{'r.rps':>7}{'r.cpu':>7}{'err':>5}"
+        f"{'cpu µs/req':>11}{'sidecar':>9}{'upstream':>9}{'r.p50':>7}{'r.p99':>7}{'r.rps':>7}{'r.cpu':>7}{'err':>5}"
     )
     lines = [
         f"== {name}: {table['title']} (r.* = ratio to {table['base']}, same run) ==",
@@ -123,6 +123,7 @@ def format_table(name: str, table: dict[str, Any]) -> str:
             f"{path:<32}{_num(row['p50_us'], 9)}{_num(row['p90_us'], 9)}{_num(row['p99_us'], 9)}"
             f"{_num(row['throughput_rps'], 9)}{_num(row['client_cpu_us_per_req'], 11)}"
             f"{_num(row['sidecar_cpu_us_per_req'] or math.nan, 9)}"
+            f"{_num(row.get('upstream_cpu_us_per_req', math.nan), 9)}"
             f"{_num(r.get('p50', math.nan), 7, 2)}{_num(r.get('p99', math.nan), 7, 2)}"
             f"{_num(r.get('throughput', math.nan), 7, 2)}"
             f"{_num(r.get('client_cpu', math.nan), 7, 2)}{row['errors']:>5}"
@@ -143,8 +144,8 @@ def format_markdown(name: str, table: dict[str, Any]) -> str:
         f"{table['rounds_done']} rounds",
         "",
         "| path | p50 µs | p90 µs | p99 µs | req/s | client CPU µs/req | sidecar CPU µs/req "
-        "| r.p50 | r.p99 | r.req/s | r.CPU |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| upstream CPU µs/req | r.p50 | r.p99 | r.req/s | r.CPU |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for path, row in rows.items():
         r = rat.get(path, {})
@@ -156,6 +157,7 @@ def format_markdown(name: str, table: dict[str, Any]) -> str:
             _num(row["throughput_rps"], 0),
             _num(row["client_cpu_us_per_req"], 0),
             _num(row["sidecar_cpu_us_per_req"] or math.nan, 0),
+            _num(row.get("upstream_cpu_us_per_req", math.nan), 0),
             _num(r.get("p50", math.nan), 0, 2),
             _num(r.get("p99", math.nan), 0, 2),
             _num(r.get("throughput", math.nan), 0, 2),
@@ -163,7 +165,7 @@ def format_markdown(name: str, table: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(c.strip() for c in cells) + " |")
     for path, reason in table["skipped"].items():
-        lines.append(f"| `{path}` | skipped: {reason} |" + " |" * 9)
+        lines.append(f"| `{path}` | skipped: {reason} |" + " |" * 10)
     return "\n".join(lines)
 
 

@@ -127,14 +127,22 @@ def start_nginx_upstream(procs: ProcessSet, tools: SystemTools) -> Started:
     return _start_nginx(procs, tools, "upstream-nginx", port, block)
 
 
-def start_uvicorn_upstream(procs: ProcessSet) -> Started:
-    """The realistic upstream: :mod:`benchmarks.upstream_app` under uvicorn, one worker."""
+def start_uvicorn_upstream(procs: ProcessSet, *, mesh: bool = False) -> Started:
+    """The realistic upstream: :mod:`benchmarks.upstream_app` under uvicorn, one worker.
+
+    ``mesh``: the same app behind ``MeshMiddleware`` (``upstream_app.mesh_app``).
+    """
     port = free_port()
+    app = (
+        ["benchmarks.upstream_app:mesh_app", "--factory"]
+        if mesh
+        else ["benchmarks.upstream_app:app"]
+    )
     argv = [
         sys.executable,
         "-m",
         "uvicorn",
-        "benchmarks.upstream_app:app",
+        *app,
         "--app-dir",
         str(_REPO),
         "--host",
@@ -145,7 +153,8 @@ def start_uvicorn_upstream(procs: ProcessSet) -> Started:
         "warning",
         "--no-access-log",
     ]
-    return procs.start("upstream-uvicorn", argv, port=port, cwd=_REPO)
+    name = "upstream-uvicorn-mesh" if mesh else "upstream-uvicorn"
+    return procs.start(name, argv, port=port, cwd=_REPO)
 
 
 def _proxy_block(

@@ -3,7 +3,7 @@
 ::
 
     totals = PathTotals("httpx")
-    totals.add(round_result, sidecar_cpu_s=0.0)
+    totals.add(round_result, sidecar_cpu_s=0.0, upstream_cpu_s=0.004)
     row = totals.summary()        # p50/p90/p99 µs, req/s, CPU µs per request
     ratios(rows, base="httpx")    # each path ÷ the base, same run
 """
@@ -38,16 +38,18 @@ class PathTotals:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     sidecar_cpu_s: float = 0.0
+    upstream_cpu_s: float = 0.0
     errors: int = 0
     first_error: str | None = None
     round_p50s: list[float] = field(default_factory=list)
 
-    def add(self, result: RoundResult, *, sidecar_cpu_s: float) -> None:
-        """Fold one round in."""
+    def add(self, result: RoundResult, *, sidecar_cpu_s: float, upstream_cpu_s: float) -> None:
+        """Fold one round in, with the CPU its sidecars and its upstream process used."""
         self.latencies_us.extend(result.latencies_us)
         self.wall_s += result.wall_s
         self.cpu_s += result.cpu_s
         self.sidecar_cpu_s += sidecar_cpu_s
+        self.upstream_cpu_s += upstream_cpu_s
         self.errors += result.errors
         self.first_error = self.first_error or result.first_error
         if result.latencies_us:
@@ -72,6 +74,7 @@ class PathTotals:
             "throughput_rps": n / self.wall_s if self.wall_s else math.nan,
             "client_cpu_us_per_req": self.cpu_s * per_req,
             "sidecar_cpu_us_per_req": self.sidecar_cpu_s * per_req,
+            "upstream_cpu_us_per_req": self.upstream_cpu_s * per_req,
             "total_cpu_us_per_req": (self.cpu_s + self.sidecar_cpu_s) * per_req,
         }
 

@@ -65,6 +65,7 @@ SYNC_PATHS = (
     PathSpec("mesh", "mesh", "direct"),
     PathSpec("mesh-sampled", "mesh", "direct", sampled=True),
     PathSpec("mesh-stock-cookies", "mesh-stock-cookies", "direct"),
+    PathSpec("mesh+middleware", "mesh", "mesh-server"),
     PathSpec("httpx-mtls", "httpx", "mtls-direct"),
     PathSpec("httpx+nginx-pair-mtls", "httpx", "nginx-pair-mtls"),
     PathSpec("mesh-mtls", "mesh", "mtls-direct"),
@@ -89,6 +90,7 @@ RATE_PATHS = (
     PathSpec("httpx-async+nginx-pair", "httpx", "nginx-pair"),
     PathSpec("httpx-async+haproxy-pair", "httpx", "haproxy-pair"),
     PathSpec("mesh-async", "mesh", "direct"),
+    PathSpec("mesh-async+middleware", "mesh", "mesh-server"),
     PathSpec("httpx-async[aiohttp]", "httpx-aiotr", "direct"),
     PathSpec("httpx-async[aiohttp]+nginx-pair", "httpx-aiotr", "nginx-pair"),
     PathSpec("mesh-async[aiohttp]", "mesh-aiotr", "direct"),
@@ -100,6 +102,7 @@ _ROUTE_NEEDS = {
     "haproxy-pair": ("haproxy",),
     "mtls-direct": ("nginx",),
     "nginx-pair-mtls": ("nginx",),
+    "mesh-server": (),
 }
 UPSTREAM_NEEDS = {"nginx-200": ("nginx",), "uvicorn": ()}
 
@@ -127,10 +130,13 @@ class Topology:
         self.procs, self.tools, self.upstream, self.pki = procs, tools, upstream, pki
         self.no_system = no_system
         self._upstream: Started | None = None
+        self._mesh_upstream: Started | None = None
         self._pairs: dict[str, Pair] = {}
 
     def missing(self, route: str) -> str | None:
         """Why ``route`` cannot run here, or None."""
+        if route == "mesh-server" and self.upstream != "uvicorn":
+            return "the server half of the mesh runs in a Python upstream (uvicorn only)"
         needs = UPSTREAM_NEEDS[self.upstream] + _ROUTE_NEEDS[route]
         if self.no_system and needs:
             return f"needs {', '.join(needs)} (--no-system)"
@@ -160,16 +166,23 @@ class Topology:
                 )
         return self._pairs[kind]
 
-    def route(self, route: str) -> tuple[Target, tuple[int, ...]]:
-        """The target for ``route`` and the PIDs of the sidecars on it."""
+    def route(self, route: str) -> tuple[Target, tuple[int, ...], int]:
+        """The target for ``route``, the PIDs of the sidecars on it, and the upstream's PID."""
+        if route == "mesh-server":
+            if self._mesh_upstream is None:
+                self._mesh_upstream = start_uvicorn_upstream(self.procs, mesh=True)
+            up = self._mesh_upstream
+            return Target(url=f"http://127.0.0.1:{up.port}/"), (), up.pid
+        upstream = self._up()
         if route == "direct":
-            return Target(url=f"http://127.0.0.1:{self._up().port}/"), ()
+            return Target(url=f"http://127.0.0.1:{upstream.port}/"), (), upstream.pid
         if route == "mtls-direct":
             ingress = self._pair("nginx-pair-mtls").ingress
             url = f"https://127.0.0.1:{ingress.port}/"
-            return Target(url=url, mesh_service="secure", pki=self.pki), (ingress.pid,)
+            target = Target(url=url, mesh_service="secure", pki=self.pki)
+            return target, (ingress.pid,), upstream.pid
         pair = self._pair(route)
-        return Target(url=f"http://127.0.0.1:{pair.egress.port}/"), pair.pids
+        return Target(url=f"http://127.0.0.1:{pair.egress.port}/"), pair.pids, upstream.pid
 
 
 def _sidecar_cpu(pids: tuple[int, ...]) -> float:
@@ -180,8 +193,20 @@ def _sidecar_cpu(pids: tuple[int, ...]) -> float:
 class _Live:
     spec: PathSpec
     pids: tuple[int, ...]
+    upstream_pid: int
     opened: Opened | AsyncOpened
     totals: PathTotals
+
+    def cpu_marks(self) -> tuple[float, float]:
+        """CPU seconds so far of this path's sidecars and of its upstream."""
+        return _sidecar_cpu(self.pids), cpu_seconds(self.upstream_pid)
+
+    def add(self, result: RoundResult, before: tuple[float, float]) -> None:
+        """Fold a round in, with the sidecar and upstream CPU it took."""
+        after = self.cpu_marks()
+        self.totals.add(
+            result, sidecar_cpu_s=after[0] - before[0], upstream_cpu_s=after[1] - before[1]
+        )
 
 
 def _finish(
@@ -214,6 +239,12 @@ def _finish(
             targets(rows, mesh="mesh-async[aiohttp]", httpx="httpx-async[aiohttp]")
             if mode != "seq"
             else targets(rows, mesh="mesh-stock-cookies", httpx=base, info=True)
+        )
+        + targets(
+            rows,
+            mesh="mesh+middleware" if mode == "seq" else "mesh-async+middleware",
+            httpx=base,
+            info=True,
         ),
         "skipped": skipped,
         "sampled_paths": [item.spec.name for item in live if item.spec.sampled],
@@ -221,10 +252,15 @@ def _finish(
     }
 
 
+_Runnable = tuple[PathSpec, Target, tuple[int, ...], int]
+"""A path, its target, its sidecars' PIDs and its upstream's PID."""
+
+
 def _plan(
     paths: tuple[PathSpec, ...], topo: Topology, mesh_reason: str | None
-) -> tuple[list[tuple[PathSpec, Target, tuple[int, ...]]], dict[str, str]]:
-    runnable, skipped = [], {}
+) -> tuple[list[_Runnable], dict[str, str]]:
+    runnable: list[_Runnable] = []
+    skipped: dict[str, str] = {}
     for spec in paths:
         reason = topo.missing(spec.route)
         if reason is None and spec.client.startswith("mesh") and mesh_reason:
@@ -232,8 +268,7 @@ def _plan(
         if reason:
             skipped[spec.name] = reason
             continue
-        target, pids = topo.route(spec.route)
-        runnable.append((spec, target, pids))
+        runnable.append((spec, *topo.route(spec.route)))
     return runnable, skipped
 
 
@@ -258,7 +293,7 @@ def run_sync_table(
     opened: list[Opened] = []
     rounds_done, truncated = 0, False
     try:
-        for spec, target, pids in runnable:
+        for spec, target, pids, upstream_pid in runnable:
             try:
                 client = open_sync(spec.client, target)
             except Exception as exc:
@@ -268,7 +303,7 @@ def run_sync_table(
             with tel.sampling(spec.sampled):
                 warm = sync_round(client.call, requests=cfg.warmup, time_limit=cfg.round_time)
             if _warm_ok(spec, warm, skipped):
-                live.append(_Live(spec, pids, client, PathTotals(spec.name)))
+                live.append(_Live(spec, pids, upstream_pid, client, PathTotals(spec.name)))
         for _ in range(cfg.rounds):
             if time.monotonic() > deadline or STOP.is_set():
                 truncated = True
@@ -276,12 +311,12 @@ def run_sync_table(
             for item in live:
                 assert isinstance(item.opened, Opened)
                 gc.collect()
-                before = _sidecar_cpu(item.pids)
+                before = item.cpu_marks()
                 with tel.sampling(item.spec.sampled):
                     result = sync_round(
                         item.opened.call, requests=cfg.requests, time_limit=cfg.round_time
                     )
-                item.totals.add(result, sidecar_cpu_s=_sidecar_cpu(item.pids) - before)
+                item.add(result, before)
             rounds_done += 1
     finally:
         for client in opened:
@@ -294,7 +329,7 @@ _Load = Callable[[Callable[[], Awaitable[int]], int], Awaitable[RoundResult]]
 
 
 async def _async_table(
-    runnable: list[tuple[PathSpec, Target, tuple[int, ...]]],
+    runnable: list[_Runnable],
     skipped: dict[str, str],
     cfg: Settings,
     tel: Telemetry,
@@ -306,7 +341,7 @@ async def _async_table(
     opened: list[AsyncOpened] = []
     rounds_done, truncated = 0, False
     try:
-        for spec, target, pids in runnable:
+        for spec, target, pids, upstream_pid in runnable:
             try:
                 client = await open_async(spec.client, target)
             except Exception as exc:
@@ -316,7 +351,7 @@ async def _async_table(
             with tel.sampling(spec.sampled):
                 warm = await load(client.call, cfg.warmup)
             if _warm_ok(spec, warm, skipped):
-                live.append(_Live(spec, pids, client, PathTotals(spec.name)))
+                live.append(_Live(spec, pids, upstream_pid, client, PathTotals(spec.name)))
         for _ in range(cfg.rounds):
             if time.monotonic() > deadline or STOP.is_set():
                 truncated = True
@@ -324,10 +359,10 @@ async def _async_table(
             for item in live:
                 assert isinstance(item.opened, AsyncOpened)
                 gc.collect()
-                before = _sidecar_cpu(item.pids)
+                before = item.cpu_marks()
                 with tel.sampling(item.spec.sampled):
                     result = await load(item.opened.call, requests)
-                item.totals.add(result, sidecar_cpu_s=_sidecar_cpu(item.pids) - before)
+                item.add(result, before)
             rounds_done += 1
     finally:
         for client in opened:

@@ -33,3 +33,17 @@ async def order(request: Request) -> JSONResponse:
 
 
 app = Starlette(routes=[Route("/", order)])
+
+
+def mesh_app() -> Any:
+    """The same app behind ``MeshMiddleware``: the server half of the mesh (``uvicorn --factory``).
+
+    Telemetry is set up as in a production service (SDK tracer and meter
+    providers, traces sampled only when the caller's are), and the policy is
+    the default one: what the ingress proxy of a sidecar pair stands for.
+    """
+    from benchmarks.telemetry import install
+    from meshlib import MeshMiddleware, load_policy
+
+    install()
+    return MeshMiddleware(app, policy=load_policy({"version": 1}), service_name="upstream")
