@@ -10,7 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
@@ -85,6 +90,50 @@ def test_trace_is_continued_from_traceparent(twin: Twin, telemetry: Telemetry) -
     assert span.parent is not None
     assert f"{span.parent.span_id:016x}" == PARENT_ID
     assert span.parent.is_remote
+
+
+def test_unsampled_caller_continues_its_trace_without_a_recorded_span(
+    twin: Twin, telemetry: Telemetry
+) -> None:
+    """The default sampler drops a child of an unsampled caller: no SERVER span is built, yet the
+    handler runs in the caller's trace under a span id of its own, and the request is counted."""
+    headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00", "tracestate": "vendor=x"}
+    response = get(f"{twin.url}/items/7", headers=headers)
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["trace_id"] == TRACE_ID
+    assert seen["span_id"] not in (PARENT_ID, "0" * 16)
+    assert seen["sampled"] is False
+    assert seen["tracestate"] == "vendor=x"
+    time.sleep(0.05)  # a server may finish its request just after replying
+    assert not [s for s in telemetry.spans() if s.kind is SpanKind.SERVER]
+    ((attributes, point),) = telemetry.points(HTTP_SERVER_REQUEST_DURATION)
+    assert attributes[HTTP_RESPONSE_STATUS_CODE] == 200
+    assert point.count == 1
+
+
+class _RecordEverything(Sampler):
+    """A sampler the SDK does not ship: meshlib must ask it, whatever the caller decided."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+    def get_description(self) -> str:
+        return "record everything"
+
+
+def test_a_custom_sampler_still_decides_for_an_unsampled_caller(kind: str) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=_RecordEverything())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    custom = Telemetry(provider, MeterProvider(), exporter, InMemoryMetricReader())
+    with serve_twin(kind, PolicyStore(policy()), custom) as running:
+        headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+        assert get(f"{running.url}/items/7", headers=headers).status_code == 200
+        span = server_span(custom)
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    assert span.parent is not None
+    assert f"{span.parent.span_id:016x}" == PARENT_ID
 
 
 @pytest.mark.parametrize(

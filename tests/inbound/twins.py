@@ -75,6 +75,8 @@ class State:
             "id": item_id,
             "trace_id": f"{context.trace_id:032x}",
             "span_id": f"{context.span_id:016x}",
+            "sampled": context.trace_flags.sampled,
+            "tracestate": context.trace_state.to_header(),
             "deadline_ms": None if deadline is None else deadline.remaining(SYSTEM_CLOCK) * 1000,
         }
 

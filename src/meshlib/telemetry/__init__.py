@@ -5,7 +5,8 @@ Importing this package configures nothing. Modules:
 - `meshlib.telemetry.names`: every meshlib instrument, span event and attribute name.
 - `meshlib.telemetry.setup`: ``configure_telemetry(settings)``, providers from MeshSettings.
 - `meshlib.telemetry.client` / `meshlib.telemetry.server`: spans and metrics per call and request.
-- `meshlib.telemetry.quicktrace`: an unsampled call's trace context without building a span.
+- `meshlib.telemetry.quicktrace`: the trace context of an unsampled call or request without building a span.
+- `meshlib.telemetry.providers`: whether a real (SDK) tracer or meter provider is in place, asked cheaply.
 - `meshlib.telemetry.bodies`: response-body pass-throughs that report the body's end.
 - `meshlib.telemetry.latency`: a call's time split into service, network and meshlib.
 - `meshlib.telemetry.policy_metrics`: the policy revision in force and reload failures.

@@ -17,7 +17,9 @@ Anything else (a custom sampler or id generator wrapper the SDK does not
 describe, a sampler that would record, other propagators, baggage in the
 context) returns None or a plain ``NonRecordingSpan``, and the caller takes the
 SDK's own path. Skipped spans are never recorded spans: the SDK creates a
-``NonRecordingSpan`` for them too, and calls no span processor::
+``NonRecordingSpan`` for them too, and calls no span processor. The inbound
+middleware uses the same decision for the SERVER span of a request whose
+caller's trace is not sampled (``unsampled(parent_context, as_span=True)``)::
 
     quick = QuickTrace(tracer)
     decided = quick.unsampled()     # None: ask the SDK
@@ -28,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanContext, TraceFlags
 
 __all__ = ["QuickTrace", "Unsampled"]
@@ -138,8 +141,15 @@ class QuickTrace:
             return not (trace_id & _TRACE_ID_LIMIT < sampler.bound)
         return False
 
-    def unsampled(self) -> Unsampled | None:
-        """The context of a call span the sampler drops, or None when the SDK must decide."""
+    def unsampled(
+        self, context: otel_context.Context | None = None, *, as_span: bool = False
+    ) -> Unsampled | None:
+        """The context of a span the sampler drops, or None when the SDK must decide.
+
+        The parent is the current span, or the one in ``context`` (a server's
+        extracted caller context). ``as_span``: always give a ``NonRecordingSpan``
+        (a server puts it in the context the app runs in), never header values.
+        """
         tracer = self._sdk_tracer
         if tracer is None:
             if self._foreign:
@@ -147,7 +157,7 @@ class QuickTrace:
             tracer = self._resolve()
             if tracer is None:
                 return None
-        current = trace.get_current_span()
+        current = trace.get_current_span(context)
         parent: SpanContext | None = current.get_span_context()
         assert parent is not None
         ids = tracer.id_generator
@@ -172,13 +182,13 @@ class QuickTrace:
         if textmap is not self._textmap:
             self._textmap_default = _default_propagator(textmap)
             self._textmap = textmap
-        if self._textmap_default and not baggage.get_all():
+        if not as_span and self._textmap_default and not baggage.get_all():
             return Unsampled(
                 f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}",
                 state.to_header() if state else None,
                 None,
             )
-        context = SpanContext(
+        dropped = SpanContext(
             trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags), trace_state=state
         )
-        return Unsampled(None, None, trace.NonRecordingSpan(context))
+        return Unsampled(None, None, trace.NonRecordingSpan(dropped))

@@ -49,6 +49,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from meshlib.telemetry import names
+from meshlib.telemetry.quicktrace import QuickTrace
 
 if TYPE_CHECKING:
     from meshlib.inbound.authz import AuthzDecision
@@ -110,7 +111,7 @@ def _error_type(error: BaseException) -> str:
 class ServerTelemetry:
     """The tracer and instruments of the inbound middleware; one per middleware."""
 
-    __slots__ = ("_denied", "_duration", "_shed", "tracer")
+    __slots__ = ("_denied", "_duration", "_shed", "quick", "tracer")
 
     def __init__(
         self,
@@ -131,9 +132,18 @@ class ServerTelemetry:
         self._duration = names.create_instrument(meter, names.SERVER_REQUEST_DURATION)
         self._denied = names.create_instrument(meter, names.SERVER_DENIED)
         self._shed = names.create_instrument(meter, names.SERVER_SHED)
+        self.quick = QuickTrace(self.tracer)
 
     def start(self, info: RequestInfo, parent: Context) -> trace.Span:
-        """Start the SERVER span of a request, a child of ``parent`` (the caller's context)."""
+        """Start the SERVER span of a request, a child of ``parent`` (the caller's context).
+
+        When one of the SDK's own samplers surely drops it, the span is the
+        ``NonRecordingSpan`` the SDK would have made, built without the sampler
+        call and the attribute dict (:mod:`meshlib.telemetry.quicktrace`).
+        """
+        dropped = self.quick.unsampled(parent, as_span=True)
+        if dropped is not None and dropped.span is not None:
+            return dropped.span
         method = known_method(info.method)
         attributes: dict[str, AttributeValue] = {
             HTTP_REQUEST_METHOD: method,
