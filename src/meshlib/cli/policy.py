@@ -5,18 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
 from meshlib.errors import PolicyError
+from meshlib.outbound.retry import IDEMPOTENCY_HEADER
+from meshlib.policy.files import policy_file
 from meshlib.policy.model import Policy
 from meshlib.policy.parse import load_policy
 from meshlib.policy.resolve import EffectivePolicy, resolve
 from meshlib.settings import MeshSettings
 
-__all__ = ["effective_rows", "register"]
+__all__ = ["effective_rows", "register", "retry_for_method"]
+
+_PATH_HELP = (
+    "A policy path is a YAML, JSON or TOML file, or a directory holding policy.yaml "
+    "(.yml, .json, .toml), as `meshlib controlplane serve --policy DIR` keeps it."
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,15 +33,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = policy.add_subparsers(title="policy commands", metavar="COMMAND", required=True)
 
     validate = commands.add_parser(
-        "validate", help="check policy files; exit 1 listing every problem with file:line and field"
+        "validate",
+        help="check policy files; exit 1 listing every problem with file:line and field",
+        description=_PATH_HELP,
     )
-    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("files", nargs="+", metavar="FILE_OR_DIR")
     validate.set_defaults(handler=_validate)
 
     explain = commands.add_parser(
-        "explain", help="show the effective policy of a call and the layer that set each value"
+        "explain",
+        help="show the effective policy of a call and the layer that set each value",
+        description=_PATH_HELP,
     )
-    explain.add_argument("--policy", help="policy file (default: MESH_POLICY_FILE)")
+    explain.add_argument(
+        "--policy",
+        metavar="FILE_OR_DIR",
+        help="policy file or directory (default: MESH_POLICY_FILE)",
+    )
     explain.add_argument("--from", dest="caller", metavar="SERVICE", help="the calling service")
     explain.add_argument(
         "-H", "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header"
@@ -57,7 +73,7 @@ def _validate(args: argparse.Namespace) -> int:
             for issue in exc.issues:
                 print(issue, file=sys.stderr)
         else:
-            print(f"{name}: ok ({len(policy.services)} services)")
+            print(f"{policy_file(name)}: ok ({len(policy.services)} services)")
     if failed:
         print(f"{failed} of {len(args.files)} files invalid", file=sys.stderr)
     return 1 if failed else 0
@@ -104,7 +120,7 @@ def _format(value: Any) -> str:
 def _explain(args: argparse.Namespace) -> int:
     path = args.policy or MeshSettings().policy_file
     if path is None:
-        print("no policy: pass --policy FILE or set MESH_POLICY_FILE", file=sys.stderr)
+        print("no policy: pass --policy FILE_OR_DIR or set MESH_POLICY_FILE", file=sys.stderr)
         return 2
     try:
         policy = load_policy(path)
@@ -128,7 +144,7 @@ def _explain(args: argparse.Namespace) -> int:
     method = args.method.upper()
     host = parts.hostname
     effective = resolve(policy, host, method, parts.path or "/", headers)
-    report = _report(policy, effective, host, method, args.url, args.caller)
+    report = _report(policy, effective, host, method, args.url, args.caller, headers)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -136,8 +152,64 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def retry_for_method(
+    effective: EffectivePolicy, method: str, headers: Mapping[str, str]
+) -> dict[str, Any]:
+    """How a call with `method` (and `headers`, lower-case names) is retried under `effective`.
+
+    A failure known not to have reached the server (`connect-failure`) is
+    retried for every method; the other `retry_on` failures only for
+    `retry.methods`, or for a request carrying an `Idempotency-Key` (which
+    `retry.idempotency_key: true` adds), as the outbound flow decides.
+    """
+    retry = effective.retry
+    conditions = [str(v) for v in retry.retry_on]
+    if method in retry.methods:
+        replays, why = True, f"{method} is in retry.methods"
+    elif IDEMPOTENCY_HEADER in headers:
+        replays, why = True, f"{method} carries an Idempotency-Key header"
+    elif retry.idempotency_key:
+        replays, why = True, "retry.idempotency_key adds an Idempotency-Key header"
+    else:
+        replays, why = False, f"{method} is not in retry.methods"
+    always = ["connect-failure"]  # never reached the server: any method, whatever retry_on says
+    on = always + [c for c in conditions if c not in always] if replays else always
+    return {
+        "method": method,
+        "attempts": retry.attempts,
+        "retried_on": on if retry.attempts > 1 else [],
+        "not_retried": [c for c in conditions if c not in on],
+        "replays_after_reaching_server": replays,
+        "why": why,
+        "shadow": retry.mode == "shadow",
+    }
+
+
+def _retry_line(retry: dict[str, Any]) -> str:
+    method = retry["method"]
+    if retry["attempts"] <= 1:
+        return f"{method}: 1 try, no retries (retry.attempts 1)"
+    tries = f"{method}: up to {retry['attempts']} tries"
+    shadow = " (shadow mode: retries are counted, not made)" if retry["shadow"] else ""
+    if retry["replays_after_reaching_server"]:
+        return f"{tries} on {', '.join(retry['retried_on'])} ({retry['why']}){shadow}"
+    line = f"{tries} on connect-failure only (a try that never reached the server): {retry['why']}"
+    if retry["not_retried"]:
+        line += (
+            f", so {', '.join(retry['not_retried'])} are not retried; send an Idempotency-Key "
+            "header or set retry.idempotency_key: true to retry them"
+        )
+    return line + shadow
+
+
 def _report(
-    policy: Policy, effective: EffectivePolicy, host: str, method: str, url: str, caller: str | None
+    policy: Policy,
+    effective: EffectivePolicy,
+    host: str,
+    method: str,
+    url: str,
+    caller: str | None,
+    headers: Mapping[str, str],
 ) -> dict[str, Any]:
     routed = effective.service is not None
     report: dict[str, Any] = {
@@ -149,6 +221,7 @@ def _report(
         "endpoints": [e.url for e in effective.endpoints] if routed else [url],
         "identity": policy.service_identity(host) if routed else None,
         "split": [{"service": t.service, "weight": t.weight} for t in effective.split],
+        "retry": retry_for_method(effective, method, headers),
         "settings": [
             {"setting": name, "value": value, "set_by": layer}
             for name, value, layer in effective_rows(effective)
@@ -158,14 +231,34 @@ def _report(
         identity = policy.service_identity(caller)
         report["caller"] = {"service": caller, "identity": identity}
         if routed:
-            # The callee's inbound authz, as its MeshMiddleware would judge this caller.
-            from meshlib.inbound.authz import CompiledAuthz
-
-            where = f"services.{host}"
-            authz = CompiledAuthz.compile(policy.services[host].inbound.authz, where)
-            decision = authz.decide(method, urlsplit(url).path or "/", identity)
-            report["authz"] = {"allowed": decision.allowed, "rule": decision.rule}
+            report["authz"] = _authz(policy, effective, host, method, url, identity)
     return report
+
+
+def _authz(
+    policy: Policy, effective: EffectivePolicy, host: str, method: str, url: str, identity: str
+) -> dict[str, Any]:
+    """The callee's inbound authz verdict, as its MeshMiddleware would judge this caller.
+
+    The caller's identity reaches the callee only in its client certificate,
+    so under any `tls.mode` but `mutual` the callee judges an anonymous caller.
+    """
+    from meshlib.inbound.authz import CompiledAuthz
+
+    authz = CompiledAuthz.compile(policy.services[host].inbound.authz, f"services.{host}")
+    path = urlsplit(url).path or "/"
+    proven = effective.tls.mode == "mutual"
+    decision = authz.decide(method, path, identity if proven else None)
+    verdict: dict[str, Any] = {
+        "allowed": decision.allowed,
+        "rule": decision.rule,
+        "tls_mode": effective.tls.mode,
+        "identity_proven": proven,
+    }
+    if not proven:
+        with_mtls = authz.decide(method, path, identity)
+        verdict["with_mutual_tls"] = {"allowed": with_mtls.allowed, "rule": with_mtls.rule}
+    return verdict
 
 
 def _route_match(policy: Policy, effective: EffectivePolicy) -> dict[str, Any] | None:
@@ -173,6 +266,25 @@ def _route_match(policy: Policy, effective: EffectivePolicy) -> dict[str, Any] |
         return None
     route = policy.services[effective.service].routes[effective.route_index]
     return route.match.model_dump(mode="json", exclude_defaults=True)
+
+
+def _verdict(decision: Mapping[str, Any]) -> str:
+    return f"{'allowed' if decision['allowed'] else 'denied'} by {decision['rule']}"
+
+
+def _authz_line(report: Mapping[str, Any]) -> str:
+    authz = report["authz"]
+    caller = report["caller"]["service"]
+    if authz["identity_proven"]:
+        return f"{_verdict(authz)} (tls.mode mutual: {caller}'s certificate proves its identity)"
+    line = (
+        f"{_verdict(authz)} (tls.mode {authz['tls_mode']}: no client certificate, so "
+        f"{report['destination']} sees an anonymous caller"
+    )
+    other = authz["with_mutual_tls"]
+    if (other["allowed"], other["rule"]) != (authz["allowed"], authz["rule"]):
+        line += f"; with tls.mode mutual, {caller} would be {_verdict(other)}"
+    return line + ")"
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -194,15 +306,15 @@ def _print_report(report: dict[str, Any]) -> None:
     if "caller" in report:
         print(f"  caller       {report['caller']['service']} ({report['caller']['identity']})")
     if "authz" in report:
-        verdict = "allowed" if report["authz"]["allowed"] else "denied"
-        print(f"  authz        {verdict} by {report['authz']['rule']} (with mTLS on)")
-    width = max(len(row["setting"]) for row in report["settings"])
+        print(f"  authz        {_authz_line(report)}")
+    print(f"  retry        {_retry_line(report['retry'])}")
+    rows = [(row["setting"], _format(row["value"]), row["set_by"]) for row in report["settings"]]
+    name_width = max(len("setting"), *(len(name) for name, _, _ in rows))
+    value_width = max(len("value"), *(len(value) for _, value, _ in rows))
     print()
-    print(f"  {'setting'.ljust(width)}  {'value'.ljust(24)}  set by")
-    for row in report["settings"]:
-        print(
-            f"  {row['setting'].ljust(width)}  {_format(row['value']).ljust(24)}  {row['set_by']}"
-        )
+    print(f"  {'setting'.ljust(name_width)}  {'value'.ljust(value_width)}  set by")
+    for name, value, layer in rows:
+        print(f"  {name.ljust(name_width)}  {value.ljust(value_width)}  {layer}")
 
 
 def _schema(args: argparse.Namespace) -> int:

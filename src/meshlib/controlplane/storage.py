@@ -38,6 +38,7 @@ from typing import Any
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.controlplane.files import create_exclusive, write_atomic
 from meshlib.errors import PolicyError
+from meshlib.policy.files import POLICY_FILE_NAMES
 from meshlib.policy.parse import Format, detect_format, parse_document, validate_policy
 
 try:
@@ -49,7 +50,6 @@ __all__ = ["PolicyRepository", "PolicyVersion", "content_hash"]
 
 logger = logging.getLogger("meshlib.controlplane")
 
-_POLICY_NAMES = ("policy.yaml", "policy.yml", "policy.json", "policy.toml")
 _SUFFIXES = {".yaml", ".yml", ".json", ".toml"}
 _CACHE_SIZE = 32
 
@@ -104,8 +104,8 @@ class PolicyRepository:
         path = Path(path)
         if path.is_dir() or (not path.exists() and path.suffix.lower() not in _SUFFIXES):
             path.mkdir(parents=True, exist_ok=True)
-            existing = [path / name for name in _POLICY_NAMES if (path / name).exists()]
-            self.policy_file = existing[0] if existing else path / _POLICY_NAMES[0]
+            existing = [path / name for name in POLICY_FILE_NAMES if (path / name).exists()]
+            self.policy_file = existing[0] if existing else path / POLICY_FILE_NAMES[0]
             self.history_dir = path / "history"
         else:
             self.policy_file = path

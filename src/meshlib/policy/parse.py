@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from meshlib.errors import PolicyError, PolicyIssue
+from meshlib.policy.files import policy_file
 from meshlib.policy.model import Policy
 from meshlib.policy.resolve import format_loc
 
@@ -367,7 +368,9 @@ def parse_policy(text: str, *, source: str = "<policy>", fmt: Format | None = No
 
 
 def load_policy(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> Policy:
-    """Load a policy from a YAML, JSON or TOML file, or validate a mapping.
+    """Load a policy from a YAML, JSON or TOML file (or a policy directory), or validate a mapping.
+
+    A directory stands for its `policy.yaml` (see `meshlib.policy.files`).
 
         policy = meshlib.load_policy("mesh.yaml")
 
@@ -378,7 +381,7 @@ def load_policy(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any] | Po
         return path_or_mapping
     if isinstance(path_or_mapping, Mapping):
         return validate_policy(path_or_mapping, source="<mapping>")
-    path = os.fspath(path_or_mapping)
+    path = os.fspath(policy_file(path_or_mapping))
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
