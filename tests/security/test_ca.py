@@ -62,9 +62,10 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     """Existing CA and leaf files are kept unless force is given."""
     ca = DevCA.create("example.org", tmp_path)
     first = ca.issue("orders").cert_path.read_bytes()
-    with pytest.raises(FileExistsError, match="already exists; pass force=True"):
+    with pytest.raises(FileExistsError, match="already exists; pass force=True") as refused:
         DevCA.create("example.org", tmp_path)
-    with pytest.raises(FileExistsError, match=r"orders\.pem already exists"):
+    assert refused.value.filename == str(tmp_path / "ca.pem")
+    with pytest.raises(FileExistsError, match=r"orders\.pem'"):
         ca.issue("orders")
     assert ca.issue("orders", force=True).cert_path.read_bytes() != first
 
@@ -124,8 +125,10 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     [
         (
             ["ca", "init", "--trust-domain", "example.org"],
-            "already exists; pass force=True (--force)",
+            "certs/ca.pem already exists; pass --force to replace the CA",
         ),
+        (["ca", "issue", "ca"], "certs/ca.pem already exists; pass --force to replace it"),
+        (["ca", "issue", "x", "--out", "certs/ca.pem"], "certs/ca.pem: File exists"),
         (["ca", "issue", "x", "--ttl", "0s"], "--ttl '0s' must be longer than zero"),
         (["ca", "issue", "x", "--ttl", "soon"], "'soon' is not a duration"),
         (["ca", "issue", "x", "--dir", "nowhere"], "run `meshlib ca init` first"),
@@ -147,6 +150,8 @@ def test_cli_errors(
     err = capsys.readouterr().err
     assert err.startswith("meshlib ca: ")
     assert message in err
+    assert "force=True" not in err
+    assert "Errno" not in err
 
 
 def test_cli_force_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

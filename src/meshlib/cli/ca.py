@@ -10,7 +10,6 @@ import argparse
 import datetime as dt
 import sys
 
-from meshlib.errors import CertificateError
 from meshlib.policy.durations import format_duration, parse_duration
 
 __all__ = ["register"]
@@ -53,6 +52,15 @@ def _fail(message: object) -> int:
     return 1
 
 
+def _fail_os(exc: OSError, replaces: str = "it") -> int:
+    """Say what went wrong with which file in the CLI's words (`--force`, not `force=True`)."""
+    if isinstance(exc, FileExistsError) and "force=True" in (exc.strerror or ""):
+        return _fail(f"{exc.filename} already exists; pass --force to replace {replaces}")
+    if exc.filename and exc.strerror:
+        return _fail(f"{exc.filename}: {exc.strerror}")
+    return _fail(exc)
+
+
 def _init(args: argparse.Namespace) -> int:
     try:
         from meshlib.security.ca import DevCA
@@ -60,7 +68,9 @@ def _init(args: argparse.Namespace) -> int:
         ca = DevCA.create(args.trust_domain, args.dir, ttl=_ttl(args.ttl), force=args.force)
     except ImportError:
         return _fail("the dev CA needs the cryptography package: pip install 'meshlib[ca]'")
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        return _fail_os(exc, "the CA")
+    except ValueError as exc:
         return _fail(exc)
     print(f"created the CA for spiffe://{ca.trust_domain}")
     print(f"  certificate  {ca.cert_path}   (MESH_TLS_CA for every service)")
@@ -79,7 +89,9 @@ def _issue(args: argparse.Namespace) -> int:
         )
     except ImportError:
         return _fail("the dev CA needs the cryptography package: pip install 'meshlib[ca]'")
-    except (CertificateError, ValueError, OSError) as exc:
+    except OSError as exc:
+        return _fail_os(exc)
+    except ValueError as exc:  # CertificateError included
         return _fail(exc)
     sans = [issued.identity, *args.dns, *args.ip]
     print(f"issued {issued.identity}, valid {format_duration(ttl.total_seconds())}")

@@ -18,6 +18,7 @@ files are kept unless ``force=True``.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import ipaddress
 import os
 import tempfile
@@ -44,9 +45,17 @@ CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 
 
+def _refuse_to_replace(path: Path, what: str = "it") -> None:
+    """Raise FileExistsError for an existing `path`; `filename` lets the CLI say `--force` instead."""
+    if path.exists():
+        raise FileExistsError(
+            errno.EEXIST, f"already exists; pass force=True to replace {what}", str(path)
+        )
+
+
 def _write(path: Path, data: bytes, mode: int, *, force: bool) -> None:
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass force=True (--force) to replace it")
+    if not force:
+        _refuse_to_replace(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -166,10 +175,7 @@ class DevCA:
         directory = Path(directory)
         if write and not force:
             for name in (CA_CERT, CA_KEY):
-                if (directory / name).exists():
-                    raise FileExistsError(
-                        f"{directory / name} already exists; pass force=True (--force) to replace the CA"
-                    )
+                _refuse_to_replace(directory / name, "the CA")
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.fromtimestamp(clock.wall(), dt.timezone.utc)
         subject = x509.Name(
@@ -233,13 +239,15 @@ class DevCA:
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         except (OSError, ValueError) as exc:
+            reason: object = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise CertificateError(
-                f"cannot load the CA certificate {cert_path}: {exc}; run `meshlib ca init` first"
+                f"cannot load the CA certificate {cert_path}: {reason}; run `meshlib ca init` first"
             ) from None
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
-            raise CertificateError(f"cannot load the CA key {key_path}: {exc}") from None
+            why: object = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise CertificateError(f"cannot load the CA key {key_path}: {why}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CertificateError(f"{key_path}: the dev CA key must be an EC key")
         uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
@@ -291,10 +299,7 @@ class DevCA:
         cert_path, key_path = out / f"{name}.pem", out / f"{name}.key"
         if not force:
             for path in (cert_path, key_path):
-                if path.exists():
-                    raise FileExistsError(
-                        f"{path} already exists; pass force=True (--force) to replace it"
-                    )
+                _refuse_to_replace(path)
         start = not_before if not_before is not None else self._now() - _BACKDATE
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe)]
