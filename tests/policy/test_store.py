@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from meshlib import FileSource, PolicyError, PolicyStore, load_policy
+from meshlib import PolicyError, PolicyStore, load_policy
 from meshlib.errors import SettingsError
-from meshlib.policy.sources import close_shared_store, shared_store
+from meshlib.policy.sources import (
+    FileSource,
+    SharedFile,
+    close_shared_store,
+    shared_store,
+    watch_file,
+)
 from meshlib.settings import MeshSettings
 
 V1 = "version: 1\nservices:\n  a:\n    retry: {attempts: 2}\n"
@@ -178,7 +184,7 @@ def test_store_for_each_kind_of_policy_argument(tmp_path: Path) -> None:
     path = tmp_path / "mesh.yaml"
     path.write_text(V1)
     watched, source = store_for(path)
-    assert isinstance(source, FileSource)
+    assert isinstance(source, SharedFile)
     try:
         assert watched.current.source == str(path)
         assert watched in policy_metrics._observed_global  # the revision in force is reported
@@ -186,3 +192,56 @@ def test_store_for_each_kind_of_policy_argument(tmp_path: Path) -> None:
         source.close()
     with pytest.raises(TypeError, match="policy must be"):
         store_for(42)  # type: ignore[arg-type]
+
+
+def _edit(path: Path, text: str) -> None:
+    path.write_text(text)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+
+
+def test_a_client_and_a_middleware_share_one_watcher_per_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients and middleware built from one file (or its directory) read one store: a bad edit is logged once."""
+    from starlette.applications import Starlette
+
+    from meshlib import MeshClient, MeshMiddleware
+
+    (tmp_path / "policy.yaml").write_text(V1)
+    settings = MeshSettings(policy_poll_interval=0.05)
+    client = MeshClient(tmp_path / "policy.yaml", settings=settings)
+    middleware = MeshMiddleware(Starlette(), policy=str(tmp_path), service_name="a")
+    store = client.mesh_transport.store
+    share = client.mesh_transport._source
+    assert isinstance(share, SharedFile)
+    watcher = share.source._thread
+    assert watcher is not None
+    try:
+        assert middleware.core.store is store
+        caplog.clear()
+        _edit(tmp_path / "policy.yaml", BROKEN)
+        _wait_for(lambda: store.reload_failures >= 1, timeout=2.0)
+        time.sleep(0.2)  # a second watcher, if there were one, would log within this
+        rejected = [r for r in caplog.records if "services.a.retry.attempts" in r.getMessage()]
+        assert len(rejected) == 1, [r.getMessage() for r in rejected]
+        assert store.reload_failures == 1
+        client.close()
+        client.close()  # closing a share twice gives back one share only
+        _edit(tmp_path / "policy.yaml", V2)  # the middleware's share keeps the watcher alive
+        _wait_for(lambda: store.current.policy.services["a"].retry.attempts == 3, timeout=2.0)  # type: ignore[union-attr]
+    finally:
+        client.close()
+        middleware.close()
+    assert not watcher.is_alive()  # the last share closed the watcher
+    _, again = watch_file(tmp_path / "policy.yaml")
+    try:
+        assert again.source is not share.source  # so the next share starts a new one
+    finally:
+        again.close()
+
+
+def test_a_policy_directory_without_a_policy_file_is_a_policy_error(tmp_path: Path) -> None:
+    """A directory stands for its policy.yaml; without one, the error names the directory."""
+    with pytest.raises(PolicyError, match=r"a policy directory holds policy\.yaml") as error:
+        watch_file(tmp_path)
+    assert error.value.source == str(tmp_path)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from meshlib.errors import PolicyError, SettingsError
+from meshlib.policy.files import policy_file
 from meshlib.policy.model import Policy
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
@@ -30,9 +30,11 @@ __all__ = [
     "FileSource",
     "PolicyArg",
     "PolicySource",
+    "SharedFile",
     "close_shared_store",
     "shared_store",
     "store_for",
+    "watch_file",
 ]
 
 logger = logging.getLogger("meshlib.policy")
@@ -55,7 +57,7 @@ class PolicySource(Protocol):
 
 
 class FileSource:
-    """A local policy file, polled for changes (mtime, size, inode) every ``poll_interval`` seconds.
+    """A local policy file (or directory), polled for changes (mtime, size, inode) every ``poll_interval`` seconds.
 
     Polling keeps this dependency-free and works on every filesystem, bind
     mounts and Kubernetes ConfigMap symlink swaps included. A bad edit is
@@ -64,8 +66,8 @@ class FileSource:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 0.25) -> None:
-        self.path = Path(path)
-        self.name = str(path)
+        self.path = policy_file(path)
+        self.name = str(self.path)
         self.poll_interval = poll_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,21 +126,68 @@ class FileSource:
         self._thread = None
 
 
+class SharedFile:
+    """One holder's share of the process-wide watcher of a policy file (see `watch_file`).
+
+    Closing it is idempotent; closing the last share of a file stops its watcher.
+    """
+
+    def __init__(self, key: str, source: FileSource) -> None:
+        self.key = key
+        self.source = source
+        self.name = source.name
+        self._closed = False
+
+    def start(self, store: PolicyStore) -> None:
+        """Nothing to do: the watcher was started when the first share was taken."""
+
+    def close(self) -> None:
+        """Give this share back; the watcher stops when no share is left."""
+        if self._closed:
+            return
+        self._closed = True
+        with _files_lock:
+            store, source, holders = _files[self.key]
+            if holders > 1:
+                _files[self.key] = (store, source, holders - 1)
+                return
+            del _files[self.key]
+        source.close()
+
+
+_files_lock = threading.Lock()
+_files: dict[str, tuple[PolicyStore, FileSource, int]] = {}
+
+
+def watch_file(
+    path: str | os.PathLike[str], *, poll_interval: float = 0.25
+) -> tuple[PolicyStore, SharedFile]:
+    """The store fed by the one watcher of `path` in this process, and a share of it to close.
+
+    Every client and middleware of a process built from the same policy file
+    (or directory) reads one store fed by one [FileSource][meshlib.policy.sources.FileSource],
+    so the file is read once per change and a bad edit is logged once. The
+    first caller's `poll_interval` is the one used.
+
+    Raises:
+        PolicyError: the file is unreadable or invalid (nothing is shared then).
+    """
+    file = policy_file(path)
+    key = os.path.abspath(file)
+    with _files_lock:
+        if key in _files:
+            store, source, holders = _files[key]
+            _files[key] = (store, source, holders + 1)
+            return store, SharedFile(key, source)
+        store = PolicyStore()
+        source = FileSource(file, poll_interval=poll_interval)
+        source.start(store)
+        _files[key] = (store, source, 1)
+        return store, SharedFile(key, source)
+
+
 _shared_lock = threading.Lock()
 _shared: tuple[PolicyStore, list[PolicySource]] | None = None
-
-
-def _sources_for(settings: MeshSettings) -> list[PolicySource]:
-    sources: list[PolicySource] = []
-    if settings.control_plane_url:
-        from meshlib.controlplane.client import ControlPlaneSource
-
-        sources.append(ControlPlaneSource.from_settings(settings))
-    elif settings.policy_file is not None:
-        sources.append(
-            FileSource(settings.policy_file, poll_interval=settings.policy_poll_interval)
-        )
-    return sources
 
 
 def shared_store(settings: MeshSettings | None = None) -> PolicyStore:
@@ -156,23 +205,22 @@ def shared_store(settings: MeshSettings | None = None) -> PolicyStore:
         if _shared is not None:
             return _shared[0]
         settings = settings or MeshSettings()
-        sources = _sources_for(settings)
-        if not sources:
+        if settings.control_plane_url:
+            from meshlib.controlplane.client import ControlPlaneSource
+
+            store = PolicyStore()
+            source: PolicySource = ControlPlaneSource.from_settings(settings)
+            source.start(store)
+        elif settings.policy_file is not None:
+            store, source = watch_file(
+                settings.policy_file, poll_interval=settings.policy_poll_interval
+            )
+        else:
             raise SettingsError(
                 "no policy: set MESH_POLICY_FILE to a policy file, or MESH_CONTROL_PLANE_URL to "
                 "the control plane, or pass a policy to the client"
             )
-        store = PolicyStore()
-        started: list[PolicySource] = []
-        try:
-            for source in sources:
-                source.start(store)
-                started.append(source)
-        except BaseException:
-            for source in started:
-                source.close()
-            raise
-        _shared = (store, started)
+        _shared = (store, [source])
         return store
 
 
@@ -192,7 +240,8 @@ def store_for(
     """The store a client or middleware reads, and the source it started (to close with it).
 
     A ``PolicyStore`` is used as is; a ``Policy`` gets a store of its own; a
-    path gets a store fed by a watching :class:`FileSource`; ``None`` means the
+    path (a file or a policy directory) gets the store its process-wide
+    watcher feeds (:func:`watch_file`); ``None`` means the
     process-wide :func:`shared_store` from ``MeshSettings``. The revision and
     reload failures of the stores built here from a file or settings are
     reported as metrics (once per store); a store or Policy passed in is the
@@ -206,10 +255,8 @@ def store_for(
     if policy is None:
         store = shared_store(settings)
     elif isinstance(policy, str | os.PathLike):
-        store = PolicyStore()
         interval = (settings or MeshSettings()).policy_poll_interval
-        source = FileSource(policy, poll_interval=interval)
-        source.start(store)
+        store, source = watch_file(policy, poll_interval=interval)
     else:
         raise TypeError(
             "policy must be a Policy, a PolicyStore, a path to a policy file or None, "
