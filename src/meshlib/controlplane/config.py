@@ -16,6 +16,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from meshlib.policy.limits import MAX_POLICY_BYTES
+
 __all__ = ["ControlPlaneSettings"]
 
 
@@ -78,7 +80,12 @@ class ControlPlaneSettings(BaseSettings):
     max_instances: int = Field(1000, ge=1, description="Most instances whose reports are kept.")
     max_destinations: int = Field(100, ge=1, description="Most destinations kept per report.")
     max_endpoints: int = Field(32, ge=1, description="Most endpoints kept per destination.")
-    max_policy_bytes: int = Field(1 << 20, ge=1024, description="Largest policy document accepted.")
+    max_policy_bytes: int = Field(
+        MAX_POLICY_BYTES,
+        ge=1024,
+        le=MAX_POLICY_BYTES,
+        description="Largest policy document accepted; at most the 1 MiB every policy parser accepts.",
+    )
     max_report_bytes: int = Field(256 << 10, ge=1024, description="Largest report accepted.")
     tls_cert: Path | None = Field(None, description="Server certificate chain (turns TLS on).")
     tls_key: Path | None = Field(None, description="Server private key.")

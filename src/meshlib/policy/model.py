@@ -727,8 +727,11 @@ class Service(_Layered):
     @field_validator("endpoints")
     @classmethod
     def _unique(cls, values: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
-        urls = [e.url for e in values]
-        dupes = sorted({u for u in urls if urls.count(u) > 1})
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for endpoint in values:
+            (repeated if endpoint.url in seen else seen).add(endpoint.url)
+        dupes = sorted(repeated)
         if dupes:
             raise ValueError(f"endpoint listed twice: {', '.join(dupes)}")
         return values

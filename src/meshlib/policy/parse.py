@@ -10,6 +10,11 @@ where the format lets us know them, and all problems are reported at once::
 YAML and JSON positions are exact. TOML positions come from a line scan of
 ``[table]`` headers and ``key =`` lines, so a key inside an inline table is
 reported at the line of its table.
+
+Every document, from a file, a publish or the network, is parsed within the
+bounds of :mod:`meshlib.policy.limits` (1 MiB, 32 levels, 200,000 values with
+YAML aliases expanded); YAML goes through :mod:`meshlib.policy.yamldoc`, on
+libyaml's C parser where PyYAML has it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -29,8 +34,10 @@ from pydantic import BaseModel, ValidationError
 
 from meshlib.errors import PolicyError, PolicyIssue
 from meshlib.policy.files import policy_file
+from meshlib.policy.limits import check_shape, check_size, read_policy_file, too_deep
 from meshlib.policy.model import Policy
 from meshlib.policy.resolve import format_loc
+from meshlib.policy.yamldoc import KEY, Loc, Locator, compose_yaml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,11 +54,6 @@ __all__ = [
 ]
 
 Format = Literal["yaml", "json", "toml"]
-Loc = tuple[str | int, ...]
-Locator = Callable[[Loc], tuple[int, int] | None]
-
-KEY = "<key>"
-"""Appended to a path, asks a locator for the key's position rather than the value's."""
 
 _SUFFIXES: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
 
@@ -71,80 +73,27 @@ def _no_locator(loc: Loc) -> None:
 # --------------------------------------------------------------------------- YAML
 
 
-class _LineMapLoader(yaml.SafeLoader):
-    """A SafeLoader that also remembers where each node of the document starts."""
-
-
-def _walk_yaml(
-    node: yaml.Node,
-    loc: Loc,
-    lines: dict[Loc, tuple[int, int]],
-    issues: list[PolicyIssue],
-    source: str,
-) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                issues.append(
-                    PolicyIssue(
-                        f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
-                        format_loc((*loc, key)),
-                        source,
-                        line,
-                        key_node.start_mark.column + 1,
-                    )
-                )
-            seen[key] = line
-            child = (*loc, key)
-            mark = (
-                value_node.start_mark
-                if isinstance(value_node, yaml.ScalarNode)
-                else key_node.start_mark
-            )
-            lines[child] = (mark.line + 1, mark.column + 1)
-            key_loc = (*child, KEY)
-            lines[key_loc] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _walk_yaml(value_node, child, lines, issues, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            child = (*loc, i)
-            lines[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
-            _walk_yaml(item, child, lines, issues, source)
-
-
-def _yaml_lines(text: str, source: str, issues: list[PolicyIssue]) -> tuple[Any, Locator]:
-    loader = _LineMapLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, _no_locator
-        lines: dict[Loc, tuple[int, int]] = {
-            (): (node.start_mark.line + 1, node.start_mark.column + 1)
-        }
-        _walk_yaml(node, (), lines, issues, source)
-        data = loader.construct_document(node)
-    finally:
-        loader.dispose()
-    return data, lines.get
-
-
-def _parse_yaml(text: str, source: str, issues: list[PolicyIssue]) -> tuple[Any, Locator]:
-    try:
-        return _yaml_lines(text, source, issues)
-    except yaml.MarkedYAMLError as exc:
+def _yaml_error(exc: yaml.YAMLError, source: str) -> PolicyError:
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-        raise PolicyError.single(
+        return PolicyError.single(
             f"not valid YAML: {problem}",
             source=source,
             line=mark.line + 1 if mark else None,
             column=mark.column + 1 if mark else None,
-        ) from None
+        )
+    return PolicyError.single(f"not valid YAML: {exc}", source=source)
+
+
+def _parse_yaml(text: str, source: str, issues: list[PolicyIssue]) -> tuple[Any, Locator]:
+    try:
+        doc = compose_yaml(text, source=source, issues=issues)
     except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a tagged scalar the constructor refuses
         raise PolicyError.single(f"not valid YAML: {exc}", source=source) from None
+    return doc.data, doc.locate
 
 
 # --------------------------------------------------------------------------- JSON
@@ -165,12 +114,23 @@ def _parse_json(text: str, source: str, issues: list[PolicyIssue]) -> tuple[Any,
         raise PolicyError.single(
             f"not valid JSON: {exc.msg}", source=source, line=exc.lineno, column=exc.colno
         ) from None
-    # JSON is (nearly) YAML: borrow YAML's node positions for the line map.
-    try:
-        _, locate = _yaml_lines(text, source, [])
-    except yaml.YAMLError:
-        locate = _no_locator
-    return data, locate
+    check_shape(data, source=source)
+    return data, _lazy_yaml_locator(text, source)
+
+
+def _lazy_yaml_locator(text: str, source: str) -> Locator:
+    """JSON is (nearly) YAML: borrow YAML's node positions, composed only if an error needs them."""
+    found: list[Locator] = []
+
+    def locate(loc: Loc) -> tuple[int, int] | None:
+        if not found:
+            try:
+                found.append(compose_yaml(text, source=source, issues=[]).locate)
+            except (yaml.YAMLError, PolicyError, ValueError, TypeError, OverflowError):
+                found.append(_no_locator)
+        return found[0](loc)
+
+    return locate
 
 
 # --------------------------------------------------------------------------- TOML
@@ -205,6 +165,7 @@ def _toml_lines(text: str) -> Locator:
 def _parse_toml(text: str, source: str, issues: list[PolicyIssue]) -> tuple[Any, Locator]:
     try:
         data = tomllib.loads(text)
+        check_shape(data, source=source)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         at = _TOML_AT.search(message)
@@ -223,9 +184,25 @@ _PARSERS = {"yaml": _parse_yaml, "json": _parse_json, "toml": _parse_toml}
 def parse_document(
     text: str, *, source: str = "<policy>", fmt: Format | None = None
 ) -> tuple[Any, Locator]:
-    """Parse text into plain data and a locator from field paths to (line, column)."""
+    """Parse text into plain data and a locator from field paths to (line, column).
+
+    Every document is held to the bounds of [`meshlib.policy.limits`][meshlib.policy.limits]
+    (size, depth, values with aliases expanded) before anything walks it, so
+    whatever the text, this returns or raises `PolicyError` naming `source`,
+    quickly and in little memory; it never lets `RecursionError` or
+    `MemoryError` out.
+    """
+    check_size(text, source=source)
     issues: list[PolicyIssue] = []
-    data, locate = _PARSERS[fmt or detect_format(source, text)](text, source, issues)
+    parser = _PARSERS[fmt or detect_format(source, text)]
+    try:
+        data, locate = parser(text, source, issues)
+    except RecursionError:  # the depth bound comes first; this is the last line of defence
+        raise too_deep(source) from None
+    except MemoryError:
+        raise PolicyError.single(
+            "the document needs more memory than this process has to parse", source=source
+        ) from None
     if issues:
         raise PolicyError([_located(i, locate) for i in issues])
     return data, locate
@@ -346,6 +323,7 @@ def validate_policy(
             source=source,
             line=1,
         )
+    check_shape(data, source=source)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
@@ -382,9 +360,4 @@ def load_policy(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any] | Po
     if isinstance(path_or_mapping, Mapping):
         return validate_policy(path_or_mapping, source="<mapping>")
     path = os.fspath(policy_file(path_or_mapping))
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise PolicyError.single(f"cannot read the policy file: {reason}", source=path) from None
-    return parse_policy(text, source=path)
+    return parse_policy(read_policy_file(path), source=path)

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from meshlib.errors import PolicyError, SettingsError
 from meshlib.policy.files import policy_file
+from meshlib.policy.limits import read_policy_file
 from meshlib.policy.model import Policy
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
@@ -85,11 +86,10 @@ class FileSource:
         """Read the file now and apply it; raises PolicyError when it is unreadable or invalid."""
         stat = self._stat()
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            error = PolicyError.single(f"cannot read the policy file: {exc}", source=self.name)
+            text = read_policy_file(self.path, source=self.name)
+        except PolicyError as error:
             store.reject(error)
-            raise error from None
+            raise
         self._seen = stat
         return store.update_from_text(text, source=self.name)
 
