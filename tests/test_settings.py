@@ -1,4 +1,4 @@
-"""MeshSettings: MESH_* variables and .env, validated."""
+"""MeshSettings: MESH_* variables (and .env when asked for), validated."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ def test_reads_mesh_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s3cret" not in repr(settings)
 
 
-def test_reads_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A .env file in the working directory is read."""
+def test_reads_dotenv_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .env file in the working directory is ignored, unless _env_file names it; the environment wins."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("MESH_POLICY_FILE=mesh.yaml\nMESH_ZONE=b\n")
-    settings = MeshSettings()
+    assert MeshSettings().policy_file is None
+    monkeypatch.setenv("MESH_ZONE", "a")
+    settings = MeshSettings(_env_file=".env")
     assert settings.policy_file == Path("mesh.yaml")
-    assert settings.zone == "b"
+    assert settings.zone == "a"
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,20 @@
-"""MeshSettings: the process's own settings, from ``MESH_*`` environment variables and ``.env``.
+"""MeshSettings: the process's own settings, from `MESH_*` environment variables.
 
 Only what belongs to this process lives here (who it is, where its policy
 and certificates are, where telemetry goes); how to call other services is
-policy, and lives in the policy document::
+policy, and lives in the policy document. A `.env` file is read only when
+asked for, as pydantic-settings spells it, so a stray `.env` in the working
+directory never changes a service:
 
-    settings = MeshSettings()                      # reads MESH_* and .env
-    settings = MeshSettings(service_name="orders", policy_file="mesh.yaml")
+```python
+settings = MeshSettings()                       # MESH_* from the environment only
+settings = MeshSettings(_env_file=".env")       # and from .env (the environment wins)
+settings = MeshSettings(service_name="orders", policy_file="mesh.yaml")
+```
+
+Clients use `MESH_CONTROL_PLANE_URL`; the control plane server's own
+settings are `MESH_CONTROLPLANE_*`, named after `meshlib controlplane serve`
+(`meshlib.controlplane.config.ControlPlaneSettings`).
 """
 
 from __future__ import annotations
@@ -20,11 +29,16 @@ __all__ = ["MeshSettings"]
 
 
 class MeshSettings(BaseSettings):
-    """Process settings; every field reads the environment variable ``MESH_<FIELD>``."""
+    """Process settings; every field reads the environment variable `MESH_<FIELD>`.
+
+    Pass `_env_file=".env"` to read a dotenv file too (variables already in
+    the environment win), and hand the settings to clients and middleware
+    with `settings=`.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="MESH_",
-        env_file=".env",
+        env_file=None,  # opt in with MeshSettings(_env_file=".env")
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
@@ -48,7 +62,8 @@ class MeshSettings(BaseSettings):
     )
 
     control_plane_url: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="Control plane URL(s), comma-separated; tried in order, failing over."
+        (),
+        description="The control plane's URL, or several comma-separated (`http://cp-1:8700,http://cp-2:8700`), tried in order, failing over. Set, it takes precedence over `MESH_POLICY_FILE` (then only a bootstrap).",
     )
     control_plane_token: SecretStr | None = Field(
         None, description="Bearer token for reading policy and reporting to the control plane."
