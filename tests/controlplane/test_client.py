@@ -284,3 +284,36 @@ def test_same_version_number_with_other_content_is_still_applied() -> None:
         assert wait_until(lambda: store.current.policy.trust_domain == "example.org")
         assert store.current.revision == "1-ffffffff"
         assert source.hash == "sha256:" + "f" * 64
+
+
+def test_service_name_in_code_shows_the_client_on_the_dashboard(
+    policy_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MeshClient(service_name=...) reports under that name without MESH_SERVICE_NAME; a second name warns."""
+    from meshlib import MeshClient
+
+    with serve_plane(policy_dir) as server:
+        monkeypatch.setenv("MESH_CONTROL_PLANE_URL", server.url)
+        settings = MeshSettings(cache_dir=tmp_path, report_interval=1.0)
+        assert settings.service_name is None
+        with MeshClient(service_name="orders", settings=settings):
+
+            def reported() -> bool:
+                mesh = httpx.get(server.url + "/v1/mesh").json()
+                return any(s["name"] == "orders" and s["instances"] for s in mesh["services"])
+
+            assert wait_until(reported)
+            assert "will not appear" not in caplog.text
+            with MeshClient(service_name="orders", settings=settings):
+                assert "will not appear" not in caplog.text  # the same name again is fine
+            with MeshClient(service_name="billing", settings=settings):
+                pass
+            with MeshClient(service_name="billing", settings=settings):
+                pass
+    warnings = [r for r in caplog.records if "will not appear" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "service_name='billing'" in warnings[0].getMessage()
+    assert "reports as 'orders'" in warnings[0].getMessage()

@@ -49,7 +49,7 @@ def build_core(
             "service_name='payments' or set MESH_SERVICE_NAME; its rules are read from "
             "services.<service_name>.inbound in the policy"
         )
-    store, source = store_for(policy, settings)
+    store, source = store_for(policy, settings, service_name=service)
     closers: list[Any] = [source] if source is not None else []
     telemetry = ServerTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
     return InboundCore(

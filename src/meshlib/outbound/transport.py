@@ -54,7 +54,7 @@ class _MeshBase:
         endpoint_transport: Callable[..., Any] | None = None,
         **pool_kwargs: Any,
     ) -> None:
-        store, self._source = store_for(policy, settings)
+        store, self._source = store_for(policy, settings, service_name=service_name)
         if service_name is None:
             service_name = (settings or MeshSettings()).service_name
         self.service_name = service_name

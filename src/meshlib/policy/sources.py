@@ -187,24 +187,30 @@ def watch_file(
 
 
 _shared_lock = threading.Lock()
-_shared: tuple[PolicyStore, list[PolicySource]] | None = None
+_shared: tuple[PolicyStore, list[PolicySource], str | None] | None = None
+"""The shared store, its sources, and the service name it reports to the control plane as."""
+_warned_names: set[str] = set()
 
 
 def shared_store(settings: MeshSettings | None = None) -> PolicyStore:
     """The process-wide store fed by the sources ``MeshSettings`` selects, started on first use.
 
     Every MeshClient and MeshMiddleware built without an explicit policy
-    shares it, so a process watches its policy once.
+    shares it, so a process watches its policy once. With a control plane,
+    the process reports its state (and shows on the dashboard) under the
+    first `service_name` it was built with.
 
     Raises:
         SettingsError: neither MESH_POLICY_FILE nor MESH_CONTROL_PLANE_URL is set.
         PolicyError: the policy file is invalid and there is no cached policy.
     """
     global _shared
+    settings = settings or MeshSettings()
     with _shared_lock:
         if _shared is not None:
-            return _shared[0]
-        settings = settings or MeshSettings()
+            store, _, reporting_as = _shared
+            _warn_if_unreported(settings, reporting_as)
+            return store
         if settings.control_plane_url:
             from meshlib.controlplane.client import ControlPlaneSource
 
@@ -220,8 +226,27 @@ def shared_store(settings: MeshSettings | None = None) -> PolicyStore:
                 "no policy: set MESH_POLICY_FILE to a policy file, or MESH_CONTROL_PLANE_URL to "
                 "the control plane, or pass a policy to the client"
             )
-        _shared = (store, [source])
+        reporting_as = settings.service_name if settings.control_plane_url else None
+        _shared = (store, [source], reporting_as)
         return store
+
+
+def _warn_if_unreported(settings: MeshSettings, reporting_as: str | None) -> None:
+    """Warn once per name when a service name given later will not reach the dashboard."""
+    name = settings.service_name
+    if not settings.control_plane_url or not name or name == reporting_as:
+        return
+    if name in _warned_names:
+        return
+    _warned_names.add(name)
+    already = f"as {reporting_as!r}" if reporting_as else "without a service name"
+    logger.warning(
+        "service_name=%r will not appear on the control plane's dashboard: this process already "
+        "reports %s (one name per process); build the client or middleware that names the "
+        "service first, or set MESH_SERVICE_NAME",
+        name,
+        already,
+    )
 
 
 def close_shared_store() -> None:
@@ -229,13 +254,14 @@ def close_shared_store() -> None:
     global _shared
     with _shared_lock:
         shared, _shared = _shared, None
+        _warned_names.clear()
     if shared is not None:
         for source in shared[1]:
             source.close()
 
 
 def store_for(
-    policy: PolicyArg, settings: MeshSettings | None = None
+    policy: PolicyArg, settings: MeshSettings | None = None, *, service_name: str | None = None
 ) -> tuple[PolicyStore, PolicySource | None]:
     """The store a client or middleware reads, and the source it started (to close with it).
 
@@ -246,6 +272,8 @@ def store_for(
     reload failures of the stores built here from a file or settings are
     reported as metrics (once per store); a store or Policy passed in is the
     caller's to observe (``meshlib.telemetry.policy_metrics.observe_policy``).
+    `service_name` (given in code) overrides the settings' `MESH_SERVICE_NAME`,
+    so a process that follows the control plane reports under that name.
     """
     source: PolicySource | None = None
     if isinstance(policy, PolicyStore):
@@ -253,6 +281,9 @@ def store_for(
     if isinstance(policy, Policy):
         return PolicyStore(policy), None
     if policy is None:
+        settings = settings or MeshSettings()
+        if service_name and service_name != settings.service_name:
+            settings = settings.model_copy(update={"service_name": service_name})
         store = shared_store(settings)
     elif isinstance(policy, str | os.PathLike):
         interval = (settings or MeshSettings()).policy_poll_interval
