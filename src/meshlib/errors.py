@@ -8,6 +8,8 @@ would already handle, so code written for plain httpx keeps working::
     ├── SettingsError(ValueError)            a MESH_* setting is invalid
     ├── CertificateError(ValueError)         a certificate, key or CA file is unusable
     ├── ControlPlaneError                    the control plane answered badly (never raised into requests)
+    │   ├── StoreUnavailableError            the control plane's store (files, etcd) cannot be reached
+    │   └── VersionConflictError             a compare-and-set publish lost: the version moved on
     ├── CircuitOpenError(httpx.TransportError)   no endpoint can take the call: every breaker is open
     ├── NoEndpointsError(httpx.TransportError)   the destination has no endpoints at all
     ├── PeerIdentityError(httpx.ConnectError)    the server's SPIFFE identity is not the expected one
@@ -37,6 +39,8 @@ __all__ = [
     "PolicyError",
     "PolicyIssue",
     "SettingsError",
+    "StoreUnavailableError",
+    "VersionConflictError",
 ]
 
 
@@ -127,6 +131,26 @@ class ControlPlaneError(MeshError):
     Raised only from explicit calls (a first fetch with no fallback, the CLI);
     the background watcher logs and counts these instead of raising.
     """
+
+
+class StoreUnavailableError(ControlPlaneError):
+    """The control plane's store (the policy directory, etcd) cannot be read or written now.
+
+    A replica that loses its store keeps serving the last version it read and
+    refuses publishes with this error until the store is back.
+    """
+
+
+class VersionConflictError(ControlPlaneError):
+    """A conditional publish (``If-Match``) lost the race: another version is current now.
+
+    ``current`` is the version in force (None when nothing was published yet),
+    so the caller can read it, merge and try again.
+    """
+
+    def __init__(self, message: str, *, current: int | None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class CircuitOpenError(MeshError, httpx.TransportError):

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from meshlib.controlplane.app import create_app
 from meshlib.controlplane.config import ControlPlaneSettings
+from meshlib.controlplane.server import ControlPlaneServer, server_config
 from meshlib.policy.store import PolicySnapshot, PolicyStore
 from tests.support.servers import RunningServer, free_port
 
@@ -52,25 +52,18 @@ def policy_dir(tmp_path: Path) -> Path:
     return directory
 
 
-class _Uvicorn(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the main thread keeps its handlers
-        pass
-
-
 @contextmanager
 def serve_plane(
     policy: Path, *, port: int | None = None, **settings: Any
 ) -> Iterator[RunningServer]:
-    """The control plane app under uvicorn in a thread, lifespan on, on 127.0.0.1."""
+    """A replica (app + ControlPlaneServer) in a thread on 127.0.0.1, lifespan on."""
     settings.setdefault("publish_tokens", (PUBLISH,))
     settings.setdefault("poll_interval", 0.1)
-    app = create_app(ControlPlaneSettings(policy=policy, **settings))
-    port = port or free_port()
-    server = _Uvicorn(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
-        )
-    )
+    settings.setdefault("shutdown_grace", 1.0)
+    config = ControlPlaneSettings(policy=policy, port=port or free_port(), **settings)
+    app = create_app(config)
+    port = config.port
+    server = ControlPlaneServer(server_config(app, config, log_level="warning"), app.state.plane)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -86,9 +79,15 @@ def serve_plane(
 
 
 @contextmanager
-def plane_process(policy: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`meshlib controlplane serve` in a subprocess; killed (SIGKILL) at the end if still alive."""
+def plane_process(
+    policy: Path, port: int, **env_settings: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`meshlib controlplane serve` in a subprocess; killed (SIGKILL) at the end if still alive.
+
+    `env_settings` become `MESH_CONTROLPLANE_<NAME>` variables (`store="etcd://..."`).
+    """
     env = {**os.environ, "MESH_CONTROLPLANE_POLL_INTERVAL": "0.1"}
+    env.update({f"MESH_CONTROLPLANE_{k.upper()}": v for k, v in env_settings.items()})
     cmd = [
         sys.executable,
         "-m",

@@ -229,7 +229,10 @@ def test_dashboard_page_and_health(policy_dir: Path) -> None:
         assert '<script src="/dashboard/app.js"' in page.text
         assert client.get("/dashboard/app.js").headers["content-type"].startswith("text/javascript")
         assert client.get("/").headers["location"] == "/dashboard"
-        assert client.get("/readyz").json() == {"status": "ready", "version": 1, "watchers": 0}
+        ready = client.get("/readyz").json()
+        assert (ready["status"], ready["version"], ready["watchers"]) == ("ready", 1, 0)
+        assert (ready["read_only"], ready["store_error"]) == (False, None)
+        assert ready["store"].startswith("files:")
         assert client.get("/healthz").status_code == 200
 
 

@@ -15,8 +15,7 @@ from starlette.applications import Starlette
 
 from meshlib.controlplane.app import create_app
 from meshlib.controlplane.config import ControlPlaneSettings
-from meshlib.controlplane.instances import InstanceRegistry, RegistryConfig
-from meshlib.controlplane.registry import registry_routes
+from meshlib.controlplane.instances import InstanceRegistry, MemoryRegistryBackend, RegistryConfig
 from tests.support.servers import RunningServer, free_port
 
 PUBLISH = "alice=pub-s3cret"
@@ -43,15 +42,15 @@ def policy_dir(tmp_path: Path) -> Path:
 
 
 def plane_app(policy: Path, registry: InstanceRegistry | None = None, **settings: Any) -> Starlette:
-    """The control plane app with the registry routes mounted (and a registry given, if any)."""
+    """The control plane app on the embedded store, with this registry (a fresh one by default)."""
     settings.setdefault("publish_tokens", (PUBLISH,))
     settings.setdefault("read_tokens", (READ,))
     settings.setdefault("poll_interval", 0.1)
-    app = create_app(ControlPlaneSettings(policy=policy, **settings))
-    if not any(getattr(r, "path", "") == "/v1/registry" for r in app.router.routes):
-        app.router.routes.extend(registry_routes())
-    app.state.registry = registry or InstanceRegistry(RegistryConfig(register_tokens=(REGISTER,)))
-    return app
+    registry = registry or InstanceRegistry(RegistryConfig(register_tokens=(REGISTER,)))
+    return create_app(
+        ControlPlaneSettings(policy=policy, **settings),
+        registry_backend=MemoryRegistryBackend(registry),
+    )
 
 
 class _Uvicorn(uvicorn.Server):

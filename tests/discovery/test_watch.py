@@ -72,7 +72,11 @@ def test_close_cancels_a_parked_long_poll(policy_dir: Path) -> None:
 def test_registry_restart_keeps_known_instances_for_a_grace_period(policy_dir: Path) -> None:
     """A restarted registry lists nobody at first; known instances stay until the grace ends."""
     from meshlib.clock import FakeClock
-    from meshlib.controlplane.instances import InstanceRegistry, RegistryConfig
+    from meshlib.controlplane.instances import (
+        InstanceRegistry,
+        MemoryRegistryBackend,
+        RegistryConfig,
+    )
 
     reg = {"authorization": "Bearer r3g1ster"}
     app = plane_app(policy_dir)
@@ -93,7 +97,9 @@ def test_registry_restart_keeps_known_instances_for_a_grace_period(policy_dir: P
         )
         try:
             assert watcher.poll()
-            app.state.registry = InstanceRegistry(RegistryConfig(register_tokens=("r3g1ster",)))
+            app.state.plane.registry = MemoryRegistryBackend(
+                InstanceRegistry(RegistryConfig(register_tokens=("r3g1ster",)))
+            )
             assert not watcher.poll()  # empty, but a new boot: "a" is kept
             http.post(
                 "/v1/registry/payments/instances",

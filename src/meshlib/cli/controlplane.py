@@ -1,17 +1,22 @@
-"""``meshlib controlplane serve``: run the control plane (policy API, watch, reports, dashboard).
+"""`meshlib controlplane`: run a replica (`serve`) and operate it (`publish`, `history`, ...).
 
-Every option also reads ``MESH_CONTROLPLANE_<OPTION>``; prefer the
-environment for tokens, which ``ps`` would otherwise show::
+Every `serve` option also reads `MESH_CONTROLPLANE_<OPTION>`; prefer the
+environment for tokens and passwords, which `ps` would otherwise show:
 
-    MESH_CONTROLPLANE_PUBLISH_TOKENS=alice=s3cret meshlib controlplane serve --policy mesh/ --port 8700
+```console
+$ MESH_CONTROLPLANE_PUBLISH_TOKENS=alice=s3cret meshlib controlplane serve --policy mesh/ --port 8700
+$ MESH_CONTROLPLANE_STORE=etcd://10.0.0.5:2379 meshlib controlplane serve --port 8700
+```
+
+The operating commands live in [`meshlib.cli.controlplane_ops`][meshlib.cli.controlplane_ops].
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,66 +25,89 @@ __all__ = ["register", "serve"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``meshlib controlplane serve``."""
-    group = subparsers.add_parser("controlplane", help="run the control plane")
+    """Add `meshlib controlplane serve` and the operating commands."""
+    from meshlib.cli import controlplane_ops
+
+    group = subparsers.add_parser("controlplane", help="run and operate the control plane")
     commands = group.add_subparsers(title="controlplane commands", metavar="COMMAND", required=True)
     serve_cmd = commands.add_parser(
         "serve",
         help="serve policy with watch, publish, history and rollback, reports and the dashboard",
-        description="Serve policy from a directory (policy.yaml + history/) or a single file.",
+        description="Serve policy from a directory (policy.yaml + history/) or a single file, "
+        "or from etcd (--store etcd://host:2379) for several replicas.",
     )
-    serve_cmd.add_argument("--policy", metavar="DIR_OR_FILE", help="policy directory or file")
+    serve_cmd.add_argument(
+        "--policy",
+        metavar="DIR_OR_FILE",
+        help="policy directory or file (must exist; with --store etcd: a file that seeds an empty store)",
+    )
+    serve_cmd.add_argument(
+        "--store",
+        metavar="URL",
+        help="etcd://host:2379[,host:2379] (etcds:// for TLS) to keep policy and registrations "
+        "in etcd; default: the policy directory and this replica's memory",
+    )
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default 8700)")
-    serve_cmd.add_argument(
-        "--read-token",
-        action="append",
-        dest="read_tokens",
-        metavar="[NAME=]TOKEN",
-        help="a token that may read and report (repeatable; none: reading is open)",
-    )
-    serve_cmd.add_argument(
-        "--publish-token",
-        action="append",
-        dest="publish_tokens",
-        metavar="[NAME=]TOKEN",
-        help="a token that may publish and roll back (repeatable; none: publishing is refused)",
-    )
-    serve_cmd.add_argument(
-        "--register-token",
-        action="append",
-        dest="register_tokens",
-        metavar="[NAME=]TOKEN",
-        help="a token that may register instances in the service registry (repeatable)",
-    )
+    for flag, dest, what in (
+        ("--read-token", "read_tokens", "may read and report (none: reading is open)"),
+        ("--publish-token", "publish_tokens", "may publish and roll back (none: refused)"),
+        ("--register-token", "register_tokens", "may register instances in the registry"),
+    ):
+        serve_cmd.add_argument(
+            flag,
+            action="append",
+            dest=dest,
+            metavar="[NAME=]TOKEN",
+            help=f"a token that {what} (repeatable; the environment is safer)",
+        )
     serve_cmd.add_argument("--tls-cert", help="server certificate chain (turns TLS on)")
     serve_cmd.add_argument("--tls-key", help="server private key")
     serve_cmd.add_argument("--tls-ca", help="CA for client certificates (mTLS identities)")
     serve_cmd.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     serve_cmd.set_defaults(handler=serve)
+    controlplane_ops.register(commands)
+
+
+_OPTIONS = (
+    "policy",
+    "store",
+    "host",
+    "port",
+    "read_tokens",
+    "publish_tokens",
+    "register_tokens",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = (
-        "policy",
-        "host",
-        "port",
-        "read_tokens",
-        "publish_tokens",
-        "tls_cert",
-        "tls_key",
-        "tls_ca",
-    )
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return {name: getattr(args, name) for name in _OPTIONS if getattr(args, name, None) is not None}
+
+
+def _check_policy_path(settings: Any, given: bool) -> str | None:
+    """Why `serve` must not start on this policy path, or None (an empty store is announced)."""
+    path = Path(settings.policy)
+    if settings.store is not None:
+        if given and not path.is_file():
+            return f"--policy {path}: with an etcd store, --policy seeds it from a file, and there is no such file"
+        return None
+    if not path.exists():
+        return (
+            f"the policy path {path} does not exist (misspelt?). Create it to start with an "
+            f"empty policy directory: mkdir -p {path}"
+        )
+    return None
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the control plane until interrupted; 2 for bad settings, 1 if it cannot start."""
+    """Run a replica until interrupted; 2 for bad settings, 1 if it cannot start."""
     try:
-        import uvicorn
-
         from meshlib.controlplane.app import create_app
         from meshlib.controlplane.config import ControlPlaneSettings
+        from meshlib.controlplane.server import ControlPlaneServer, server_config
     except ImportError as exc:
         print(
             f"the control plane needs its extra: pip install 'meshlib[controlplane]' ({exc})",
@@ -93,38 +121,26 @@ def serve(args: argparse.Namespace) -> int:
             field = ".".join(str(p) for p in error["loc"])
             print(f"controlplane setting {field}: {error['msg']}", file=sys.stderr)
         return 2
+    problem = _check_policy_path(settings, getattr(args, "policy", None) is not None)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
     except OSError as exc:
         print(f"cannot use the policy path {settings.policy}: {exc}", file=sys.stderr)
         return 1
-    config: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": args.log_level,
-        # Parked long-polls would hold a shutdown for up to max_wait; their clients
-        # reconnect (to another replica) within one backoff step instead.
-        "timeout_graceful_shutdown": 3,
-    }
-    if settings.tls_cert is not None:
-        config.update(
-            ssl_certfile=str(settings.tls_cert),
-            ssl_keyfile=settings.tls_key and str(settings.tls_key),
+    except ValueError as exc:  # SettingsError: etcd TLS or auth options
+        print(f"controlplane setting: {exc}", file=sys.stderr)
+        return 2
+    plane = app.state.plane
+    if settings.store is None and plane.backend.repository.policy_file_text() is None:
+        logging.getLogger("meshlib.controlplane").warning(
+            "%s holds no policy file: the control plane starts EMPTY and serves nothing "
+            "until the first publish",
+            settings.policy,
         )
-        if settings.tls_ca is not None:
-            # Optional, not required: token-only clients still connect; identities come from certs.
-            config.update(ssl_ca_certs=str(settings.tls_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL)
-            try:
-                from uvicorn.protocols.http.h11_impl import H11Protocol
-
-                from meshlib.security.asgi_bridge import bridged_protocol
-
-                config["http"] = bridged_protocol(H11Protocol)
-            except ImportError:
-                print(
-                    "warning: mTLS identities need meshlib.security; only tokens work",
-                    file=sys.stderr,
-                )
-    uvicorn.run(app, **config)
+    server = ControlPlaneServer(server_config(app, settings, log_level=args.log_level), plane)
+    server.run()
     return 0

@@ -34,7 +34,32 @@ class ControlPlaneSettings(BaseSettings):
 
     policy: Path = Field(
         Path("policy"),
-        description="Policy directory (holding policy.yaml and history/) or a single policy file.",
+        description="Policy directory (holding policy.yaml and history/) or a single policy file; with an etcd store, a file that seeds an empty store.",
+    )
+    store: str | None = Field(
+        None,
+        description="Where replicas keep policy and registrations: unset for the embedded store (the policy directory + this replica's memory), or `etcd://host:2379[,host:2379]` (`etcds://` for TLS).",
+    )
+    etcd_prefix: str = Field(
+        "/meshlib/", description="Key prefix of everything the control plane keeps in etcd."
+    )
+    etcd_cacert: Path | None = Field(
+        None, description="CA bundle that verifies etcd's server certificate (turns TLS on)."
+    )
+    etcd_cert: Path | None = Field(
+        None, description="Client certificate for etcd (client-certificate auth)."
+    )
+    etcd_key: Path | None = Field(None, description="Private key of the etcd client certificate.")
+    etcd_user: str | None = Field(
+        None, description="etcd user (`name` or `name:password`, as `etcdctl --user`)."
+    )
+    etcd_password: SecretStr | None = Field(
+        None, description="Password of the etcd user, if not given in `etcd_user`."
+    )
+    etcd_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds one etcd request may take before the next endpoint is tried.",
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8700, ge=0, le=65535, description="Port to listen on.")
@@ -80,6 +105,19 @@ class ControlPlaneSettings(BaseSettings):
     max_instances: int = Field(1000, ge=1, description="Most instances whose reports are kept.")
     max_destinations: int = Field(100, ge=1, description="Most destinations kept per report.")
     max_endpoints: int = Field(32, ge=1, description="Most endpoints kept per destination.")
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send its request line and headers; slower connections are dropped.",
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request body (publish, report)."
+    )
+    shutdown_grace: float = Field(
+        3.0,
+        ge=0,
+        description="On SIGTERM, seconds parked long-polls get before they are answered 304 and closed.",
+    )
     max_policy_bytes: int = Field(
         MAX_POLICY_BYTES,
         ge=1024,
@@ -92,6 +130,18 @@ class ControlPlaneSettings(BaseSettings):
     tls_ca: Path | None = Field(
         None, description="CA that client certificates must chain to (turns mTLS on)."
     )
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("etcd://", "etcds://")):
+            raise ValueError(
+                f"{value!r} is not a store URL: use etcd://host:2379[,host:2379] "
+                "(etcds:// for TLS), or leave it unset for the embedded store"
+            )
+        return value.strip()
 
     @field_validator(
         "read_tokens",

@@ -48,7 +48,7 @@ def mesh_view(plane: ControlPlane) -> dict[str, Any]:
     current = plane.hub.current
     current_version = current.version if current else None
     view["policy"] = current.summary() if current else None
-    view["file_error"] = str(plane.repository.file_error) if plane.repository.file_error else None
+    view["file_error"] = plane.backend.status().get("file_error")
     for service in view["services"]:
         for instance in service["instances"]:
             instance["current"] = instance["policy_revision"] == str(current_version)
@@ -60,14 +60,12 @@ async def _mesh(request: Request) -> Response:
     plane.principal(request, Right.READ)
     await plane.ensure_started()
     view = mesh_view(plane)
-    registry = getattr(request.app.state, "registry", None)  # the service registry, once used
-    if registry is not None:
-        registry.expire()
-        view["registry"] = [
-            {"service": name, **instance}
-            for name in sorted(registry.services)
-            for instance in registry.listing(name)["instances"]
-        ]
+    registry = plane.registry
+    view["registry"] = [
+        {"service": name, **instance}
+        for name in registry.services()
+        for instance in registry.listing(name)["instances"]
+    ]
     return JSONResponse(view)
 
 

@@ -27,6 +27,7 @@ from meshlib.policy.model import Endpoint, validate_spiffe_id
 __all__ = [
     "Instance",
     "InstanceRegistry",
+    "MemoryRegistryBackend",
     "Registration",
     "RegistryConfig",
     "expected_identity",
@@ -251,6 +252,68 @@ class InstanceRegistry:
             finally:
                 waiter.cancel()
             self.expire()
+
+
+class MemoryRegistryBackend:
+    """The embedded registry backend: an [`InstanceRegistry`][meshlib.controlplane.instances.InstanceRegistry] in this replica's memory.
+
+    Registrations are lost when the replica restarts (instances register again
+    on their next heartbeat's 404) and are not shared between replicas: run
+    several replicas on etcd (`MESH_CONTROLPLANE_STORE`).
+    """
+
+    name = "memory"
+
+    def __init__(
+        self, config: RegistryConfig | InstanceRegistry | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        if isinstance(config, InstanceRegistry):
+            self.registry = config
+        else:
+            self.registry = InstanceRegistry(config or RegistryConfig(), clock)
+        self.config = self.registry.config
+        self.clock = self.registry.clock
+
+    async def start(self) -> None:
+        """Nothing to load: the registry starts empty."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def register(self, service: str, body: Registration, *, who: str) -> Instance:
+        """Add or replace an instance (`OverflowError` when the registry is full)."""
+        return self.registry.register(service, body, who=who)
+
+    async def renew(self, service: str, instance: str) -> Instance | None:
+        """Extend a lease; None when unknown or lapsed."""
+        return self.registry.renew(service, instance)
+
+    async def deregister(self, service: str, instance: str) -> bool:
+        """Remove an instance."""
+        return self.registry.deregister(service, instance)
+
+    def listing(self, service: str) -> dict[str, Any]:
+        """The service's live instances (lapsed leases are expired first)."""
+        self.registry.expire()
+        return self.registry.listing(service)
+
+    def etag(self, service: str) -> str:
+        """The service's list ETag (lapsed leases are expired first)."""
+        self.registry.expire()
+        return self.registry.etag(service)
+
+    def services(self) -> dict[str, int]:
+        """Every service with live instances, and how many."""
+        self.registry.expire()
+        return {name: len(i) for name, i in sorted(self.registry.services.items())}
+
+    async def wait(self, service: str, etag: str, timeout: float) -> None:
+        """Wait for a change of the service's list (a lapsing lease counts)."""
+        await self.registry.wait(service, etag, timeout)
+
+    def status(self) -> dict[str, Any]:
+        """How many leases lapsed since start."""
+        return {"expired": self.registry.expired}
 
 
 def expected_identity(policy_document: Any, service: str) -> str:

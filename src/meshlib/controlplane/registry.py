@@ -20,11 +20,16 @@ service that identity belongs to (the policy's ``identity`` of that service,
 else ``spiffe://<trust_domain>/<service>``); a presented identity listed in
 ``register_identities`` (or ``*``: any) needs no token.
 
-The registry lives in the control plane's memory: after a restart, the
-heartbeats' 404 make every instance register again within one renewal. Mount
-it beside the policy routes::
+Registrations live in the replica's
+[`RegistryBackend`][meshlib.controlplane.backend.RegistryBackend]: in the
+embedded store, this replica's memory (after a restart, the heartbeats' 404
+make every instance register again within one renewal); on etcd, keys under
+etcd leases that every replica sees and that outlive any replica. The app
+mounts these routes beside the policy's:
 
-    routes = [..., *registry_routes()]
+```python
+routes = [..., *registry_routes()]
+```
 """
 
 from __future__ import annotations
@@ -40,14 +45,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meshlib.clock import SYSTEM_CLOCK
 from meshlib.controlplane.auth import ANONYMOUS, Denied, Right, parse_token
-from meshlib.controlplane.instances import (
-    InstanceRegistry,
-    Registration,
-    RegistryConfig,
-    expected_identity,
-)
+from meshlib.controlplane.backend import RegistryBackend
+from meshlib.controlplane.instances import Registration, RegistryConfig, expected_identity
+from meshlib.errors import StoreUnavailableError
 from meshlib.policy.durations import parse_duration
 
 __all__ = ["authorize_register", "registry_routes"]
@@ -56,15 +57,16 @@ _SERVICE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_BODY = 16 << 10
 
 
-def _registry(request: Request) -> InstanceRegistry:
-    state = request.app.state
-    registry: InstanceRegistry | None = getattr(state, "registry", None)
-    if registry is None:
-        plane = state.plane
-        clock = getattr(plane, "clock", SYSTEM_CLOCK)
-        registry = InstanceRegistry(RegistryConfig.from_settings(plane.settings), clock)
-        state.registry = registry
+def _registry(request: Request) -> RegistryBackend:
+    registry: RegistryBackend = request.app.state.plane.registry
     return registry
+
+
+def _config(request: Request, registry: RegistryBackend) -> RegistryConfig:
+    config = getattr(registry, "config", None)
+    if isinstance(config, RegistryConfig):
+        return config
+    return RegistryConfig.from_settings(request.app.state.plane.settings)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -95,14 +97,14 @@ def _token_is(presented: str, tokens: Iterable[str]) -> str | None:
     return found
 
 
-def authorize_register(request: Request, registry: InstanceRegistry, service: str) -> str:
+def authorize_register(request: Request, registry: RegistryBackend, service: str) -> str:
     """Who is registering for ``service``; raises Denied unless they may.
 
     A register token or the publish right allows it; a presented mTLS identity
     must be the service's own (and, from ``register_identities``, suffices).
     """
     plane = request.app.state.plane
-    config = registry.config
+    config = _config(request, registry)
     peer = _peer_identity(request)
     if peer is not None:
         current = plane.hub.current
@@ -159,11 +161,14 @@ async def register(request: Request) -> Response:
     if peer is not None and body.identity not in (None, peer):
         return _error(403, f"{peer} may not register an instance claiming identity {body.identity}")
     try:
-        instance = registry.register(service, body, who=who)
+        instance = await registry.register(service, body, who=who)
     except OverflowError as exc:
         return _error(507, str(exc))
+    except StoreUnavailableError as exc:
+        return _error(503, f"the registry store is unavailable: {exc}")
     return JSONResponse(
-        instance.to_json(registry.clock.monotonic()) | {"service": service}, status_code=201
+        instance.to_json(instance.expires_at - instance.lease) | {"service": service},
+        status_code=201,
     )
 
 
@@ -173,7 +178,10 @@ async def renew(request: Request) -> Response:
     service = _service(request)
     await request.app.state.plane.ensure_started()
     authorize_register(request, registry, service)
-    instance = registry.renew(service, request.path_params["instance"])
+    try:
+        instance = await registry.renew(service, request.path_params["instance"])
+    except StoreUnavailableError as exc:
+        return _error(503, f"the registry store is unavailable: {exc}")
     if instance is None:
         return _error(404, "no such instance (its lease lapsed?): register again")
     return JSONResponse({"lease_s": instance.lease})
@@ -185,13 +193,20 @@ async def deregister(request: Request) -> Response:
     service = _service(request)
     await request.app.state.plane.ensure_started()
     authorize_register(request, registry, service)
-    if not registry.deregister(service, request.path_params["instance"]):
+    try:
+        found = await registry.deregister(service, request.path_params["instance"])
+    except StoreUnavailableError as exc:
+        return _error(503, f"the registry store is unavailable: {exc}")
+    if not found:
         return _error(404, "no such instance")
     return Response(status_code=204)
 
 
 async def _wait_or_disconnect(request: Request, waiting: Coroutine[Any, Any, None]) -> bool:
-    """Run ``waiting``; False if the client went away first (its parked watch is released)."""
+    """Run `waiting`; False if the client went away first (its parked watch is released).
+
+    A replica that is shutting down ends the wait at once (the caller answers 304).
+    """
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -199,11 +214,14 @@ async def _wait_or_disconnect(request: Request, waiting: Coroutine[Any, Any, Non
 
     wait_task = asyncio.ensure_future(waiting)
     gone_task = asyncio.ensure_future(disconnected())
-    done, pending = await asyncio.wait({wait_task, gone_task}, return_when=asyncio.FIRST_COMPLETED)
+    stopping = asyncio.ensure_future(request.app.state.plane.stopping.wait())
+    done, pending = await asyncio.wait(
+        {wait_task, gone_task, stopping}, return_when=asyncio.FIRST_COMPLETED
+    )
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    return wait_task in done
+    return gone_task not in done
 
 
 async def watch(request: Request) -> Response:
@@ -212,13 +230,13 @@ async def watch(request: Request) -> Response:
     plane.principal(request, Right.READ)
     registry = _registry(request)
     service = _service(request)
+    await plane.ensure_started()
     wait = 0.0
     if "wait" in request.query_params:
         try:
             wait = min(parse_duration(request.query_params["wait"]), plane.settings.max_wait)
         except ValueError as exc:
             return _error(400, f"query parameter wait: {exc}")
-    registry.expire()
     known = {t.strip() for t in request.headers.get("if-none-match", "").split(",") if t.strip()}
     etag = registry.etag(service)
     if etag in known and wait > 0:
@@ -235,13 +253,8 @@ async def services(request: Request) -> Response:
     """Every service with registered instances, and how many."""
     request.app.state.plane.principal(request, Right.READ)
     registry = _registry(request)
-    registry.expire()
-    return JSONResponse(
-        {
-            "services": {name: len(i) for name, i in sorted(registry.services.items())},
-            "expired": registry.expired,
-        }
-    )
+    await request.app.state.plane.ensure_started()
+    return JSONResponse({"services": registry.services(), **registry.status()})
 
 
 def registry_routes() -> list[Route]:

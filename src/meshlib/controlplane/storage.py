@@ -13,11 +13,15 @@ A history entry is immutable JSON: version, content hash, who, when, comment
 and the document text. The highest number is the version in force. Publishing
 validates with meshlib's own model, writes the policy file atomically, then
 claims the next number with an exclusive create; an flock orders publishers
-across replicas. Editing the policy file by hand publishes too (``refresh``)::
+across processes on one host, and a compare-and-set publish (``expected=``)
+checks its precondition under that lock, so of two publishers holding the
+same version exactly one wins. Editing the policy file by hand publishes too
+(``refresh``)::
 
     repo = PolicyRepository("mesh/")
     repo.refresh()                                   # adopt history and hand edits
     v = repo.publish(text, who="alice", comment="raise retries")   # PolicyError if invalid
+    repo.publish(text, who="bob", expected=v.version)  # VersionConflictError if v is not current
     repo.rollback(3, who="alice")                    # a new version with version 3's content
 """
 
@@ -37,7 +41,7 @@ from typing import Any
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.controlplane.files import create_exclusive, write_atomic
-from meshlib.errors import PolicyError
+from meshlib.errors import PolicyError, VersionConflictError
 from meshlib.policy.files import POLICY_FILE_NAMES
 from meshlib.policy.parse import Format, detect_format, parse_document, validate_policy
 
@@ -264,7 +268,19 @@ class PolicyRepository:
             source="publish",
         )
 
-    def _publish_locked(self, text: str, fmt: Format, *, who: str, comment: str) -> PolicyVersion:
+    def _check_expected(self, expected: int | None) -> None:
+        """Compare-and-set: raise unless ``expected`` is the version in force (0: none yet)."""
+        current = self._current.version if self._current else 0
+        if expected is not None and expected != current:
+            raise VersionConflictError(
+                f"the policy changed since you read it: version {expected} was expected, "
+                f"version {current or 'none'} is current",
+                current=current or None,
+            )
+
+    def _publish_locked(
+        self, text: str, fmt: Format, *, who: str, comment: str, expected: int | None = None
+    ) -> PolicyVersion:
         source = f"publish by {who}"
         data, locate = parse_document(text, source=source, fmt=fmt)
         validate_policy(data, source=source, locate=locate)
@@ -272,6 +288,7 @@ class PolicyRepository:
         if stored != text:
             data, _ = parse_document(stored, source=source, fmt=self.format)
         self._adopt_latest()
+        self._check_expected(expected)
         digest = content_hash(stored)
         if self.policy_file_text() != stored:
             write_atomic(self.policy_file, stored.encode("utf-8"))
@@ -285,7 +302,10 @@ class PolicyRepository:
             try:
                 create_exclusive(self._entry_path(number), payload)
                 break
-            except FileExistsError:  # another replica without a shared flock took it
+            except FileExistsError:  # another process without a working flock took it
+                if expected is not None:
+                    self._adopt_latest()
+                    self._check_expected(expected)
                 number += 1
         with self._lock:
             self._cache[number] = version
@@ -301,16 +321,32 @@ class PolicyRepository:
             return None
 
     def publish(
-        self, text: str, *, fmt: Format | None = None, who: str, comment: str = ""
+        self,
+        text: str,
+        *,
+        fmt: Format | None = None,
+        who: str,
+        comment: str = "",
+        expected: int | None = None,
     ) -> PolicyVersion:
-        """Validate and publish ``text`` as the next version; PolicyError lists every problem."""
+        """Validate and publish ``text`` as the next version.
+
+        Raises:
+            PolicyError: the document is invalid; every problem is listed.
+            VersionConflictError: ``expected`` (0: no version yet) is not the version in
+                force, checked under the publish lock.
+        """
         fmt = fmt or detect_format("", text)
         with self._publishing():
-            return self._publish_locked(text, fmt, who=who, comment=comment)
+            return self._publish_locked(text, fmt, who=who, comment=comment, expected=expected)
 
-    def rollback(self, version: int, *, who: str) -> PolicyVersion:
+    def rollback(self, version: int, *, who: str, expected: int | None = None) -> PolicyVersion:
         """Publish version ``version``'s content again as a new version; KeyError if unknown."""
         old = self.get(version)
         return self.publish(
-            old.text, fmt=old.format, who=who, comment=f"rollback to version {version}"
+            old.text,
+            fmt=old.format,
+            who=who,
+            comment=f"rollback to version {version}",
+            expected=expected,
         )

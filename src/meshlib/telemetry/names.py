@@ -82,6 +82,8 @@ __all__ = [
     "CLIENT_LATENCY_TIME",
     "CLIENT_REQUEST_DURATION",
     "CLIENT_RETRIES",
+    "CONTROLPLANE_FETCH_FAILURES",
+    "CONTROLPLANE_PUBLISHES_REFUSED",
     "DISCOVERY_DNS_RESOLUTIONS",
     "DISCOVERY_ENDPOINT_SET_CHANGES",
     "DISCOVERY_HEALTH_TRANSITIONS",
@@ -367,6 +369,18 @@ DISCOVERY_REGISTRATION_EVENTS: Final = Instrument(
     "{event}",
     "Registration lease events of this instance.",
 )
+CONTROLPLANE_FETCH_FAILURES: Final = Instrument(
+    "meshlib.controlplane.fetch_failures",
+    "counter",
+    "{failure}",
+    "Policy fetches from the control plane that failed (unreachable, too slow, too large, garbage, an older version), by outcome; the last good policy stayed in force.",
+)
+CONTROLPLANE_PUBLISHES_REFUSED: Final = Instrument(
+    "meshlib.controlplane.publishes_refused",
+    "counter",
+    "{publish}",
+    "On the control plane, publishes and rollbacks refused, by outcome (invalid, conflict, denied, too_large, unavailable).",
+)
 POLICY_REVISION: Final = Instrument(
     "meshlib.policy.revision",
     "observable_gauge",
@@ -402,6 +416,8 @@ INSTRUMENTS: Final = (
     DISCOVERY_HEALTH_TRANSITIONS,
     DISCOVERY_DNS_RESOLUTIONS,
     DISCOVERY_REGISTRATION_EVENTS,
+    CONTROLPLANE_FETCH_FAILURES,
+    CONTROLPLANE_PUBLISHES_REFUSED,
     POLICY_REVISION,
     POLICY_RELOAD_FAILURES,
 )
