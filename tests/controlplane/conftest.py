@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from meshlib.controlplane.app import create_app
 from meshlib.controlplane.config import ControlPlaneSettings
 from meshlib.controlplane.server import ControlPlaneServer, server_config
 from meshlib.policy.store import PolicySnapshot, PolicyStore
+from tests.support.etcd import EtcdCluster
 from tests.support.servers import RunningServer, free_port
 
 PUBLISH = "alice=pub-s3cret"
@@ -160,3 +162,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+@pytest.fixture(scope="session")
+def etcd_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One etcd member for the session; each test isolates itself with its own key prefix."""
+    with EtcdCluster(tmp_path_factory.mktemp("etcd-node"), nodes=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def etcd_settings(etcd_node: EtcdCluster) -> dict[str, Any]:
+    """Replica settings on the shared etcd member, under a key prefix of this test's own."""
+    return {"store": etcd_node.store_url, "etcd_prefix": f"/test-{uuid.uuid4().hex[:12]}/"}

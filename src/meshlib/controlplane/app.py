@@ -120,6 +120,7 @@ class ControlPlane:
         """Set when the replica begins to stop: parked long-polls answer at once."""
         self._task: asyncio.Task[None] | None = None
         self._started = False
+        self._backends_started = False
         self._synced = asyncio.Event()
         self._backoff = Backoff(tenacity.wait_random_exponential(multiplier=0.2, max=5.0))
         self._store_log = RateLimitedLog(logger, every=30.0, clock=clock)
@@ -129,6 +130,10 @@ class ControlPlane:
         """Feed the hub from the backend's watch; on loss, back off (tenacity) and resume."""
         while True:
             try:
+                if not self._backends_started:
+                    await self.backend.start()
+                    await self.registry.start()
+                    self._backends_started = True
                 self.hub.set(await self.backend.current())  # caught up, even on an empty store
                 self._store_back()
                 async for version in self.backend.watch():
@@ -160,11 +165,6 @@ class ControlPlane:
         """Start the backends and the watch once, and wait until the store was read (or failed)."""
         if not self._started:
             self._started = True
-            try:
-                await self.registry.start()
-            except Exception as exc:
-                self.store_error = str(exc) or type(exc).__name__
-                logger.error("the registry store %s is unavailable: %s", self.registry.name, exc)
             self._task = asyncio.get_running_loop().create_task(self._follow())
         await self._synced.wait()
 
