@@ -226,15 +226,15 @@ def parse_args(service: str, default_port: int) -> argparse.Namespace:
 def serve(app: Any, args: argparse.Namespace, kind: Literal["asgi", "wsgi"], *, tls: bool) -> None:
     """Serve ``app`` until interrupted: with mutual TLS when ``tls`` and MESH_TLS_CERT is set.
 
-    Mutual TLS goes through ``meshlib.serve()``, which takes the certificate, key
+    Mutual TLS goes through ``meshlib.serve.serve()``, which takes the certificate, key
     and client CA from MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA and hands
     the caller's certificate to the middleware (its SPIFFE ID is the caller's
     identity for authz). Otherwise: plain HTTP, uvicorn or werkzeug.
     """
     if tls and os.environ.get("MESH_TLS_CERT"):
-        import meshlib
+        from meshlib.serve import serve as serve_mtls
 
-        meshlib.serve(app, host=args.host, port=args.port, interface=kind)
+        serve_mtls(app, host=args.host, port=args.port, interface=kind)
     elif kind == "asgi":
         import uvicorn
 

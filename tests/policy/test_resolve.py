@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from meshlib import parse_policy, resolve
-from meshlib.policy.resolve import resolver_for
+from meshlib import parse_policy
+from meshlib.policy.resolve import resolve, resolver_for
 from tests.policy.conftest import GOOD_YAML
 
 
