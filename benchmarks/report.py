@@ -169,14 +169,18 @@ def format_markdown(name: str, table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_targets(checks: list[dict[str, Any]]) -> str:
-    """The targets, one line each, MET or MISSED."""
+def format_targets(checks: list[dict[str, Any]], *, judged: bool = True) -> str:
+    """The targets, one line each, MET or MISSED; all informational when not `judged` (--quick)."""
     if not checks:
         return "targets: not evaluated (no mesh path ran)"
     lines = ["targets (same run):"]
+    if not judged:
+        lines = [
+            "targets (quick run: too few requests to judge; informational, judged in the full run):"
+        ]
     for check in checks:
         verdict = "MET   " if check["met"] else "MISSED"
-        if check.get("kind") == "info":
+        if check.get("kind") == "info" or not judged:
             verdict = "(info)"
         spread = ""
         if check.get("per_round"):

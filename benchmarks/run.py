@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     checks = [dict(check, table=key) for key, table in tables.items() for check in table["targets"]]
-    print(format_targets(checks))
+    print(format_targets(checks, judged=not args.quick))
     plot_path = args.plot or args.out / "latency.png"
     title = (
         f"meshlib bench {meta['started_utc']} — {meta['cpu_model']}, {meta['cpus']} CPUs, "
