@@ -15,7 +15,6 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from meshlib.deadline import Deadline, deadline_scope
 from meshlib.outbound import AsyncMeshClient, MeshClient
-from meshlib.outbound.aiohttp_transport import AiohttpTransport
 from meshlib.policy.model import Policy
 from tests.support.servers import RunningServer, serve_asgi
 
@@ -211,9 +210,9 @@ def _clock() -> Any:
     return SYSTEM_CLOCK
 
 
-@pytest.fixture(params=["sync", "async", "async-aiohttp"])
+@pytest.fixture(params=["sync", "async", "async-httpcore"])
 def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
-    """A sync, an async, and an async-over-aiohttp driver; each test runs once with each."""
+    """A sync, an async (aiohttp's pool, the default) and an async-over-httpcore driver."""
     if request.param == "sync":
         d = Driver(False, None)
         try:
@@ -221,7 +220,7 @@ def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
         finally:
             d.close()
         return
-    endpoint_transport = AiohttpTransport if request.param == "async-aiohttp" else None
+    endpoint_transport = httpx.AsyncHTTPTransport if request.param == "async-httpcore" else None
     with start_blocking_portal() as portal:
         d = Driver(True, portal, endpoint_transport)
         try:

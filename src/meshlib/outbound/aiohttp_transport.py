@@ -1,171 +1,432 @@
-"""An httpx transport backed by aiohttp: the same httpx API, a faster connection pool under asyncio.
+"""An httpx transport backed by aiohttp: the same httpx API over asyncio's fastest HTTP/1.1 pool.
 
 httpcore's async pool re-scans every queued request against every
 connection on each event, so under tens of concurrent requests an
-``httpx.AsyncClient`` is CPU-bound in the pool (DESIGN.md, "facts
-measured"). aiohttp's connector is not. This transport keeps everything
-above the pool (httpx requests and responses, meshlib's flow) and swaps the
-pool, for the endpoints of an :class:`~meshlib.AsyncMeshClient`::
+`httpx.AsyncClient` is CPU-bound in its pool (see the benchmarks page).
+aiohttp's connector is not. [`AiohttpTransport`][meshlib.outbound.aiohttp_transport.AiohttpTransport]
+keeps everything above the pool (httpx requests and responses, meshlib's
+flow) and swaps the pool. It is the default endpoint transport of
+[`AsyncMeshClient`][meshlib.AsyncMeshClient]; `http2=True` picks httpcore's
+pool instead. Used on its own:
 
-    from meshlib.outbound.aiohttp_transport import AiohttpTransport
+```python
+async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+    await client.get("http://127.0.0.1:8000/")
+```
 
-    client = AsyncMeshClient(policy, endpoint_transport=AiohttpTransport)
+What it keeps of `httpx.AsyncHTTPTransport`'s contract:
 
-It honours the httpx ``timeout`` extension (connect, read, pool) and maps
-aiohttp's errors to the httpx exceptions meshlib's retry rules classify.
-It does not emit httpx ``trace`` events (the latency split then uses each
-attempt's wall time) and speaks HTTP/1.1 only. Needs ``pip install aiohttp``.
+- **Timeouts** from the request's `timeout` extension, as httpx documents
+  them: `connect` (name resolution, TCP and TLS handshake), `read` (each wait
+  for data from the server), `write` (each write of a streamed request body),
+  `pool` (the wait for a free connection). aiohttp's read timer also runs
+  while the request body is sent, so a read timeout that fires before the body
+  is fully written is reported as `httpx.WriteTimeout`: the stall was in writing.
+- **Errors** mapped onto httpx's exception tree (`ConnectError`,
+  `ConnectTimeout`, `ReadTimeout`, `WriteTimeout`, `PoolTimeout`,
+  `RemoteProtocolError`, `ReadError`, `WriteError`, `ProxyError`,
+  `UnsupportedProtocol`), so user code and meshlib's retry rules read them as
+  they read httpcore's.
+- **Limits**: `max_connections` bounds requests in flight (each holds one
+  connection until its body is closed; waiting is bounded by the `pool`
+  timeout), `max_keepalive_connections` bounds idle connections kept,
+  `keepalive_expiry` closes idle ones.
+- **TLS**: `verify` and `cert` go through `httpx.create_ssl_context`, so
+  certifi, `SSL_CERT_FILE` (with `trust_env`) and `verify=False` behave as in
+  httpx. meshlib's rotating, identity-checking contexts
+  ([`meshlib.security.tls`][meshlib.security.tls]) work unchanged: asyncio
+  makes every connection with `wrap_bio`, where the SPIFFE identity check runs.
+- **Proxies**: an `http://` or `https://` forward proxy (`proxy=`), with
+  credentials from its URL or `httpx.Proxy(auth=...)`. SOCKS proxies, `uds`
+  and `socket_options` are refused with a message naming the alternative.
+- **`trace` extension**: a request that carries one gets httpx's event names
+  for what aiohttp reports (`connection.connect_tcp.started/complete`,
+  `http11.send_request_headers.started/complete`,
+  `http11.receive_response_headers.complete`), through a second session on the
+  same pool, so requests without the extension pay nothing for it. meshlib's
+  latency split uses them for sampled calls.
+
+HTTP/1.1 only. aiohttp's own cookie jar, `~/.netrc` and environment proxy
+look-ups are off: httpx's client does cookies and proxies itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import ssl
-from collections.abc import AsyncIterator
-from typing import Any
+import sys
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
+from yarl import URL
+
+if TYPE_CHECKING:
+    from httpx._types import CertTypes, ProxyTypes
 
 __all__ = ["AiohttpTransport"]
 
-
-def _import_aiohttp() -> Any:
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "AiohttpTransport needs aiohttp: run `pip install aiohttp`, or leave "
-            "endpoint_transport unset to use httpx's own pool"
-        ) from None
-    return aiohttp
+_DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+_STREAMED_UPLOAD = 64 * 1024
+"""Byte bodies above this size are sent in chunks, so each write is timed."""
+_HOP_BY_HOP = (b"transfer-encoding",)
 
 
-def _ssl_for(verify: ssl.SSLContext | str | bool, cert: Any) -> ssl.SSLContext | bool:
-    if isinstance(verify, ssl.SSLContext):
-        return verify
-    if verify is False:
-        return False
-    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
-    if cert is not None:
-        if isinstance(cert, str):
-            context.load_cert_chain(cert)
-        else:
-            context.load_cert_chain(*cert)
-    return context
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's TCP connector, keeping at most `max_idle` idle connections (httpx's keep-alive limit).
+
+    A connection dropped with unsent bytes (a request body the server stopped
+    reading) is aborted: a graceful close would wait forever for the peer to
+    read them, and leave the socket open.
+    """
+
+    max_idle: int | None = None
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        max_idle = self.max_idle
+        if (
+            not should_close
+            and max_idle is not None
+            and sum(map(len, self._conns.values())) >= max_idle
+        ):
+            should_close = True
+        if should_close or protocol.should_close:
+            transport = protocol.transport
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()
+        super()._release(key, protocol, should_close=should_close)
+
+
+def _event(name: str) -> Any:
+    async def send(session: Any, context: Any, params: Any) -> None:
+        hook = context.trace_request_ctx
+        if hook is not None:
+            await hook(name, {})
+
+    return send
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    """The request signals of aiohttp, re-emitted under httpx's `trace` event names."""
+    config = aiohttp.TraceConfig()
+    config.on_connection_create_start.append(_event("connection.connect_tcp.started"))
+    config.on_connection_create_end.append(_event("connection.connect_tcp.complete"))
+    config.on_connection_create_end.append(_event("http11.send_request_headers.started"))
+    config.on_connection_reuseconn.append(_event("http11.send_request_headers.started"))
+    config.on_request_headers_sent.append(_event("http11.send_request_headers.complete"))
+    config.on_request_end.append(_event("http11.receive_response_headers.complete"))
+    return config
+
+
+def _proxy_settings(proxy: ProxyTypes | None) -> tuple[URL | None, dict[str, str] | None]:
+    """`(url, headers)` for aiohttp from an httpx proxy argument; refuses what aiohttp lacks."""
+    if proxy is None:
+        return None, None
+    if not isinstance(proxy, httpx.Proxy):
+        proxy = httpx.Proxy(proxy)
+    if proxy.url.scheme not in ("http", "https"):
+        raise ValueError(
+            f"AiohttpTransport supports http:// and https:// proxies, not {proxy.url.scheme}://; "
+            "for a SOCKS proxy use httpx's own transport (endpoint_transport=httpx.AsyncHTTPTransport)"
+        )
+    headers = dict(proxy.headers.items())
+    if proxy.auth:
+        headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(*proxy.auth)
+    return URL(str(proxy.url.copy_with(username=None, password=None))), headers or None
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An ``httpx.AsyncBaseTransport`` that sends requests with one ``aiohttp.ClientSession``.
+    """An `httpx.AsyncBaseTransport` that sends requests through one `aiohttp.ClientSession`.
 
-    Takes the keyword arguments of ``httpx.AsyncHTTPTransport`` that make
-    sense for it (``verify``, ``cert``, ``limits``); others are accepted and
-    ignored so it can stand in for it. ``trust_env`` is ignored too: with it,
-    aiohttp looks up ``~/.netrc`` in an executor thread and the proxy
-    variables in another for every request (about half of its CPU per
-    request), and proxies and netrc credentials make no sense for mesh
-    endpoints. The session is made on first use, inside the running event loop.
+    Takes `httpx.AsyncHTTPTransport`'s keyword arguments. `trust_env` only
+    decides whether `SSL_CERT_FILE`/`SSL_CERT_DIR` are read (as in httpx):
+    aiohttp's own per-request `~/.netrc` and proxy look-ups would cost about
+    half of its CPU per request, and httpx's client resolves environment
+    proxies itself. The session is made on first use, inside the running event
+    loop, and belongs to that loop.
 
-    Example::
+    Example:
+        ```python
+        transport = AiohttpTransport(limits=httpx.Limits(max_connections=10))
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get("http://127.0.0.1:8000/")
+        ```
 
-        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
-            await client.get("http://127.0.0.1:8000/")
+    Raises:
+        ValueError: an option aiohttp cannot honour (HTTP/2, a SOCKS proxy,
+            `uds`, `socket_options`, connect `retries`).
     """
 
     def __init__(
         self,
         *,
         verify: ssl.SSLContext | str | bool = True,
-        cert: Any = None,
-        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
-        **_ignored: Any,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = _DEFAULT_LIMITS,
+        proxy: ProxyTypes | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: Any = None,
     ) -> None:
-        self._aiohttp = _import_aiohttp()
-        self._ssl = _ssl_for(verify, cert)
+        if http2 or not http1:
+            raise ValueError(
+                "AiohttpTransport speaks HTTP/1.1 only: for HTTP/2 use httpx.AsyncHTTPTransport "
+                "(AsyncMeshClient(http2=True) picks it for you)"
+            )
+        for name, value in (("uds", uds), ("socket_options", socket_options)):
+            if value is not None:
+                raise ValueError(
+                    f"AiohttpTransport does not support {name}=; use httpx.AsyncHTTPTransport"
+                )
+        if retries:
+            raise ValueError(
+                "AiohttpTransport does not retry connects itself (retries=); meshlib's retry "
+                "policy retries connect failures, or use httpx.AsyncHTTPTransport(retries=...)"
+            )
+        if isinstance(verify, ssl.SSLContext):
+            self._ssl: ssl.SSLContext = verify
+            if cert is not None:  # what httpx does with a context and cert= together
+                self._ssl.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
+        else:
+            self._ssl = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
         self._limits = limits
-        self._session: Any = None
+        self._local = (local_address, 0) if local_address else None
+        self._proxy, self._proxy_headers = _proxy_settings(proxy)
+        self._slots = asyncio.Semaphore(limits.max_connections) if limits.max_connections else None
+        self._session: aiohttp.ClientSession | None = None
+        self._traced: aiohttp.ClientSession | None = None
+        self._closed = False
         self._active = 0  # requests and open bodies: the pool may close only when 0
 
     def is_idle(self) -> bool:
-        """Whether no request or response body is using the session (so closing it is safe)."""
+        """Whether no request or response body is using the pool (so closing it is safe)."""
         return self._active == 0
 
-    def _make_session(self) -> Any:
-        aiohttp = self._aiohttp
-        connector = aiohttp.TCPConnector(
-            limit=self._limits.max_connections or 0,
+    def _make_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this AiohttpTransport is closed; make a new one")
+        limits = self._limits
+        connector = _Connector(
+            limit=0,  # requests in flight are bounded by self._slots, with httpx's pool timeout
             limit_per_host=0,
-            keepalive_timeout=self._limits.keepalive_expiry or 15.0,
+            keepalive_timeout=limits.keepalive_expiry,
             ssl=self._ssl,
+            local_addr=self._local,
+            timeout_ceil_threshold=math.inf,  # aiohttp rounds timeouts > 5 s up to whole seconds
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # httpx decodes Content-Encoding itself
-            trust_env=False,  # see the class docstring: never per-request netrc/proxy look-ups
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
+        connector.max_idle = limits.max_keepalive_connections
+        self._session = aiohttp.ClientSession(**self._session_kwargs(connector))
         return self._session
 
+    def _session_kwargs(self, connector: aiohttp.BaseConnector) -> dict[str, Any]:
+        return {
+            "connector": connector,
+            "auto_decompress": False,  # httpx decodes Content-Encoding itself
+            "trust_env": False,  # see the class docstring: no per-request netrc/proxy look-ups
+            "cookie_jar": aiohttp.DummyCookieJar(),  # httpx's client keeps the cookies
+            "skip_auto_headers": ("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            "timeout": aiohttp.ClientTimeout(total=None),
+        }
+
+    def _traced_session(self) -> aiohttp.ClientSession:
+        """A session on the same pool that reports `trace` events (made when first needed)."""
+        if self._traced is None:
+            main = self._session or self._make_session()
+            kwargs = self._session_kwargs(main.connector)  # type: ignore[arg-type]
+            self._traced = aiohttp.ClientSession(
+                **kwargs, connector_owner=False, trace_configs=[_trace_config()]
+            )
+        return self._traced
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` through aiohttp; the response body streams from the connection."""
-        aiohttp = self._aiohttp
-        session = self._session or self._make_session()
-        timeout = request.extensions.get("timeout") or {}
-        client_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=timeout.get("pool"),
-            sock_connect=timeout.get("connect"),
-            sock_read=timeout.get("read"),
-        )
-        if isinstance(request.stream, httpx.ByteStream):
-            data: Any = await request.aread() or None
+        """Send `request` through aiohttp; the response body streams from the connection.
+
+        Raises:
+            httpx.TransportError: the subclass httpcore would raise for the same failure.
+        """
+        extensions = request.extensions
+        hook = extensions.get("trace")
+        if hook is None:
+            session = self._session or self._make_session()
         else:
-            data = request.stream
+            session = self._traced_session()
+        timeout = extensions.get("timeout") or {}
+        read = timeout.get("read")
+        connect = timeout.get("connect")
+        client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=read
+        )
+        upload: _Upload | None = None
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):
+            data: Any = request.content or None
+            if data is not None and len(data) > _STREAMED_UPLOAD:
+                upload = data = _Upload(_chunks(data), timeout.get("write"))
+        else:
+            upload = data = _Upload(stream, timeout.get("write"))  # type: ignore[arg-type]
         # aiohttp frames the body itself: it refuses a Transfer-Encoding it did not set.
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in request.headers.raw
-            if k.lower() != b"transfer-encoding"
+            if k.lower() not in _HOP_BY_HOP
         ]
+        proxy_headers = self._proxy_headers
+        if proxy_headers and request.url.scheme == "http":
+            # aiohttp sends proxy headers only on CONNECT (https targets); plain http
+            # requests to the proxy carry them themselves, as httpcore's do.
+            headers.extend(proxy_headers.items())
+        await self._acquire(request, timeout.get("pool"))
         self._active += 1
         try:
+            if upload is not None:
+                upload.watch(asyncio.current_task())
             response = await session.request(
                 request.method,
-                str(request.url),
+                URL(str(request.url), encoded=True),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
                 timeout=client_timeout,
                 compress=None,
+                proxy=self._proxy,
+                proxy_headers=proxy_headers,
+                trace_request_ctx=hook,
             )
         except BaseException as exc:
-            self._active -= 1
+            self._release()
+            if upload is not None:
+                upload.unwatch()
+                if isinstance(exc, asyncio.CancelledError) and upload.expired:
+                    _uncancel()
+                    raise httpx.WriteTimeout("timed out writing the request body") from None
             if isinstance(exc, Exception):
-                raise _map(aiohttp, exc, request) from exc
+                raise _map(exc, request, writing=upload is not None and not upload.done) from exc
             raise
+        if upload is not None:
+            upload.unwatch()
         return httpx.Response(
             response.status,
-            headers=[(k, v) for k, v in response.raw_headers],
-            stream=_Body(aiohttp, response, request, self),
+            headers=response.raw_headers,
+            stream=_Body(response, request, self),
             extensions={
                 "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode(),
+                "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
             },
         )
 
+    async def _acquire(self, request: httpx.Request, timeout: float | None) -> None:
+        """Take a connection slot, waiting at most `timeout` (httpx's pool timeout)."""
+        slots = self._slots
+        if slots is None:
+            return
+        if not slots.locked():
+            await slots.acquire()
+            return
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise httpx.PoolTimeout(
+                f"no free connection within the pool timeout ({timeout} s; "
+                f"max_connections={self._limits.max_connections})",
+                request=request,
+            ) from None
+
+    def _release(self) -> None:
+        self._active -= 1
+        if self._slots is not None:
+            self._slots.release()
+
     async def aclose(self) -> None:
-        """Close the session and its connections."""
+        """Close the sessions and every pooled connection; later requests raise RuntimeError."""
+        self._closed = True
+        traced, self._traced = self._traced, None
+        if traced is not None:
+            await traced.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
 
+def _uncancel() -> None:
+    # The cancellation was ours (the write watchdog): take it back so the task's cancel
+    # count stays right for structured concurrency (asyncio.timeout, TaskGroup) above us.
+    if sys.version_info >= (3, 11):
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+
+
+async def _chunks(data: bytes, size: int = _STREAMED_UPLOAD) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+class _Upload:
+    """A request body fed to aiohttp chunk by chunk, each write timed (httpx's `write` timeout).
+
+    aiohttp asks for the next chunk only once the previous one is written
+    (its transport drained), so the time between handing out a chunk and the
+    next request for one is that write. When it exceeds `timeout`, the task
+    waiting for the response is cancelled and the transport raises
+    `httpx.WriteTimeout` instead.
+    """
+
+    __slots__ = ("_chunks", "_handle", "_task", "_timeout", "done", "expired")
+
+    def __init__(self, chunks: AsyncIterable[bytes], timeout: float | None) -> None:
+        self._chunks = chunks
+        self._timeout = timeout
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.done = False
+        self.expired = False
+
+    def watch(self, task: asyncio.Task[Any] | None) -> None:
+        """Cancel `task` when a write outlasts the timeout (until `unwatch`)."""
+        self._task = task
+
+    def unwatch(self) -> None:
+        """The response is in (or the request failed): writes no longer cancel anything."""
+        self._task = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _expire(self) -> None:
+        self._handle = None
+        if self._task is not None and not self.done:
+            self.expired = True
+            self._task.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        timeout = self._timeout
+        try:
+            async for chunk in self._chunks:
+                if timeout is not None and self._task is not None:
+                    self._handle = loop.call_later(timeout, self._expire)
+                yield chunk
+                if self._handle is not None:
+                    self._handle.cancel()
+                    self._handle = None
+        finally:
+            self.done = True
+
+
 class _Body(httpx.AsyncByteStream):
-    """An aiohttp response body as an httpx stream, errors mapped to httpx's."""
+    """An aiohttp response body as an httpx stream; errors mapped, the slot freed on close."""
+
+    __slots__ = ("_owner", "_request", "_response")
 
     def __init__(
-        self, aiohttp: Any, response: Any, request: httpx.Request, owner: AiohttpTransport
+        self, response: aiohttp.ClientResponse, request: httpx.Request, owner: AiohttpTransport
     ) -> None:
-        self._aiohttp = aiohttp
         self._response = response
         self._request = request
         self._owner: AiohttpTransport | None = owner
@@ -175,32 +436,59 @@ class _Body(httpx.AsyncByteStream):
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except Exception as exc:
-            raise _map(self._aiohttp, exc, self._request) from exc
+            raise _map(exc, self._request, writing=False) from exc
 
     async def aclose(self) -> None:
+        """Return the connection to the pool (or close it, if the body was not read to the end)."""
         self._response.release()
         owner, self._owner = self._owner, None
         if owner is not None:
-            owner._active -= 1
+            owner._release()
 
 
-def _map(aiohttp: Any, exc: Exception, request: httpx.Request) -> Exception:
-    """The httpx exception that says what an aiohttp failure means for retries."""
-    if isinstance(exc, httpx.HTTPError):  # e.g. PeerIdentityError from the TLS handshake
+def _cause(exc: BaseException) -> str:
+    """The most telling message of an aiohttp error (the OS or TLS error under it, if any)."""
+    inner = getattr(exc, "os_error", None) or getattr(exc, "certificate_error", None)
+    return str(inner or exc) or type(exc).__name__
+
+
+def _reset(exc: aiohttp.ClientPayloadError) -> bool:
+    """Whether a body was cut short by a connection reset (httpcore's ReadError), not a FIN.
+
+    aiohttp keeps the connection error only in the message ("... . ConnectionResetError(104, ...)").
+    """
+    return isinstance(exc.__cause__, OSError) or "ConnectionResetError(" in str(exc)
+
+
+def _map(exc: Exception, request: httpx.Request, *, writing: bool) -> Exception:
+    """The httpx exception that says what an aiohttp failure means, as httpcore would say it."""
+    if isinstance(exc, httpx.HTTPError):
         return exc
-    message = str(exc) or type(exc).__name__
+    inner = getattr(exc, "os_error", None)
+    if isinstance(inner, httpx.HTTPError):  # PeerIdentityError from the TLS handshake
+        return inner
+    message = _cause(exc)
+    kind: type[httpx.HTTPError]
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(message, request=request)
-    if isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
-        return httpx.ReadTimeout(message, request=request)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(message, request=request)
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
-        return httpx.RemoteProtocolError(message, request=request)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return httpx.UnsupportedProtocol(message, request=request)
-    if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ClientConnectionError, OSError)):
-        return httpx.ReadError(message, request=request)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return httpx.RemoteProtocolError(message, request=request)
-    return exc
+        kind = httpx.ConnectTimeout
+    elif isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        kind = httpx.WriteTimeout if writing else httpx.ReadTimeout
+    elif isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+        kind = httpx.ProxyError
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        kind = httpx.ConnectError
+    elif isinstance(exc, aiohttp.ClientPayloadError) and _reset(exc):
+        kind = httpx.ReadError  # the body was cut by a reset, not by a short message
+    elif isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+        kind = httpx.RemoteProtocolError
+    elif isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
+        kind = httpx.UnsupportedProtocol
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        kind = httpx.RemoteProtocolError  # a response aiohttp's parser could not read
+    elif isinstance(exc, (aiohttp.ClientOSError, OSError)):
+        kind = httpx.WriteError if writing else httpx.ReadError
+    elif isinstance(exc, ValueError):
+        kind = httpx.LocalProtocolError  # aiohttp refused a header or body we gave it
+    else:
+        return exc
+    return kind(message, request=request)

@@ -13,9 +13,17 @@ process-wide store from ``MESH_POLICY_FILE`` / the control plane)::
 services, so adopting meshlib is one line. Timeouts come from the policy; a
 ``timeout=`` given here can only shorten them. TLS settings given here
 (``verify``, ``cert``) apply to non-mesh URLs and to mesh endpoints whose
-policy has ``tls: {mode: disabled}``. Their cookie jar is httpx's, minus the
+policy has ``tls: {mode: disabled}``. A ``proxy=`` given here carries the calls
+to non-mesh URLs only: mesh endpoints are always dialled directly, and the
+proxy environment variables are not read (as in httpx whenever a client is
+given a transport). Their cookie jar is httpx's, minus the
 no-op pass httpx makes over every response without ``Set-Cookie``
 (:mod:`meshlib.outbound.cookies`).
+
+The async client's endpoints use
+[`AiohttpTransport`][meshlib.outbound.aiohttp_transport.AiohttpTransport]
+(aiohttp's pool) by default, and httpcore's (`httpx.AsyncHTTPTransport`) with
+`http2=True` or when asked for with `endpoint_transport=`.
 """
 
 from __future__ import annotations
@@ -47,6 +55,36 @@ if TYPE_CHECKING:
 __all__ = ["AsyncMeshClient", "MeshClient"]
 
 EventHook = Callable[..., Any]
+
+
+def _base_transport(
+    transport: Any, proxy: ProxyTypes | None, factory: Callable[..., Any], kwargs: dict[str, Any]
+) -> Any:
+    """The transport for non-mesh URLs: the user's, or a pool through ``proxy`` when one is given.
+
+    httpx would mount the proxy for every URL, mesh services included, and so
+    bypass the mesh; here it only carries what the mesh does not route.
+    """
+    if proxy is None:
+        return transport
+    if transport is not None:
+        raise ValueError(
+            "give either transport= or proxy=, not both: configure the proxy on your transport"
+        )
+    return factory(proxy=proxy, **kwargs)
+
+
+def _async_endpoint_factory(
+    endpoint_transport: Callable[..., httpx.AsyncBaseTransport] | None, http2: bool
+) -> Callable[..., httpx.AsyncBaseTransport]:
+    """The pool class of an async client: the one asked for, httpcore for HTTP/2, else aiohttp."""
+    if endpoint_transport is not None:
+        return endpoint_transport
+    if http2:
+        return httpx.AsyncHTTPTransport
+    from meshlib.outbound.aiohttp_transport import AiohttpTransport
+
+    return AiohttpTransport
 
 
 def _pool_kwargs(
@@ -102,15 +140,16 @@ class MeshClient(MeshCookiesMixin, httpx.Client):
         base_url: httpx.URL | str = "",
         default_encoding: str | Callable[[bytes], str] = "utf-8",
     ) -> None:
+        pool_kwargs = _pool_kwargs(verify, cert, trust_env, http1, http2, limits)
         self.mesh_transport = MeshTransport(
             policy,
             service_name=service_name,
-            transport=transport,
+            transport=_base_transport(transport, proxy, httpx.HTTPTransport, pool_kwargs),
             settings=settings,
             clock=clock,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
-            **_pool_kwargs(verify, cert, trust_env, http1, http2, limits),
+            **pool_kwargs,
         )
         super().__init__(
             auth=auth,
@@ -118,7 +157,6 @@ class MeshClient(MeshCookiesMixin, httpx.Client):
             headers=headers,
             cookies=cookies,
             trust_env=trust_env,
-            proxy=proxy,
             mounts=mounts,
             timeout=timeout,
             follow_redirects=follow_redirects,
@@ -134,15 +172,15 @@ class MeshClient(MeshCookiesMixin, httpx.Client):
 class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
     """An ``httpx.AsyncClient`` whose calls go through the mesh; the twin of :class:`MeshClient`.
 
-    ``endpoint_transport`` replaces httpx's connection pool under the mesh
-    (a class or factory taking ``httpx.AsyncHTTPTransport``'s keyword
-    arguments). :class:`~meshlib.outbound.aiohttp_transport.AiohttpTransport`
-    (``pip install meshlib[aiohttp]``) is the recommended choice for many
-    concurrent requests: at 32 in flight it gives about 4x the requests per
-    second of httpcore's pool at about a quarter of the CPU per request
-    (docs/explanation/benchmarks.md). httpcore stays the default because it
-    needs no extra dependency, speaks HTTP/2 and reports httpx's ``trace``
-    events (the precise wire window of sampled calls' latency split).
+    Its connection pools are aiohttp's by default
+    ([`AiohttpTransport`][meshlib.outbound.aiohttp_transport.AiohttpTransport]):
+    at 32 in flight they move several times the requests per second of
+    httpcore's pool at a fraction of the CPU per request (see the benchmarks
+    page). `http2=True` picks httpcore's pool (`httpx.AsyncHTTPTransport`),
+    which speaks HTTP/2; `endpoint_transport=` picks any other (a class or
+    factory taking `httpx.AsyncHTTPTransport`'s keyword arguments), for
+    example `httpx.AsyncHTTPTransport` for SOCKS proxies, `uds=` or httpx's
+    full set of `trace` events.
 
     Example::
 
@@ -180,16 +218,18 @@ class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
         base_url: httpx.URL | str = "",
         default_encoding: str | Callable[[bytes], str] = "utf-8",
     ) -> None:
+        pool_kwargs = _pool_kwargs(verify, cert, trust_env, http1, http2, limits)
+        factory = _async_endpoint_factory(endpoint_transport, http2)
         self.mesh_transport = AsyncMeshTransport(
             policy,
             service_name=service_name,
-            transport=transport,
+            transport=_base_transport(transport, proxy, factory, pool_kwargs),
             settings=settings,
             clock=clock,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
-            endpoint_transport=endpoint_transport,
-            **_pool_kwargs(verify, cert, trust_env, http1, http2, limits),
+            endpoint_transport=factory,
+            **pool_kwargs,
         )
         super().__init__(
             auth=auth,
@@ -197,7 +237,6 @@ class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
             headers=headers,
             cookies=cookies,
             trust_env=trust_env,
-            proxy=proxy,
             mounts=mounts,
             timeout=timeout,
             follow_redirects=follow_redirects,

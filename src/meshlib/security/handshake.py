@@ -65,7 +65,23 @@ class MeshSSLContext(ssl.SSLContext):
     sslobject_class: type[ssl.SSLObject]
 
 
-def _check_identity(conn: ssl.SSLSocket | ssl.SSLObject, expected: str) -> None:
+class _BioPeerIdentityError(PeerIdentityError, OSError):
+    """A PeerIdentityError that asyncio's TLS transport treats as the failed handshake it is.
+
+    asyncio (`sslproto`, under aiohttp and uvicorn) logs any exception from a
+    handshake that is not an `OSError` as a fatal transport error, with its
+    traceback; an `OSError` it closes quietly and hands to the caller. anyio
+    (under httpcore) lets it through unchanged, so callers still catch
+    `PeerIdentityError`. Only memory-BIO connections raise it: httpcore's sync
+    backend would turn an `OSError` from a blocking socket into a plain `ConnectError`.
+    """
+
+
+def _check_identity(
+    conn: ssl.SSLSocket | ssl.SSLObject,
+    expected: str,
+    error: type[PeerIdentityError] = PeerIdentityError,
+) -> None:
     presented = spiffe_ids(conn.getpeercert() or {})
     if presented == (expected,):
         return
@@ -75,7 +91,7 @@ def _check_identity(conn: ssl.SSLSocket | ssl.SSLObject, expected: str) -> None:
         shown = f"several SPIFFE IDs ({', '.join(presented)}), which an X509-SVID must not carry"
     else:
         shown = presented[0]
-    raise PeerIdentityError(
+    raise error(
         f"the server at {conn.server_hostname or 'the remote address'} is not {expected}: "
         f"its certificate presents {shown}",
         expected=expected,
@@ -129,7 +145,8 @@ def _finished(conn: ssl.SSLSocket | ssl.SSLObject) -> None:
         return
     expected = getattr(conn.context, "expected_identity", None)
     if expected is not None:
-        _check_identity(conn, expected)
+        bio = isinstance(conn, ssl.SSLObject)
+        _check_identity(conn, expected, _BioPeerIdentityError if bio else PeerIdentityError)
 
 
 class MeshSSLSocket(ssl.SSLSocket):
