@@ -212,6 +212,52 @@ def _edge_rows(observer: Observer) -> list[tuple[str, dict[str, Any], dict[str, 
     return rows
 
 
+PHASE_LEGEND = (
+    "  502: payments kept failing after orders' retries   503: refused fast, a breaker was open",
+    "  504: the 800 ms checkout deadline ran out           other: no answer, or another status",
+)
+
+NETWORK_MEANS = (
+    "  network = the caller's time on the wire minus the callee's own time: connecting, sending,",
+    "  the callee's HTTP server and framework around its app, and reading the answer. On loopback",
+    "  it is the two processes' HTTP stacks and event loops, not cables.",
+)
+
+
+def _app(observer: Observer, service: str, counter: str) -> int:
+    app = observer.documents.get(service, {}).get("app") or {}
+    return int(app.get(counter, 0))
+
+
+def _deadline_lines(observer: Observer, timed_out: int) -> list[str]:
+    """How the checkouts that timed out (504) split between frontend's and orders' deadlines.
+
+    The 800 ms deadline travels from frontend to orders (`x-mesh-deadline-ms`),
+    so both give up on the same checkout at about the same time: whichever
+    does first decides who answers the 504, and the other one's give-up
+    arrives for nobody.
+    """
+    own = _app(observer, "frontend", "deadline_exceeded")
+    relayed = _app(observer, "frontend", "orders_timed_out")
+    orders = _app(observer, "orders", "deadline_exceeded")
+    lines = [
+        "Deadlines (each checkout has 800 ms; the deadline travels frontend -> orders -> payments):",
+        f"  {timed_out} checkouts timed out (the 504 column):",
+        f"    {own:5d}  frontend's own deadline on its call to orders ran out first",
+        f"    {relayed:5d}  orders gave up on payments first and answered 504",
+    ]
+    if own + relayed != timed_out:
+        lines.append(
+            f"    {timed_out - own - relayed:5d}  answered 504 for another reason (not counted by the services)"
+        )
+    late = max(0, orders - relayed)
+    lines.append(
+        f"  orders gave up on {orders} calls to payments: {relayed} in time to answer frontend, "
+        f"{late} after frontend had already given up (the same checkouts, counted above)"
+    )
+    return lines
+
+
 def summary(observer: Observer, traffic: Traffic, elapsed: float) -> str:
     """The plain-text report of a demo run."""
     totals = traffic.totals()
@@ -238,6 +284,7 @@ def summary(observer: Observer, traffic: Traffic, elapsed: float) -> str:
             f"  {name:<12}{sum(counts.values()):>6}{counts.get(200, 0):>6}{counts.get(502, 0):>6}"
             f"{counts.get(503, 0):>6}{counts.get(504, 0):>6}{sum(counts.values()) - known:>7}"
         )
+    lines += PHASE_LEGEND
 
     lines += [
         "",
@@ -263,17 +310,12 @@ def summary(observer: Observer, traffic: Traffic, elapsed: float) -> str:
     lines += ["", "Circuit breakers:"]
     lines += _breaker_lines(observer)
 
-    lines += ["", "Deadlines:"]
-    for caller in CALLERS:
-        document = observer.documents.get(caller, {})
-        app = document.get("app") or {}
-        metric = _counter(document, "meshlib.client.deadline_exceeded")
-        hit = max(int(app.get("deadline_exceeded", 0)), metric)
-        lines.append(f"  {caller}: {hit} calls gave up when the deadline ran out")
+    lines += ["", *_deadline_lines(observer, totals.get(504, 0))]
 
     lines += [
         "",
         "Latency split per edge (mean per call: the callee's own time | network | meshlib):",
+        *NETWORK_MEANS,
     ]
     for edge, _, split in rows:
         if split:

@@ -62,6 +62,8 @@ def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None)
         except httpx.TransportError as exc:
             counters.add("unreachable")
             raise HTTPException(502, f"orders unreachable: {exc!r}") from None
+        if response.status_code == 504:
+            counters.add("orders_timed_out")  # orders' deadline ran out before frontend's
         if response.status_code != 201:
             counters.add("failed")
             raise HTTPException(
