@@ -68,6 +68,27 @@ class MeshSettings(BaseSettings):
     control_plane_token: SecretStr | None = Field(
         None, description="Bearer token for reading policy and reporting to the control plane."
     )
+    control_plane_wait: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a policy or registry long-poll asks the control plane to hold (`?wait=`); keep it below your load balancer's idle timeout.",
+    )
+    control_plane_read_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds added to the wait for the whole of one fetch (connect, headers, body); a slower answer is a failed fetch.",
+    )
+    control_plane_backoff_max: float = Field(
+        5.0,
+        gt=0,
+        description="Longest pause between retries after failed control-plane calls (exponential with full jitter from 100 ms).",
+    )
+    control_plane_max_bytes: int = Field(
+        8 << 20,
+        ge=64 << 10,
+        description="Largest control-plane answer read; a larger one is a failed fetch, never held in memory.",
+    )
     cache_dir: Path = Field(
         Path(".meshlib-cache"),
         description="Where the last good policy from the control plane is kept.",

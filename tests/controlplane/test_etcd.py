@@ -224,3 +224,62 @@ def test_a_replica_on_a_member_that_missed_publishes_never_serves_an_older_versi
                 first = httpx.get(stale.url + "/v1/policy")
                 assert first.json()["version"] == newest  # linearizable: never an older one
                 assert first.json()["document"]["services"]["payments"]["retry"] == {"attempts": 5}
+
+
+def test_three_replicas_one_killed_mid_traffic(
+    tmp_path: Path, etcd_settings: dict[str, Any]
+) -> None:
+    """Kill -9 a watched replica, publish through another: every client applies; the restarted one
+    catches up before it answers; a registered instance stays registered throughout."""
+    from contextlib import ExitStack
+
+    from meshlib.controlplane.client import ControlPlaneSource
+    from meshlib.discovery.registry import InstanceInfo, Registrar
+    from meshlib.policy.store import PolicyStore
+    from tests.controlplane.conftest import plane_process
+    from tests.support.servers import free_port
+
+    (tmp_path / "policy.yaml").write_text(POLICY_V1)  # seeds the empty store (one replica wins)
+    env = {
+        "store": etcd_settings["store"],
+        "etcd_prefix": etcd_settings["etcd_prefix"],
+        "register_tokens": "r3g",
+        "shutdown_grace": "1",
+    }
+    ports = [free_port() for _ in range(3)]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    with ExitStack() as stack:
+        procs = [stack.enter_context(plane_process(tmp_path, port, **env)) for port in ports]
+        seeded = {httpx.get(url + "/v1/policy").json()["version"] for url in urls}
+        assert len(seeded) == 1
+        stores, sources = [], []
+        for i in range(6):  # clients start on different replicas; two watch the victim
+            store = PolicyStore()
+            order = urls[i % 3 :] + urls[: i % 3]
+            source = ControlPlaneSource(order, wait=5.0, backoff_max=0.3, connect_timeout=0.5)
+            source.start(store)
+            stack.callback(source.close)
+            stores.append(store)
+            sources.append(source)
+        registrar = Registrar(
+            InstanceInfo("payments", "http://127.0.0.1:9001", instance="p-1"),
+            urls,
+            token="r3g",
+            lease=3.0,
+        )
+        stack.callback(registrar.close)
+        assert registrar.start(wait=5.0)
+        time.sleep(0.3)  # the clients' long-polls are parked, two of them on replica 0
+        procs[0].kill()
+        procs[0].wait(timeout=10)
+        published = httpx.put(urls[1] + "/v1/policy", content=POLICY_V2, headers=PUBLISH_HEADERS)
+        assert published.status_code == 201
+        newest = str(published.json()["version"])
+        assert wait_until(lambda: all(s.current.revision == newest for s in stores), timeout=15)
+        with plane_process(tmp_path, ports[0], **env):
+            first = httpx.get(urls[0] + "/readyz").json()  # plane_process waited for readiness
+            assert str(first["version"]) == newest
+        time.sleep(3.5)  # longer than the lease: heartbeats kept it alive through other replicas
+        listing = httpx.get(urls[2] + "/v1/registry/payments").json()
+        assert [i["instance"] for i in listing["instances"]] == ["p-1"]
+        assert registrar.state.losses == 0

@@ -66,7 +66,7 @@ def test_close_cancels_a_parked_long_poll(policy_dir: Path) -> None:
         started = time.monotonic()
         watcher.close()
         assert time.monotonic() - started < 10  # far below the 30 s it would park
-        assert watcher._thread is None
+        assert watcher._task is None
 
 
 def test_registry_restart_keeps_known_instances_for_a_grace_period(policy_dir: Path) -> None:

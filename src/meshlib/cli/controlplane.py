@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve_cmd.add_argument(
         "--policy",
         metavar="DIR_OR_FILE",
-        help="policy directory or file (must exist; with --store etcd: a file that seeds an empty store)",
+        help="policy directory or file (must exist; with --store etcd: what seeds an empty store)",
     )
     serve_cmd.add_argument(
         "--store",
@@ -91,8 +91,8 @@ def _check_policy_path(settings: Any, given: bool) -> str | None:
     """Why `serve` must not start on this policy path, or None (an empty store is announced)."""
     path = Path(settings.policy)
     if settings.store is not None:
-        if given and not path.is_file():
-            return f"--policy {path}: with an etcd store, --policy seeds it from a file, and there is no such file"
+        if given and not path.exists():
+            return f"--policy {path}: with an etcd store, --policy seeds an empty store from a policy file or directory, and there is none"
         return None
     if not path.exists():
         return (

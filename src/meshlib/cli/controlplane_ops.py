@@ -89,7 +89,7 @@ class _Plane:
     """The control plane's URLs, with one client: reads and writes fail over on connect errors."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from meshlib.discovery.http import control_plane_verify
+        from meshlib.controlplane.connection import control_plane_verify
         from meshlib.settings import MeshSettings
 
         overrides: dict[str, Any] = {}

@@ -50,6 +50,7 @@ from meshlib.controlplane.instances import Instance, Registration, RegistryConfi
 from meshlib.controlplane.storage import PolicyVersion, content_hash
 from meshlib.errors import PolicyError, SettingsError, StoreUnavailableError, VersionConflictError
 from meshlib.policy.durations import parse_duration
+from meshlib.policy.files import policy_file
 from meshlib.policy.parse import Format, detect_format, parse_document, validate_policy
 
 __all__ = ["EtcdPolicyBackend", "EtcdRegistryBackend", "etcd_backends", "parse_store_url"]
@@ -104,7 +105,12 @@ def etcd_backends(
         SettingsError: the store URL, TLS files or credentials are unusable.
     """
     prefix = settings.etcd_prefix.encode()
-    seed = settings.policy if settings.policy.is_file() else None
+    try:
+        seed: Path | None = policy_file(settings.policy)
+    except PolicyError:  # a directory without a policy file: nothing to seed
+        seed = None
+    if seed is not None and not seed.is_file():
+        seed = None
     return (
         EtcdPolicyBackend(_client(settings), prefix, seed=seed, clock=clock),
         EtcdRegistryBackend(

@@ -2,12 +2,17 @@
 
 A report says who is reporting (service, instance, zone), which policy
 revision is in force, and the per-destination counters that
-``meshlib.outbound.stats.snapshot()`` gives (imported lazily: without it the
-report simply has no destinations). It runs in the control-plane client's
-background thread, trims what it sends, and never touches a request::
+`meshlib.outbound.stats.snapshot()` gives (imported lazily: without it the
+report simply has no destinations). Other parts of meshlib add their own
+sections with [`add_section`][meshlib.controlplane.reporter.add_section]
+(discovery adds what each destination's discovery sees), so the reporter
+imports none of them. It runs on the process's control-plane loop, trims what
+it sends, and never touches a request:
 
-    reporter = StateReporter(service="orders", interval=10.0)
-    reporter.build_report(store)    # {"service": "orders", "instance": "host:123", ...}
+```python
+reporter = StateReporter(service="orders", interval=10.0)
+reporter.build_report(store)    # {"service": "orders", "instance": "host:123", ...}
+```
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -25,9 +30,29 @@ from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
 
-__all__ = ["StateReporter", "discovery_snapshot", "outbound_snapshot"]
+__all__ = ["StateReporter", "add_section", "outbound_snapshot", "section_snapshot"]
 
 logger = logging.getLogger("meshlib.controlplane")
+
+_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+
+
+def add_section(name: str, provider: Callable[[], dict[str, Any]]) -> None:
+    """Include `provider()` as `name` in every report (a later call for `name` replaces it)."""
+    _sections[name] = provider
+
+
+def section_snapshot(name: str) -> dict[str, Any]:
+    """The section `name` now, or `{}` when nobody provides it or its provider fails."""
+    provider = _sections.get(name)
+    if provider is None:
+        return {}
+    try:
+        value: object = provider()
+    except Exception:  # a reporting bug must never reach the service
+        logger.debug("report section %s failed", name, exc_info=True)
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def outbound_snapshot() -> dict[str, Any]:
@@ -42,20 +67,6 @@ def outbound_snapshot() -> dict[str, Any]:
         logger.debug("meshlib.outbound.stats.snapshot() failed", exc_info=True)
         return {}
     return snapshot if isinstance(snapshot, dict) else {}
-
-
-def discovery_snapshot() -> dict[str, Any]:
-    """``meshlib.discovery.manager.snapshot()["services"]``, or ``{}`` when unavailable or failing."""
-    try:
-        from meshlib.discovery.manager import snapshot
-    except ImportError:
-        return {}
-    try:
-        services: object = snapshot().get("services")
-    except Exception:  # a reporting bug must never reach the service
-        logger.debug("meshlib.discovery.manager.snapshot() failed", exc_info=True)
-        return {}
-    return services if isinstance(services, dict) else {}
 
 
 def _requests(item: tuple[str, Any]) -> int:
@@ -125,7 +136,7 @@ class StateReporter:
             "policy_revision": snapshot.revision if snapshot else None,
             "sent_at": self._clock.wall(),
             "destinations": destinations,
-            "discovery": dict(list(discovery_snapshot().items())[: self.max_destinations]),
+            "discovery": dict(list(section_snapshot("discovery").items())[: self.max_destinations]),
         }
 
     async def send(
@@ -164,15 +175,12 @@ class StateReporter:
         urls: Sequence[str],
         store: PolicyStore | None,
         *,
-        before_send: Callable[[], Awaitable[None]] | None = None,
         extensions: dict[str, Any] | None = None,
     ) -> None:
-        """Report now and then every ``interval`` seconds until cancelled, failing over between urls."""
+        """Report now and then every `interval` seconds until cancelled, failing over between urls."""
         index = 0
         while True:
             try:
-                if before_send is not None:
-                    await before_send()
                 if not await self.send(client, urls[index], store, extensions=extensions):
                     index = (index + 1) % len(urls)
             except Exception:  # never let the reporter die of a bug

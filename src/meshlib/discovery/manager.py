@@ -29,10 +29,11 @@ from typing import Any
 import httpx
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.controlplane.connection import control_plane_verify
+from meshlib.controlplane.reporter import add_section
 from meshlib.discovery.dns import DnsResolver, DnsWatcher
 from meshlib.discovery.endpoints import EndpointSet, Selection
 from meshlib.discovery.health import HealthMonitor, HealthProber
-from meshlib.discovery.http import control_plane_verify
 from meshlib.discovery.watch import RegistryWatcher
 from meshlib.policy.model import TLS, Endpoint, Service
 from meshlib.policy.model import Discovery as DiscoveryPolicy
@@ -272,3 +273,6 @@ def snapshot() -> dict[str, Any]:
     for discovery in list(_live):
         out.update(discovery.snapshot())
     return {"services": out}
+
+
+add_section("discovery", lambda: snapshot()["services"])

@@ -1,10 +1,12 @@
 """Self-registration: register this instance with the control plane, renew its lease, drain and leave.
 
-:class:`LeaseState` decides (sans-IO) when to register, when to renew (every
+`LeaseState` decides (sans-IO) when to register, when to renew (every
 third of the lease, so two heartbeats may fail before it lapses) and how to
-back off after errors; a 404 on renewal means the control plane forgot us
-(lease lapsed, or it restarted) and we register again at once.
-:class:`Registrar` is the driver thread doing the HTTP calls::
+back off after errors (tenacity's exponential wait, capped at a sixth of the
+lease); a 404 on renewal means the control plane forgot us (lease lapsed, or
+it restarted) and we register again at once. `Registrar` does the HTTP calls
+as a task on the process's
+[`ControlPlaneLoop`][meshlib.controlplane.connection.ControlPlaneLoop]::
 
     registrar = Registrar(
         InstanceInfo("payments", "http://10.0.0.7:8080", zone="eu-1"),
@@ -22,10 +24,12 @@ A graceful drain turns :attr:`Registrar.ready` false first (wire it to
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,10 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import tenacity
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.controlplane.backoff import delay_for
+from meshlib.controlplane.connection import ControlPlaneLoop, control_plane_verify, request_any
 from meshlib.discovery import telemetry
-from meshlib.discovery.http import control_plane_verify, request_any
 from meshlib.errors import SettingsError
 from meshlib.policy.durations import format_duration
 from meshlib.settings import MeshSettings
@@ -139,8 +145,8 @@ class LeaseState:
         self.failures += 1
         self.consecutive_failures += 1
         now = self.clock.monotonic()
-        backoff = min(0.1 * 2 ** min(self.consecutive_failures - 1, 10), max(self.lease / 6, 0.1))
-        self.next_at = now + backoff
+        wait = tenacity.wait_exponential(multiplier=0.1, max=max(self.lease / 6, 0.1))
+        self.next_at = now + delay_for(wait, self.consecutive_failures)
         if self.phase is LeasePhase.REGISTERED and now >= self.expires_at:
             self.phase = LeasePhase.UNREGISTERED  # it has lapsed on the server by now
 
@@ -156,7 +162,7 @@ class LeaseState:
 
 
 class Registrar:
-    """Keeps this instance registered with the control plane from a daemon thread."""
+    """Keeps this instance registered with the control plane, from the process's control-plane loop."""
 
     def __init__(
         self,
@@ -165,8 +171,7 @@ class Registrar:
         *,
         token: str | None = None,
         lease: float = 30.0,
-        client: httpx.Client | None = None,
-        owns_client: bool | None = None,
+        verify: ssl.SSLContext | bool = True,
         clock: Clock = SYSTEM_CLOCK,
         timeout: float = 5.0,
     ) -> None:
@@ -176,17 +181,16 @@ class Registrar:
             raise ValueError("Registrar needs at least one control plane URL")
         self.state = LeaseState(lease, clock)
         self.last_error: str | None = None
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._own_client = client is None if owns_client is None else owns_client
-        self._client = client or httpx.Client(timeout=timeout, trust_env=False)
-        self._headers = headers
+        self.timeout = timeout
+        self._verify = verify
+        self._headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._client: httpx.AsyncClient | None = None
+        self._loop: ControlPlaneLoop | None = None
+        self._task: asyncio.Task[None] | None = None
         self._ready = True
         self._drain_callbacks: list[Callable[[], None]] = []
         self._registered = threading.Event()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     @classmethod
     def from_settings(
@@ -198,13 +202,12 @@ class Registrar:
         identity: str | None = None,
         metadata: Mapping[str, str] | None = None,
         token: str | None = None,
-        client: httpx.Client | None = None,
     ) -> Registrar:
-        """A registrar for this process, from ``MESH_SERVICE_NAME``, ``MESH_INSTANCE_ID``, ``MESH_ZONE``.
+        """A registrar for this process, from `MESH_SERVICE_NAME`, `MESH_INSTANCE_ID`, `MESH_ZONE`.
 
-        The control plane comes from ``MESH_CONTROL_PLANE_URL``, its TLS from ``MESH_TLS_*``,
-        the token from ``token`` or else ``MESH_CONTROL_PLANE_TOKEN`` (it needs the register or
-        publish right); ``url`` is where this instance listens.
+        The control plane comes from `MESH_CONTROL_PLANE_URL`, its TLS from `MESH_TLS_*`,
+        the token from `token` or else `MESH_CONTROL_PLANE_TOKEN` (it needs the register or
+        publish right); `url` is where this instance listens.
 
         Raises:
             SettingsError: the service name or the control plane URL is not set.
@@ -223,18 +226,12 @@ class Registrar:
         )
         if token is None and settings.control_plane_token is not None:
             token = settings.control_plane_token.get_secret_value()
-        owned = client is None
-        if client is None:
-            client = httpx.Client(
-                verify=control_plane_verify(settings), trust_env=False, timeout=5.0
-            )
         return cls(
             info,
             settings.control_plane_url,
             token=token,
             lease=lease,
-            client=client,
-            owns_client=owned,
+            verify=control_plane_verify(settings),
         )
 
     @property
@@ -243,41 +240,53 @@ class Registrar:
         return self._ready
 
     def on_drain(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` when draining begins (before deregistering)."""
+        """Call `callback()` when draining begins (before deregistering)."""
         self._drain_callbacks.append(callback)
 
     @property
     def _path(self) -> str:
         return f"/v1/registry/{self.info.service}/instances"
 
-    def step(self) -> str | None:
-        """Do the registration or renewal due now, if any; returns what was done."""
+    def _acquire(self) -> ControlPlaneLoop:
+        if self._loop is None:
+            self._loop = ControlPlaneLoop.acquire()
+        return self._loop
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                verify=self._verify, trust_env=False, timeout=self.timeout
+            )
+        assert self._loop is not None
+        return await request_any(
+            self._client,
+            self.bases,
+            method,
+            path,
+            headers=self._headers,
+            extensions=self._loop.extensions,
+            **kwargs,
+        )
+
+    async def _step(self) -> str | None:
         with self._lock:
             action = self.state.next_action()
-            if action is None:
-                return None
-            service = self.info.service
-            try:
-                if action == "register":
-                    response = request_any(
-                        self._client,
-                        self.bases,
-                        "POST",
-                        self._path,
-                        json=self.info.body(self.state.requested),
-                        headers=self._headers,
-                    )
-                else:
-                    response = request_any(
-                        self._client,
-                        self.bases,
-                        "PUT",
-                        f"{self._path}/{self.info.instance}",
-                        headers=self._headers,
-                    )
-            except httpx.HTTPError as exc:
-                self._failed(f"{action}: {exc!r}")
-                return action
+        if action is None:
+            return None
+        service = self.info.service
+        try:
+            if action == "register":
+                response = await self._request(
+                    "POST", self._path, json=self.info.body(self.state.requested)
+                )
+            else:
+                response = await self._request("PUT", f"{self._path}/{self.info.instance}")
+        except httpx.HTTPError as exc:
+            self._failed(f"{action}: {exc!r}")
+            return action
+        with self._lock:
+            if self.state.phase not in (LeasePhase.UNREGISTERED, LeasePhase.REGISTERED):
+                return action  # draining began meanwhile: do not undo it
             if response.status_code == 404 and action == "renew":
                 self.state.on_lost()
                 telemetry.lease_event(service, "lost")
@@ -294,54 +303,53 @@ class Registrar:
                     telemetry.lease_event(service, "renewed")
             else:
                 self._failed(f"{action}: HTTP {response.status_code} {response.text[:200]}")
-            return action
+        return action
+
+    def step(self) -> str | None:
+        """Do the registration or renewal due now, if any, and wait for it; what was done."""
+        return self._acquire().call(self._step(), self.timeout * len(self.bases) + 5.0)
 
     def _failed(self, error: str) -> None:
         self.state.on_error()
         self.last_error = error
         logger.warning("%s: registration %s", self.info.service, error)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    async def _run(self) -> None:
+        while True:
             try:
-                self.step()
+                await self._step()
+            except asyncio.CancelledError:
+                raise
             except Exception:  # never let the heartbeat die
                 logger.exception("%s: registrar failed", self.info.service)
                 self.state.on_error()
-            self._wake.wait(self.state.wait_time())
-            self._wake.clear()
+            await asyncio.sleep(self.state.wait_time())
 
     def start(self, wait: float = 0.0) -> bool:
-        """Start registering in the background; with ``wait``, block that long for the first success."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._loop, name=f"meshlib-registrar:{self.info.service}", daemon=True
+        """Start registering in the background; with `wait`, block that long for the first success."""
+        if self._task is None:
+            self._task = self._acquire().start(
+                self._run(), name=f"meshlib-registrar:{self.info.service}"
             )
-            self._thread.start()
         return self._registered.wait(wait) if wait > 0 else self._registered.is_set()
 
     def _halt(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
+        task, self._task = self._task, None
+        if self._loop is not None:
+            self._loop.cancel(task)
 
-    def deregister(self) -> bool:
-        """Remove this instance from the registry now; True when the control plane confirmed."""
+    async def _deregister(self) -> bool:
         try:
-            response = request_any(
-                self._client,
-                self.bases,
-                "DELETE",
-                f"{self._path}/{self.info.instance}",
-                headers=self._headers,
-            )
+            response = await self._request("DELETE", f"{self._path}/{self.info.instance}")
         except httpx.HTTPError as exc:
             logger.warning("%s: deregistering failed: %r", self.info.service, exc)
             return False
         telemetry.lease_event(self.info.service, "deregistered")
         return response.status_code in (204, 404)
+
+    def deregister(self) -> bool:
+        """Remove this instance from the registry now; True when the control plane confirmed."""
+        return self._acquire().call(self._deregister(), self.timeout * len(self.bases) + 5.0)
 
     def drain(
         self,
@@ -351,9 +359,9 @@ class Registrar:
         timeout: float = 30.0,
         sleep: Callable[[float], object] | None = None,
     ) -> bool:
-        """Leave gracefully: unready, deregister, wait ``delay``, then for in-flight requests.
+        """Leave gracefully: unready, deregister, wait `delay`, then for in-flight requests.
 
-        Returns True when every in-flight request finished within ``timeout``.
+        Returns True when every in-flight request finished within `timeout`.
         """
         wait = sleep or time.sleep
         with self._lock:
@@ -385,7 +393,15 @@ class Registrar:
         self.state.phase = LeasePhase.STOPPED
 
     def close(self) -> None:
-        """Stop the thread and close the client we own; does not deregister (see :meth:`drain`)."""
+        """Stop heartbeats and release the connection; does not deregister (see `drain`)."""
         self.stop()
-        if self._own_client:
-            self._client.close()
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                loop.call(client.aclose(), 5.0)
+            except Exception:
+                logger.debug("closing the registrar's client failed", exc_info=True)
+        loop.release()

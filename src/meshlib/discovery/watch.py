@@ -1,36 +1,39 @@
 """Watch a service's live instances on the control plane's registry (long-poll), as endpoints.
 
-The same pattern as the policy watch: ``GET /v1/registry/<service>`` with
-``If-None-Match`` and ``?wait=``, so a change (a registration, a drain, a
+The same pattern as the policy watch: `GET /v1/registry/<service>` with
+`If-None-Match` and `?wait=`, so a change (a registration, a drain, a
 lapsed lease) reaches callers at once, and an idle watch costs one parked
 request. An error keeps the endpoints last known, is counted, and is retried
-with backoff, failing over between control plane URLs::
+with tenacity's jittered backoff, failing over between control plane URLs:
 
-    watcher = RegistryWatcher("payments", "http://controlplane:8700", on_change=print)
-    watcher.start()
-    watcher.wait_synced(2.0)
-    watcher.close()
+```python
+watcher = RegistryWatcher("payments", "http://controlplane:8700", on_change=print)
+watcher.start()
+watcher.wait_synced(2.0)
+watcher.close()
+```
 
-The watch runs in a daemon thread. ``close()`` does not wait a parked
-long-poll out: it shuts the connection's socket down (found through httpx's
-``trace`` extension), which ends the blocked read at once. (An asyncio loop
-with task cancellation would do too, but anyio 4.16's ``connect_tcp`` can
-leak a stray CancelledError into its caller, which would stop the watch.)
+The watch is a task on the process's
+[`ControlPlaneLoop`][meshlib.controlplane.connection.ControlPlaneLoop], beside
+the policy watch, the heartbeats and the reports; `close()` cancels a parked
+long-poll at once. `on_change` is called on that loop's thread.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+import tenacity
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.controlplane.backoff import Backoff
+from meshlib.controlplane.connection import ControlPlaneLoop
 from meshlib.policy.model import Endpoint
 
 __all__ = ["RegistryWatcher", "endpoints_from_listing"]
@@ -90,11 +93,11 @@ class RegistryWatcher:
         self.last_error: str | None = None
         self._on_change = on_change
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._client: httpx.Client | None = None
+        self._client: httpx.AsyncClient | None = None
         self._synced = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self._stopped = threading.Event()
+        self._loop: ControlPlaneLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._backoff = Backoff(tenacity.wait_random_exponential(multiplier=0.1, max=5.0))
         self._closed = False
 
     def _request(self, wait: float) -> dict[str, Any]:
@@ -175,67 +178,74 @@ class RegistryWatcher:
         )
         return False
 
-    def _backoff(self) -> float:
-        return min(0.1 * 2.0 ** min(self.consecutive_errors, 6), 5.0)
-
-    def _trace(self, event: str, info: dict[str, Any]) -> None:
-        # httpx's "trace" extension: keep the socket, so close() can wake a parked poll.
-        if event == "connection.connect_tcp.complete":
-            stream = info.get("return_value")
-            if stream is not None:
-                self._socket = stream.get_extra_info("socket")
-
-    def poll(self, wait: float | None = None) -> bool:
-        """One (long-)poll; True when the endpoints changed. Errors are counted, not raised."""
+    async def _poll(self, wait: float) -> bool:
         client = self._client
         if client is None:
-            client = self._client = httpx.Client(
-                verify=self.verify, trust_env=False, limits=httpx.Limits(max_connections=1)
+            client = self._client = httpx.AsyncClient(
+                verify=self.verify, trust_env=False, limits=httpx.Limits(max_connections=2)
             )
-        kwargs = self._request(self.wait if wait is None else wait)
-        error: httpx.HTTPError | None = None
+        assert self._loop is not None
+        kwargs = self._request(wait)
+        error: Exception | None = None
         for base in self.bases:
             try:
-                response = client.get(self._path(base), extensions={"trace": self._trace}, **kwargs)
-            except httpx.HTTPError as exc:
+                response = await asyncio.wait_for(
+                    client.get(self._path(base), extensions=self._loop.extensions, **kwargs),
+                    kwargs["timeout"] + 5.0,
+                )
+            except (httpx.HTTPError, asyncio.TimeoutError) as exc:
                 error = exc
             else:
                 return self._handle(response)
         return self._failed(repr(error))
 
-    def _run(self) -> None:
+    def _acquire(self) -> ControlPlaneLoop:
+        if self._loop is None:
+            self._loop = ControlPlaneLoop.acquire()
+        return self._loop
+
+    def poll(self, wait: float | None = None) -> bool:
+        """One (long-)poll now, from a thread; True when the endpoints changed. Errors are counted."""
+        wait = self.wait if wait is None else wait
+        return self._acquire().call(self._poll(wait), wait + 20.0)
+
+    async def _run(self) -> None:
         while not self._closed:
             try:
-                self.poll()
+                await self._poll(self.wait)
+            except asyncio.CancelledError:
+                raise
             except Exception:  # a callback bug must not stop the watch
                 logger.exception("%s: applying the registry's answer failed", self.service)
                 self.consecutive_errors += 1
-            if self.consecutive_errors and not self._closed:
-                self._stopped.wait(self._backoff())
+            if self.consecutive_errors:
+                await asyncio.sleep(self._backoff.failed())
+            else:
+                self._backoff.succeeded()
 
     def start(self) -> None:
         """Start watching in the background (idempotent)."""
-        if self._thread is None and not self._closed:
-            self._thread = threading.Thread(
-                target=self._run, name=f"meshlib-registry-watch:{self.service}", daemon=True
+        if self._task is None and not self._closed:
+            self._task = self._acquire().start(
+                self._run(), name=f"meshlib-registry-watch:{self.service}"
             )
-            self._thread.start()
 
     def wait_synced(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the first answer; True if it came."""
         return self._synced.wait(timeout)
 
     def close(self) -> None:
-        """Stop watching, waking a parked long-poll at once; idempotent."""
+        """Stop watching, cancelling a parked long-poll at once; idempotent."""
         self._closed = True
-        self._stopped.set()
-        sock = self._socket
-        if sock is not None:
-            with contextlib.suppress(OSError):  # wakes the blocked read with EOF
-                sock.shutdown(socket.SHUT_RDWR)
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        task, self._task = self._task, None
+        loop.cancel(task)
         client, self._client = self._client, None
         if client is not None:
-            client.close()
+            try:
+                loop.call(client.aclose(), 5.0)
+            except Exception:
+                logger.debug("closing the registry watch client failed", exc_info=True)
+        loop.release()
