@@ -102,13 +102,16 @@ def test_garbage_and_truncated_answers_are_survived(answer: str) -> None:
 
 
 def test_server_killed_then_back_on_the_same_port(policy_dir: Path, tmp_path: Path) -> None:
-    """While the server is dead the last good policy serves; its return is picked up within 2 s."""
+    """While the server is dead the last good policy serves; its return is picked up within 2 s.
+
+    That is one backoff step: the step is capped at 1 s here (MESH_CONTROL_PLANE_BACKOFF_MAX).
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     store = PolicyStore()
     applied = Applied(store)
     with plane_process(policy_dir, port) as proc:
-        source = ControlPlaneSource([url], cache_dir=tmp_path, wait=30.0)
+        source = ControlPlaneSource([url], cache_dir=tmp_path, wait=30.0, backoff_max=1.0)
         source.start(store)
     try:
         assert proc.returncode is not None  # killed with SIGKILL by plane_process
