@@ -1,19 +1,32 @@
 """The retry budget: retries may only be a share of requests, so retries never storm.
 
-After gRPC A6 ``retryThrottling`` and Finagle's ``RetryBudget``: per
-destination, over a sliding window, a retry is allowed while::
+After gRPC A6 `retryThrottling` and Finagle's `RetryBudget`: per destination,
+a retry is allowed only if, counting it, the retries of the past `window`
+stay within
 
-    retries <= ratio * requests + min_per_second * window
+```text
+retries <= ratio * requests + min_per_second * window
+```
 
-Under a dead upstream every first try fails, yet the upstream sees at most
-``(1 + ratio)`` times the traffic, plus the small floor that lets a quiet
-client still retry, instead of ``attempts`` times::
+where `requests` are the calls (first tries) of the same past window. So
+under a dead upstream every first try fails, yet in any window the upstream
+sees at most `1 + ratio` times the calls, plus the small floor that lets a
+quiet client still retry, instead of `attempts` times.
 
-    budget = RetryBudget(policy.retry.budget, clock)
-    budget.record_request()
-    if budget.try_retry():
-        ...   # retry
-    budget.refused   # retries the budget said no to
+The bound is exact, never approximate upwards. Time is cut into 100 slices
+of `window / 100`; requests are counted only in the slices wholly inside the
+past window and retries in every slice that touches it. A request is thus
+forgotten up to one slice early and a retry up to one slice late: the budget
+may refuse a retry the formula would just allow (by at most one slice's
+worth of requests), and never allows one it would refuse.
+
+```python
+budget = RetryBudget(policy.retry.budget, clock)
+budget.record_request()
+if budget.try_retry():
+    ...   # retry
+budget.refused   # retries the budget said no to
+```
 """
 
 from __future__ import annotations
@@ -25,22 +38,30 @@ from meshlib.policy.model import RetryBudget as RetryBudgetConfig
 
 __all__ = ["RetryBudget"]
 
-_BUCKETS = 10
+_SLICES = 100
+_SLOTS = _SLICES + 1  # retries are kept one slice longer than requests
 
 
 class RetryBudget:
-    """Counts requests and retries in ``_BUCKETS`` time buckets covering the window.
+    """Counts requests and retries per slice of the window; see the module docstring for the bound.
 
-    Buckets make the window slide in O(1) per event without keeping every
-    timestamp; the window is accurate to one bucket (a tenth of it).
+    Example:
+        ```python
+        budget = RetryBudget(RetryBudgetConfig(ratio=0.2, min_per_second=0), clock)
+        for _ in range(10):
+            budget.record_request()
+        budget.try_retry(), budget.try_retry(), budget.try_retry()   # True, True, False
+        ```
     """
 
     __slots__ = (
-        "_bucket_width",
         "_current",
         "_lock",
         "_requests",
         "_retries",
+        "_slice",
+        "_total_requests",
+        "_total_retries",
         "clock",
         "config",
         "refused",
@@ -50,55 +71,70 @@ class RetryBudget:
     def __init__(self, config: RetryBudgetConfig, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self._bucket_width = config.window / _BUCKETS
-        self._requests = [0] * _BUCKETS
-        self._retries = [0] * _BUCKETS
-        self._current = int(clock.monotonic() / self._bucket_width)
+        self._slice = config.window / _SLICES
+        self._requests = [0] * _SLOTS
+        self._retries = [0] * _SLOTS
+        self._total_requests = 0  # in the newest _SLICES slices
+        self._total_retries = 0  # in all _SLOTS slices
+        self._current = int(clock.monotonic() / self._slice)
         self._lock = threading.Lock()
         self.refused = 0
         """Retries refused since creation."""
         self.retries = 0
         """Retries allowed since creation."""
 
-    def _rotate(self) -> int:
-        """Clear the buckets that slid out of the window; return the current bucket's index."""
-        now = int(self.clock.monotonic() / self._bucket_width)
-        gap = now - self._current
-        if gap > 0:
-            for step in range(1, min(gap, _BUCKETS) + 1):
-                index = (self._current + step) % _BUCKETS
-                self._requests[index] = 0
-                self._retries[index] = 0
+    def reconfigured(self, config: RetryBudgetConfig) -> RetryBudget:
+        """This budget under a new policy section: its counts kept when the window is the same."""
+        if config.window != self.config.window:
+            return RetryBudget(config, self.clock)
+        with self._lock:
+            self.config = config
+        return self
+
+    def _advance(self) -> int:
+        """Move to the current slice, forgetting what left the window; return its slot."""
+        now = int(self.clock.monotonic() / self._slice)
+        current = self._current
+        if now > current:
+            requests, retries = self._requests, self._retries
+            if now - current >= _SLOTS:
+                requests[:] = retries[:] = [0] * _SLOTS
+                self._total_requests = self._total_retries = 0
+            else:
+                for index in range(current + 1, now + 1):
+                    # Slice index - _SLICES leaves the requests' window; the slot's old
+                    # slice (index - _SLOTS) leaves the retries' window.
+                    self._total_requests -= requests[(index - _SLICES) % _SLOTS]
+                    slot = index % _SLOTS
+                    self._total_retries -= retries[slot]
+                    requests[slot] = retries[slot] = 0
             self._current = now
-        return now % _BUCKETS
+        return now % _SLOTS
 
     def record_request(self) -> None:
-        """Count one call (its first try); retries are counted by :meth:`try_retry`."""
-        now = int(self.clock.monotonic() / self._bucket_width)
-        if now == self._current:
-            # Hot path without the lock: a rare lost increment only makes the budget stricter.
-            self._requests[now % _BUCKETS] += 1
-            return
+        """Count one call (its first try); retries are counted by [`try_retry`][meshlib.outbound.budget.RetryBudget.try_retry]."""
         with self._lock:
-            self._requests[self._rotate()] += 1
+            self._requests[self._advance()] += 1
+            self._total_requests += 1
 
     def allowance(self) -> float:
-        """How many retries the window allows right now."""
+        """How many retries the past window allows in all (those already made included)."""
         with self._lock:
-            self._rotate()
+            self._advance()
             return self._allowance()
 
     def _allowance(self) -> float:
         config = self.config
-        return config.ratio * sum(self._requests) + config.min_per_second * config.window
+        return config.ratio * self._total_requests + config.min_per_second * config.window
 
     def try_retry(self) -> bool:
         """Take one retry from the budget; False (and counted as refused) when it is spent."""
         with self._lock:
-            index = self._rotate()
-            if sum(self._retries) + 1 > self._allowance():
+            slot = self._advance()
+            if self._total_retries + 1 > self._allowance():
                 self.refused += 1
                 return False
-            self._retries[index] += 1
+            self._retries[slot] += 1
+            self._total_retries += 1
             self.retries += 1
             return True

@@ -151,10 +151,12 @@ class Backoff(_Model):
 
 
 class RetryBudget(_Model):
-    """Retries are allowed while ``retries <= ratio * requests + min_per_second * window``.
+    """A retry is allowed only if, counting it, ``retries <= ratio * requests + min_per_second * window``.
 
-    Counted over a sliding ``window``, per destination, so a dead upstream sees
-    at most ``1 + ratio`` times the traffic (plus the floor), not ``attempts`` times.
+    Both counted over the past ``window``, per destination, so a dead upstream
+    sees at most ``1 + ratio`` times the calls (plus the floor) in any window,
+    not ``attempts`` times. The bound is never exceeded: the budget may refuse
+    a retry up to one hundredth of a window early, never allow one late.
     """
 
     ratio: float = Field(0.2, ge=0.0, le=1.0, description="Retries allowed per request made.")
