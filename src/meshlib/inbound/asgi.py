@@ -37,6 +37,8 @@ _WANTED = {
     b"x-mesh-deadline-ms": "deadline_ms",
     b"grpc-timeout": "grpc_timeout",
     b"x-envoy-expected-rq-timeout-ms": "envoy_timeout_ms",
+    b"x-mesh-attempt": "attempt",
+    b"x-envoy-attempt-count": "attempt",
 }
 
 

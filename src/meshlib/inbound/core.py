@@ -105,6 +105,7 @@ class RequestInfo:
     deadline_ms: str | None = None
     grpc_timeout: str | None = None
     envoy_timeout_ms: str | None = None
+    attempt: str | None = None
     peer_cert: str | None = None
 
 

@@ -62,6 +62,7 @@ def request_info(environ: Environ) -> RequestInfo:
     info.deadline_ms = environ.get("HTTP_X_MESH_DEADLINE_MS")
     info.grpc_timeout = environ.get("HTTP_GRPC_TIMEOUT")
     info.envoy_timeout_ms = environ.get("HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS")
+    info.attempt = environ.get("HTTP_X_MESH_ATTEMPT") or environ.get("HTTP_X_ENVOY_ATTEMPT_COUNT")
     address = environ.get("REMOTE_ADDR")
     if address:
         port = environ.get("REMOTE_PORT")

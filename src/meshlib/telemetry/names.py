@@ -37,6 +37,7 @@ from opentelemetry.semconv.metrics.http_metrics import (
 )
 
 __all__ = [
+    "ATTR_ATTEMPT",
     "ATTR_AUTHZ_DECISION",
     "ATTR_BREAKER_PREVIOUS_STATE",
     "ATTR_BREAKER_STATE",
@@ -155,6 +156,8 @@ ATTR_RETRY_BACKOFF: Final = "meshlib.retry.backoff"
 """Seconds waited before the next attempt (float), Retry-After included."""
 ATTR_RETRY_ATTEMPT: Final = "meshlib.retry.attempt"
 """Zero-based number of the attempt that failed (matches its span's ``http.request.resend_count``)."""
+ATTR_ATTEMPT: Final = "meshlib.attempt"
+"""On a SERVER span: which try of its call a request is (1 for the first), from the caller's ``x-mesh-attempt`` (or Envoy's ``x-envoy-attempt-count``) header."""
 ATTR_BREAKER_STATE: Final = "meshlib.breaker.state"
 """A breaker state: ``closed``, ``open`` or ``half-open``."""
 ATTR_BREAKER_PREVIOUS_STATE: Final = "meshlib.breaker.previous_state"

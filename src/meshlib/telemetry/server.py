@@ -101,6 +101,14 @@ def split_host(host: str | None, scheme: str) -> tuple[str | None, int | None]:
     return name, 443 if scheme == "https" else 80
 
 
+def _attempt(value: str) -> int:
+    """The attempt number a caller's header gives (1 for a first try), or 0 when it is garbage."""
+    value = value.strip()
+    if value.isascii() and value.isdigit() and len(value) <= 4:
+        return int(value)
+    return 0
+
+
 def _error_type(error: BaseException) -> str:
     cls = type(error)
     return (
@@ -166,6 +174,10 @@ class ServerTelemetry:
             attributes[NETWORK_PEER_PORT] = info.client[1]
         if info.user_agent:
             attributes[USER_AGENT_ORIGINAL] = info.user_agent
+        if info.attempt is not None:
+            attempt = _attempt(info.attempt)
+            if attempt:
+                attributes[names.ATTR_ATTEMPT] = attempt
         name = "HTTP" if method == "_OTHER" else method
         return self.tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes
