@@ -18,13 +18,18 @@ would already handle, so code written for plain httpx keeps working::
 When retries run out, meshlib re-raises the last real error (an
 ``httpx.ConnectError``, say), not a wrapper; the attempts made are attached
 to it as ``exc.__meshlib_attempts__`` and to the returned response as
-``response.extensions["meshlib.attempts"]``.
+``response.extensions["meshlib.attempts"]``. A call whose total time ran out
+always raises `DeadlineExceeded`, whether it ran out during an attempt,
+during a backoff or before the next attempt could start; the last real
+error is its `__cause__`.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -153,11 +158,58 @@ class VersionConflictError(ControlPlaneError):
         self.current = current
 
 
-class CircuitOpenError(MeshError, httpx.TransportError):
-    """Every endpoint of the destination has its circuit breaker open; the call failed fast."""
+class _CallError(MeshError):
+    """A mesh call's own failure: it carries the call's tries, like the errors it re-raises."""
+
+    @property
+    def attempts(self) -> tuple[Any, ...]:
+        """The tries the call made before this was raised ([`Attempt`][meshlib.outbound.steps.Attempt] records).
+
+        The same tuple as `exc.__meshlib_attempts__`, which every error a mesh
+        call raises carries; empty when no try was made.
+        """
+        return tuple(getattr(self, "__meshlib_attempts__", ()))
 
 
-class NoEndpointsError(MeshError, httpx.TransportError):
+class CircuitOpenError(_CallError, httpx.TransportError):
+    """Every endpoint of the destination has its circuit breaker open; the call failed fast.
+
+    Nothing was sent. The fields say which breaker lets a call through first,
+    and when:
+
+    - `destination`: the service (or origin) called;
+    - `endpoint`: the endpoint whose breaker lets a probe through soonest;
+    - `retry_after`: seconds from the moment of the error until then;
+    - `retry_at`: that moment on the wall clock (UTC), also in the message;
+    - `attempts`: the tries made before (empty when the breaker refused the first).
+
+    Example:
+        ```python
+        try:
+            client.get("http://payments/v1/charges")
+        except meshlib.CircuitOpenError as exc:
+            print(exc.destination, exc.endpoint, exc.retry_at)
+        ```
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str = "",
+        endpoint: str = "",
+        retry_after: float = 0.0,
+        retry_at: _dt.datetime | None = None,
+        request: httpx.Request | None = None,
+    ) -> None:
+        self.destination = destination
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+        self.retry_at = retry_at
+        super().__init__(message, request=request)
+
+
+class NoEndpointsError(_CallError, httpx.TransportError):
     """The destination service is in the policy but has no endpoints to call."""
 
 
@@ -180,5 +232,11 @@ class PeerIdentityError(MeshError, httpx.ConnectError):
         super().__init__(message, request=request)
 
 
-class DeadlineExceeded(MeshError, httpx.TimeoutException):
-    """The call's total deadline (policy ``timeouts.total`` or an incoming deadline) ran out."""
+class DeadlineExceeded(_CallError, httpx.TimeoutException):
+    """The call's total deadline (policy `timeouts.total` or an incoming deadline) ran out.
+
+    Raised however the time ran out: during an attempt, during a backoff,
+    before the next attempt could start, or while the response body was being
+    read. `__cause__` is the last real error when there was one (the attempt's
+    `httpx.ReadTimeout`, say), and `attempts` holds the tries.
+    """

@@ -1,34 +1,52 @@
 """A destination's live state: its endpoints, their breakers, ejections, load and counters.
 
-One :class:`Destination` per service called (or per origin, for URLs that
-are not mesh services). It outlives policy snapshots: a reload reconfigures
-it, keeping the state (breaker, streaks, pool) of endpoints that stay::
+One [`Destination`][meshlib.outbound.destination.Destination] per service called
+(or per origin, for URLs that are not mesh services). It outlives policy
+snapshots: a reload reconfigures it, keeping the state of the endpoints that
+stay (breaker, ejection history, counters, retry budget), as Envoy keeps a
+host's state across cluster updates; endpoints that go are handed back for
+their pools to be closed:
 
-    dest = Destination("payments", clock)
-    dest.configure(effective, endpoints)          # EndpointState per URL
-    endpoint, permit = dest.pick(tried=())        # CircuitOpenError when none can take it
-    dest.record(endpoint, permit, success=True)
+```python
+dest = Destination("payments", clock)
+dropped = dest.configure(effective, [EndpointSpec("http://10.0.0.7:8000", pool)])
+endpoint, permit = dest.pick(tried=())        # CircuitOpenError when none can take it
+dest.record(endpoint, permit, success=True)   # (breaker transition or None, ejected?)
+```
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import threading
 from collections import deque
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+import httpx
 
 from meshlib.clock import Clock
 from meshlib.errors import CircuitOpenError, NoEndpointsError
 from meshlib.outbound.balancer import Balancer
-from meshlib.outbound.breaker import DENIED, Breaker, Permit
+from meshlib.outbound.breaker import DENIED, Breaker, Permit, Transition
 from meshlib.outbound.budget import RetryBudget
 from meshlib.outbound.outlier import OutlierDetector
 from meshlib.policy.resolve import EffectivePolicy
 from meshlib.telemetry.latency import SplitTotals
 
-__all__ = ["Destination", "EndpointState"]
+__all__ = ["Destination", "EndpointSpec", "EndpointState"]
 
 _LATENCY_SAMPLES = 2048
+
+
+class EndpointSpec(NamedTuple):
+    """An endpoint as the policy in force describes it: where, through which pool, what share."""
+
+    url: str
+    transport: Any
+    weight: int = 1
+    address: tuple[str, str, int | None] | None = None
+    """`(scheme, host, port)` when already parsed (else parsed from `url`)."""
 
 
 class EndpointState:
@@ -92,29 +110,42 @@ class Destination:
         self._lock = threading.Lock()
 
     def configure(
-        self, effective: EffectivePolicy, endpoints: Sequence[EndpointState]
+        self, effective: EffectivePolicy, endpoints: Sequence[EndpointSpec], *, rewrite: bool = True
     ) -> list[EndpointState]:
         """Adopt a service-level effective policy and endpoint list; return the endpoints dropped.
 
-        ``endpoints`` are fresh states; where a URL was already known its old
-        state (breaker, counters, pool) is kept instead.
+        An endpoint already known by its URL keeps its state (breaker,
+        ejection history, counters), adopting the new pool, weight and breaker
+        settings; only new URLs get fresh state. `rewrite=False` marks
+        endpoints that requests are not re-addressed to (non-mesh origins).
         """
         with self._lock:
             old = {e.url: e for e in self.endpoints}
-            same_breaker = (
-                self.effective is not None
-                and self.effective.circuit_breaker == effective.circuit_breaker
-            )
+            config = effective.circuit_breaker
             kept: list[EndpointState] = []
-            for fresh in endpoints:
-                previous = old.pop(fresh.url, None)
-                if previous is not None and previous.transport is fresh.transport:
-                    if not same_breaker:
-                        previous.breaker = fresh.breaker
-                    previous.weight = fresh.weight
-                    kept.append(previous)
+            for spec in endpoints:
+                state = old.pop(spec.url, None)
+                if state is None:
+                    if spec.address is None:
+                        url = httpx.URL(spec.url)
+                        scheme, host, port = url.scheme, url.host, url.port
+                    else:
+                        scheme, host, port = spec.address
+                    state = EndpointState(
+                        spec.url,
+                        scheme,
+                        host,
+                        port,
+                        spec.transport,
+                        Breaker(config, self.clock, name=spec.url),
+                    )
+                    state.rewrite = rewrite
                 else:
-                    kept.append(fresh)
+                    state.transport = spec.transport
+                    if state.breaker.config != config:
+                        state.breaker.reconfigure(config)
+                state.weight = spec.weight
+                kept.append(state)
             if self.balancer is None or self.balancer.kind != effective.load_balancer:
                 self.balancer = Balancer(effective.load_balancer, self.clock)
             if self.outlier is None or self.outlier.config != effective.outlier_detection:
@@ -123,8 +154,10 @@ class Destination:
                     detector.states = self.outlier.states
                 self.outlier = detector
             self.outlier.track([e.url for e in kept])
-            if self.budget is None or self.budget.config != effective.retry.budget:
+            if self.budget is None:
                 self.budget = RetryBudget(effective.retry.budget, self.clock)
+            elif self.budget.config != effective.retry.budget:
+                self.budget = self.budget.reconfigured(effective.retry.budget)
             self.effective = effective
             self.endpoints = tuple(kept)
             return list(old.values())
@@ -159,20 +192,40 @@ class Destination:
             if permit is not DENIED:
                 return endpoint, permit
             candidates = [c for c in candidates if c is not endpoint]
-        raise CircuitOpenError(
-            f"every endpoint of {self.name!r} has its circuit breaker open; failing fast"
+        raise self._circuit_open(endpoints)
+
+    def _circuit_open(self, endpoints: Sequence[EndpointState]) -> CircuitOpenError:
+        """The error for a call no breaker lets through, naming the first to let one through, and when."""
+        soonest = min(endpoints, key=lambda e: e.breaker.retry_in())
+        wait = soonest.breaker.retry_in()
+        at = _dt.datetime.fromtimestamp(self.clock.wall() + wait, _dt.timezone.utc)
+        when = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        every = "its endpoint" if len(endpoints) == 1 else f"all {len(endpoints)} endpoints"
+        return CircuitOpenError(
+            f"the circuit breaker of {every} of {self.name!r} is open; failing fast. "
+            f"{soonest.url} lets a probe through in {wait:.3f} s (at {when})",
+            destination=self.name,
+            endpoint=soonest.url,
+            retry_after=wait,
+            retry_at=at,
         )
 
-    def record(self, endpoint: EndpointState, permit: Permit, success: bool) -> bool:
-        """Feed an attempt's outcome to the breaker and outlier detector; True if it ejected."""
+    def record(
+        self, endpoint: EndpointState, permit: Permit, success: bool
+    ) -> tuple[Transition | None, bool]:
+        """Feed an attempt's outcome to the breaker and outlier detector.
+
+        Returns the breaker's state change (or None) and whether the outcome
+        ejected the endpoint.
+        """
         endpoint.requests += 1
-        endpoint.breaker.record(permit, success)
+        transition = endpoint.breaker.record(permit, success)
         if success:
             if self.outlier is not None and self.outlier.states:
                 self.outlier.record(endpoint.url, True)
-            return False
+            return transition, False
         endpoint.errors += 1
-        return self.outlier is not None and self.outlier.record(endpoint.url, False)
+        return transition, self.outlier is not None and self.outlier.record(endpoint.url, False)
 
     def stats(self) -> dict[str, Any]:
         """This destination's counters and endpoint states (see :mod:`meshlib.outbound.stats`)."""

@@ -13,7 +13,12 @@ One call reads the policy snapshot once; the plan and destination it gets
 stay valid for the whole call even if the policy is swapped meanwhile.
 When retries run out the last real outcome is returned or raised, with the
 attempt history in ``response.extensions["meshlib.attempts"]`` or
-``exc.__meshlib_attempts__``.
+``exc.__meshlib_attempts__``; when the total time runs out first, the call
+raises `DeadlineExceeded` from the last error. Each attempt carries its
+number in `x-mesh-attempt` (1 for the first). Outcomes that are not the
+endpoint's doing (the client's own pool full, the call's deadline cutting an
+attempt short, a request httpx refused to send) never feed its breaker or
+outlier detection.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from meshlib.outbound.retry import (
     IDEMPOTENCY_HEADER,
     RetryRules,
     classify_exception,
+    is_local_rejection,
     parse_retry_after,
 )
 from meshlib.outbound.routing import Plan, Router
@@ -42,7 +48,12 @@ from meshlib.policy.store import PolicyStore
 from meshlib.telemetry import names
 from meshlib.telemetry.client import CallTelemetry, ClientTelemetry
 
-__all__ = ["ATTEMPTS_EXTENSION", "Attempt", "Outbound", "Send", "Sleep", "Step"]
+__all__ = ["ATTEMPTS_EXTENSION", "ATTEMPT_HEADER", "Attempt", "Outbound", "Send", "Sleep", "Step"]
+
+ATTEMPT_HEADER = "x-mesh-attempt"
+"""Request header carrying the attempt's number (1 for the first try), so the callee can tell a retry."""
+
+_ATTEMPT_VALUES = tuple(str(n) for n in range(1, 11))  # policy attempts are at most 10
 
 
 def _judge(
@@ -51,14 +62,15 @@ def _judge(
     headers: httpx.Headers,
     response: httpx.Response | None,
     error: Exception | None,
-) -> tuple[bool, int | str, bool]:
-    """``(success for breaker and ejection, reason, retry wanted)`` for one attempt's outcome.
+) -> tuple[bool | None, int | str, bool]:
+    """`(verdict for breaker and ejection, reason, retry wanted)` for one attempt's outcome.
 
-    A 5xx or a transport failure counts against the endpoint; an error that
-    is not the endpoint's fault (an unsupported URL, say) does not. A retry
-    is wanted for a retryable status or failure, and, when the request may
-    have been processed, only if it may be replayed (idempotent method or
-    Idempotency-Key).
+    The verdict is True for a success, False for a failure of the endpoint (a
+    5xx, a transport failure) and None for an outcome that says nothing about
+    it: the client's own pool was full, or httpx refused the request (an
+    unsupported URL, say). A retry is wanted for a retryable status or
+    failure, and, when the request may have been processed, only if it may be
+    replayed (idempotent method or Idempotency-Key).
     """
     if response is not None:
         status = response.status_code
@@ -69,7 +81,32 @@ def _judge(
     wanted = rules.retryable_exception(condition, reached) and (
         not reached or rules.may_replay(method, headers)
     )
-    return condition is None, condition or type(error).__name__, wanted
+    verdict = None if condition is None or is_local_rejection(error) else False
+    return verdict, condition or type(error).__name__, wanted
+
+
+def _given_timeouts(own: dict[str, float | None] | None) -> dict[str, float] | None:
+    """The timeouts a `timeout=` given to the client or the call sets; they only shorten the policy's."""
+    if not own:
+        return None
+    given = {key: value for key, value in own.items() if value is not None}
+    return given or None
+
+
+_PHASES = (
+    (httpx.ReadTimeout, "read"),
+    (httpx.ConnectTimeout, "connect"),
+    (httpx.WriteTimeout, "write"),
+    (httpx.PoolTimeout, "pool"),
+)
+
+
+def _phase(error: Exception) -> str:
+    """Which of httpx's timeouts (the `timeout` extension's key) an error says fired."""
+    for kind, key in _PHASES:
+        if isinstance(error, kind):
+            return key
+    return ""
 
 
 def _readdress(url: httpx.URL, endpoint: EndpointState) -> httpx.URL:
@@ -189,10 +226,7 @@ class Outbound:
                 aborted = httpx.Response(fault.abort, headers={FAULT_HEADER: "abort"})
                 aborted.extensions[ATTEMPTS_EXTENSION] = ()
                 return aborted
-        limit = plan.attempt
-        own = request.extensions.get("timeout")
-        if own and own.get("read") is not None and own["read"] < limit:
-            limit = own["read"]  # a timeout= given to the client or call only shortens attempts
+        caps = _given_timeouts(request.extensions.get("timeout"))
         tried: list[EndpointState] = []
         last: httpx.Response | Exception | None = None
         number = 0
@@ -200,34 +234,36 @@ class Outbound:
             now = clock.monotonic()
             remaining = deadline_at - now
             if remaining <= 0.0:
-                self._deadline(dest, call)
-                error = DeadlineExceeded(
-                    f"the deadline for {dest.name!r} ran out before attempt {number + 1}",
-                    request=request,
-                )
-                error.__meshlib_attempts__ = tuple(history)  # type: ignore[attr-defined]
-                raise error
-            if number == 0:
-                endpoint, permit = dest.pick()
-            else:
-                try:
-                    endpoint, permit = dest.pick(tried)
-                except CircuitOpenError:
-                    return (yield from self._give_up(history, last, "breaker-open"))
+                raise self._out_of_time(
+                    dest, call, request, history, f"before attempt {number + 1} could start"
+                ) from (last if isinstance(last, Exception) else None)
+            try:
+                endpoint, permit = dest.pick(tried)
+            except CircuitOpenError as exc:
+                if number == 0:
+                    exc.request = request
+                    exc.__meshlib_attempts__ = ()  # type: ignore[attr-defined]
+                    raise
+                return (yield from self._give_up(history, last, "breaker-open"))
             if endpoint.rewrite:
                 request.url = _readdress(request.url, endpoint)
                 headers[DEADLINE_HEADER] = str(int(remaining * 1000.0 + 1e-6))
-            capped = remaining < limit
-            if capped or limit != plan.attempt:
-                budget_s = remaining if capped else limit
-                request.extensions["timeout"] = {
+                headers[ATTEMPT_HEADER] = _ATTEMPT_VALUES[number]
+            if remaining < plan.attempt or caps is not None:
+                budget_s = min(remaining, plan.attempt)
+                timeouts = {
                     "connect": min(plan.connect, budget_s),
                     "read": budget_s,
                     "write": budget_s,
                     "pool": budget_s,
                 }
+                if caps is not None:
+                    for key, value in caps.items():
+                        if value < timeouts.get(key, value):
+                            timeouts[key] = value
             else:
-                request.extensions["timeout"] = plan.timeout
+                timeouts = plan.timeout
+            request.extensions["timeout"] = timeouts
             if call is not None:
                 call.before_attempt(request, endpoint.url, number)
             response: httpx.Response | None = None
@@ -247,26 +283,36 @@ class Outbound:
             elapsed = clock.monotonic() - now
             if call is not None:
                 call.after_attempt(request, response, error_)
-            success, reason, wanted = _judge(rules, method, headers, response, error_)
+            verdict, reason, wanted = _judge(rules, method, headers, response, error_)
             outcome: int | str = reason if response is not None else type(error_).__name__
-            self._record(dest, endpoint, permit, success, call)
+            # The deadline's doing when the timeout that fired was cut to the time left.
+            out_of_time = isinstance(error_, httpx.TimeoutException) and (
+                timeouts.get(_phase(error_), 0.0) >= remaining or clock.monotonic() >= deadline_at
+            )
+            if verdict is None or out_of_time:
+                endpoint.breaker.release(
+                    permit
+                )  # the deadline's doing, or ours: not the endpoint's
+            else:
+                self._record(dest, endpoint, permit, verdict, call)
             number += 1
             last = response if response is not None else error_
             history.append(Attempt(number, endpoint.url, outcome, elapsed))
-            if error_ is not None and capped and isinstance(error_, httpx.TimeoutException):
-                self._deadline(dest, call)
-                error = DeadlineExceeded(
-                    f"the deadline for {dest.name!r} ran out during attempt {number}",
-                    request=request,
-                )
-                error.__meshlib_attempts__ = tuple(history)  # type: ignore[attr-defined]
-                raise error from error_
+            if out_of_time:
+                raise self._out_of_time(
+                    dest, call, request, history, f"during attempt {number}"
+                ) from error_
             wait = self._next_wait(request, rules, response, wanted, number, deadline_at, dest)
             if isinstance(wait, str):
                 if wait == "budget" and call is not None:
                     call.event(names.EVENT_BUDGET_REFUSED, {names.ATTR_DESTINATION: dest.name})
                 elif wait == "shadow":
                     self._shadow_retry(dest, endpoint, reason, number, call)
+                elif wait == "deadline" and error_ is not None:
+                    history[-1] = history[-1]._replace(note=wait)
+                    raise self._out_of_time(
+                        dest, call, request, history, f"with no time for attempt {number + 1}"
+                    ) from error_
                 return (yield from self._give_up(history, last, wait))
             backoff = wait
             dest.retries += 1
@@ -363,11 +409,10 @@ class Outbound:
         if success and permit is PASS:
             dest.record(endpoint, permit, True)
             return
-        before = endpoint.breaker.state
-        ejected = dest.record(endpoint, permit, success)
-        after = endpoint.breaker.state
+        transition, ejected = dest.record(endpoint, permit, success)
         tel = self.telemetry
-        if before != after:
+        if transition is not None:
+            before, after = transition
             attributes = {
                 names.ATTR_DESTINATION: dest.name,
                 names.ATTR_ENDPOINT: endpoint.url,
@@ -404,8 +449,19 @@ class Outbound:
         if call is not None:
             call.event(names.EVENT_RETRY, {**attributes, names.ATTR_RETRY_ATTEMPT: number - 1})
 
-    def _deadline(self, dest: Destination, call: CallTelemetry | None) -> None:
+    def _out_of_time(
+        self,
+        dest: Destination,
+        call: CallTelemetry | None,
+        request: httpx.Request,
+        history: list[Attempt],
+        when: str,
+    ) -> DeadlineExceeded:
+        """The `DeadlineExceeded` of a call whose total time ran out (counted in the metric)."""
         self.telemetry.deadline_exceeded.add(1, {names.ATTR_DESTINATION: dest.name})
+        error = DeadlineExceeded(f"the deadline for {dest.name!r} ran out {when}", request=request)
+        error.__meshlib_attempts__ = tuple(history)  # type: ignore[attr-defined]
+        return error
 
     def _fault_event(self, dest: Destination, call: CallTelemetry | None, kind: str) -> None:
         attributes = {names.ATTR_DESTINATION: dest.name, names.ATTR_FAULT_KIND: kind}

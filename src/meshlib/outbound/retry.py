@@ -21,7 +21,9 @@ jitter draws from the injected clock::
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 from dataclasses import dataclass
 
 import httpx
@@ -36,6 +38,7 @@ __all__ = [
     "TestingMode",
     "classify_exception",
     "current_testing",
+    "is_local_rejection",
     "parse_retry_after",
     "set_testing_mode",
 ]
@@ -86,16 +89,48 @@ def classify_exception(exc: BaseException) -> tuple[str | None, bool]:
     return None, True
 
 
+def is_local_rejection(exc: BaseException) -> bool:
+    """Whether a failed attempt was refused by this client itself, not by the endpoint.
+
+    `httpx.PoolTimeout` means the client's own connection pool stayed full:
+    the endpoint never saw the request and is not to blame, so such outcomes
+    never feed its breaker or outlier detection.
+    """
+    return isinstance(exc, httpx.PoolTimeout)
+
+
+_RETRY_AFTER_MAX_CHARS = 64  # an HTTP-date is 29 characters; delta-seconds far fewer
+
+
 def parse_retry_after(value: str, clock: Clock) -> float | None:
-    """Seconds a ``Retry-After`` value asks for (delta-seconds or HTTP-date), or None if malformed."""
+    """Seconds a `Retry-After` value asks for (delta-seconds or HTTP-date), or None if malformed.
+
+    Anything else is treated as absent, as a plain httpx user would see it:
+    non-ASCII digits (`str.isdigit()` accepts `"²"` and `"٣"`), dates that do
+    not fit a datetime, overlong values. A date in the past asks for 0 s.
+
+    Example:
+        ```python
+        parse_retry_after("2", clock)                               # 2.0
+        parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", clock)   # 0.0 (past)
+        parse_retry_after("²", clock)                               # None
+        ```
+    """
     text = value.strip()
+    if not text or len(text) > _RETRY_AFTER_MAX_CHARS or not text.isascii():
+        return None
     if text.isdigit():
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # "-0000": an HTTP-date is always GMT (RFC 9110)
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - clock.wall()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return max(0.0, when.timestamp() - clock.wall())
+    if not math.isfinite(seconds):  # pragma: no cover - timestamps of valid datetimes are finite
+        return None
+    return max(0.0, seconds)
 
 
 class RetryRules:

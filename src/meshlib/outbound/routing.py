@@ -25,8 +25,7 @@ import httpx
 
 from meshlib.clock import Clock
 from meshlib.discovery.binding import DiscoveredEndpoints
-from meshlib.outbound.breaker import Breaker
-from meshlib.outbound.destination import Destination, EndpointState
+from meshlib.outbound.destination import Destination, EndpointSpec
 from meshlib.outbound.endpoints import PoolKey, Pools
 from meshlib.outbound.fault import has_fault
 from meshlib.outbound.retry import RetryRules
@@ -152,17 +151,8 @@ class Router:
         name = f"{url.scheme}://{url.host}:{url.port or _DEFAULT_PORTS.get(url.scheme, 0)}"
         with self._lock:
             dest = self.origins.get(key) or Destination(name, self.clock)
-            effective = plan.effective
-            state = EndpointState(
-                name,
-                url.scheme,
-                url.host,
-                url.port,
-                self.base,
-                Breaker(effective.circuit_breaker, self.clock, name=name),
-            )
-            state.rewrite = False
-            dest.configure(effective, [state])
+            spec = EndpointSpec(name, self.base, address=(url.scheme, url.host, url.port))
+            dest.configure(plan.effective, [spec], rewrite=False)
             if len(self.origins) >= _MAX_ORIGINS and key not in self.origins:
                 self.origins.pop(next(iter(self.origins)))
             self.origins[key] = dest
@@ -227,17 +217,7 @@ class Router:
         effective: EffectivePolicy,
         identity: str | None,
         keys: set[PoolKey],
-    ) -> EndpointState:
+    ) -> EndpointSpec:
         keys.add((endpoint.url, effective.tls, identity))
         transport = self.pools.get(endpoint.url, effective.tls, identity)
-        url = httpx.URL(endpoint.url)
-        state = EndpointState(
-            endpoint.url,
-            url.scheme,
-            url.host,
-            url.port,
-            transport,
-            Breaker(effective.circuit_breaker, self.clock, name=endpoint.url),
-        )
-        state.weight = endpoint.weight
-        return state
+        return EndpointSpec(endpoint.url, transport, endpoint.weight)

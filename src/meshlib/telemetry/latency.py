@@ -19,6 +19,7 @@ Server-Timing header ``service`` is None and ``network`` is the whole wire time:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from meshlib.clock import Clock
@@ -30,7 +31,9 @@ __all__ = ["AttemptMarks", "LatencySplit", "SplitTotals", "parse_server_timing"]
 def parse_server_timing(value: str | None) -> float | None:
     """Seconds in the ``app`` entry of a Server-Timing header, or None.
 
-    ``parse_server_timing("db;dur=2, app;dur=12.5") == 0.0125``
+    ``parse_server_timing("db;dur=2, app;dur=12.5") == 0.0125``. A duration
+    that is not a finite, non-negative number (`inf`, `nan`, `-3`) is garbage
+    from the callee and treated as absent.
     """
     if not value:
         return None
@@ -42,9 +45,10 @@ def parse_server_timing(value: str | None) -> float | None:
             key, _, number = param.strip().partition("=")
             if key.strip() == "dur":
                 try:
-                    return max(0.0, float(number.strip().strip('"')) / 1000.0)
+                    seconds = float(number.strip().strip('"')) / 1000.0
                 except ValueError:
                     return None
+                return seconds if 0.0 <= seconds < math.inf else None
     return None
 
 
