@@ -80,7 +80,7 @@ def uvicorn_server(
         CertificateError: a ``MESH_TLS_*`` setting is missing or its file unusable.
     """
     import uvicorn
-    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
     from uvicorn.importer import import_from_string
 
     from meshlib.security.asgi_bridge import bridged_protocol
@@ -93,6 +93,14 @@ def uvicorn_server(
     ctx = ssl_context or server_context(settings, require_client_cert=require_client_cert)
     http = config.pop("http", "auto")
     base = import_from_string(HTTP_PROTOCOLS.get(http, http)) if isinstance(http, str) else http
+    ws = config.pop("ws", "auto")
+    if isinstance(ws, str):
+        name = WS_PROTOCOLS.get(ws, ws)
+        ws = import_from_string(name) if name else None
+    if ws is not None:  # WebSocket callers carry their identity too
+        config["ws"] = bridged_protocol(ws)
+    else:
+        config["ws"] = "none"
     cfg = uvicorn.Config(app, host=host, port=port, http=bridged_protocol(base), **config)
     cfg.load()
     # uvicorn builds a context only from ssl_certfile & co., once; the loaded config uses ours,

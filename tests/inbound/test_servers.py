@@ -323,8 +323,8 @@ def test_policy_reload_applies_without_restart(kind: str, telemetry: Telemetry) 
         assert get(f"{twin.url}/items/7").status_code == 200
 
 
-def test_non_http_scopes_pass_through() -> None:
-    """Lifespan and websocket scopes reach the app untouched (ASGI only)."""
+def test_lifespan_passes_through_and_allowed_websockets_reach_the_app() -> None:
+    """Lifespan reaches the app untouched; an allowed websocket scope after the checks (ASGI only)."""
     import asyncio
 
     from meshlib.inbound import MeshMiddleware
@@ -340,5 +340,5 @@ def test_non_http_scopes_pass_through() -> None:
         return None
 
     asyncio.run(middleware({"type": "lifespan"}, noop, noop))
-    asyncio.run(middleware({"type": "websocket", "path": "/healthz"}, noop, noop))
+    asyncio.run(middleware({"type": "websocket", "path": "/ws", "headers": []}, noop, noop))
     assert seen == ["lifespan", "websocket"]

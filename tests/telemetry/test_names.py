@@ -32,7 +32,7 @@ def test_own_names_are_namespaced_and_unique() -> None:
     for group in (own, events, attributes):
         assert len(group) == len(set(group))
         assert all(name.startswith("meshlib.") for name in group), group
-    assert len(events) == 8
+    assert len(events) == 9
     listed = {
         getattr(names, n) for n in names.__all__ if isinstance(getattr(names, n), names.Instrument)
     }

@@ -3,8 +3,17 @@
 A plain ``(scope, receive, send)`` class rather than Starlette's
 ``BaseHTTPMiddleware``, which stops ``ContextVar`` changes from reaching the
 app and would lose the trace context and the deadline. Per-request state
-lives in ``__call__`` locals; scopes other than ``http`` (websocket,
-lifespan) pass through untouched::
+lives in ``__call__`` locals.
+
+Every scope that carries a caller goes through the core: ``http`` and
+``websocket`` alike (identity, path, authz, rate and concurrency limits). A
+refused WebSocket handshake is answered before the app sees it: with the
+HTTP status (403, 429, 503) through the ASGI ``websocket.http.response``
+extension where the server offers it (uvicorn does), else by closing with
+1008 (policy violation) or 1013 (try again later), which the server turns
+into an HTTP 403. An accepted WebSocket holds its concurrency slot until the
+app returns, for the life of the connection. Other scopes (``lifespan``)
+pass through untouched::
 
     app = FastAPI()
     app.add_middleware(MeshMiddleware, service_name="payments", policy="mesh.yaml")
@@ -43,8 +52,8 @@ _WANTED = {
 
 
 def request_info(scope: Scope) -> RequestInfo:
-    """A :class:`RequestInfo` from an ASGI ``http`` scope."""
-    info = RequestInfo(scope["method"], scope["path"], scope.get("scheme") or "http")
+    """A :class:`RequestInfo` from an ASGI ``http`` or ``websocket`` scope (a WebSocket is a GET)."""
+    info = RequestInfo(scope.get("method", "GET"), scope["path"], scope.get("scheme") or "http")
     traceparent: list[str] = []
     tracestate: list[str] = []
     for name, value in scope["headers"]:
@@ -61,6 +70,7 @@ def request_info(scope: Scope) -> RequestInfo:
     query = scope.get("query_string")
     if query:
         info.query = query.decode("latin-1")
+    info.raw_path = scope.get("raw_path")
     info.http_version = scope.get("http_version") or "1.1"
     client = scope.get("client")
     if client:
@@ -95,6 +105,24 @@ async def _send_reply(send: Send, reply: MeshResponse, timing: str, head: bool) 
     await send({"type": "http.response.body", "body": b"" if head else reply.body})
 
 
+async def _refuse_websocket(
+    scope: Scope, receive: Receive, send: Send, reply: MeshResponse
+) -> None:
+    """Answer a WebSocket handshake the core refused, without the app ever seeing it."""
+    message = await receive()
+    if message["type"] != "websocket.connect":  # the client left already
+        return
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        await send(
+            {"type": "websocket.http.response.start", "status": reply.status, "headers": headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": reply.body})
+        return
+    code = 1013 if reply.status in (429, 503) else 1008  # try again later / policy violation
+    await send({"type": "websocket.close", "code": code, "reason": reply.reason})
+
+
 class MeshMiddleware(MiddlewareBase[ASGIApp]):
     """Trace context, Server-Timing, deadlines, authz, admission and health for an ASGI app.
 
@@ -109,8 +137,12 @@ class MeshMiddleware(MiddlewareBase[ASGIApp]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         core = self.core
         health = core.health(scope["path"])
@@ -127,6 +159,39 @@ class MeshMiddleware(MiddlewareBase[ASGIApp]):
                 exchange.finish(reply.status, None, None)
             return
         await self._run_app(scope, receive, send, exchange)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = self.core.begin(request_info(scope))
+        reply = exchange.reply
+        if reply is not None:
+            try:
+                await _refuse_websocket(scope, receive, send, reply)
+            finally:
+                exchange.finish(reply.status, None, None)
+            return
+        status = 0
+        root_path = scope.get("root_path", "")
+
+        async def send_watching(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "websocket.accept":
+                status = 101
+            elif kind == "websocket.http.response.start":
+                status = message["status"]
+            elif kind == "websocket.close" and not status:
+                status = 403  # closed before accepting: the server answers the handshake with 403
+            await send(message)
+
+        exchange.enter()
+        try:
+            await self.app(scope, receive, send_watching)
+        except BaseException as exc:
+            exchange.exit()
+            exchange.finish(status or 500, route_template(scope, root_path), exc)
+            raise
+        exchange.exit()
+        exchange.finish(status or 101, route_template(scope, root_path), None)
 
     async def _run_app(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange

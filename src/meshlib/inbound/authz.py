@@ -4,7 +4,13 @@ The first rule whose path and methods match decides; when none matches,
 ``default`` decides. A rule allows the SPIFFE IDs it lists, or ``*`` for any
 caller with a verified identity; a caller without one (no client
 certificate) is never allowed by a rule. Each decision names the rule that
-made it, for telemetry and ``policy explain``::
+made it, for telemetry and ``policy explain``.
+
+Rules see the request as the app's router will: the path exactly as routed
+(the middleware refuses paths not in normal form first, see
+:mod:`meshlib.inbound.paths`), the method upper-cased (werkzeug routes
+``get`` as ``GET``), and a ``GET`` rule also covers ``HEAD``, which
+Starlette, FastAPI and Flask all answer with the ``GET`` handler::
 
     authz = CompiledAuthz.compile(policy.services["payments"].inbound.authz, "services.payments")
     decision = authz.decide("POST", "/v1/charges", "spiffe://example.org/orders")
@@ -13,30 +19,24 @@ made it, for telemetry and ``policy explain``::
 
 from __future__ import annotations
 
-import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshlib.policy.model import Authz
 from meshlib.policy.resolve import PathPredicate, compile_path_match
 
-__all__ = ["AuthzDecision", "CompiledAuthz", "normalize_path"]
+__all__ = ["AuthzDecision", "CompiledAuthz", "as_routed", "routed_methods"]
 
 
-def normalize_path(path: str) -> str:
-    """The path rules are matched against: dot segments and repeated slashes resolved.
+def routed_methods(methods: Iterable[str]) -> frozenset[str]:
+    """The methods a rule listing `methods` covers: `HEAD` too when `GET` is listed (empty: any)."""
+    covered = frozenset(methods)
+    return covered | {"HEAD"} if "GET" in covered else covered
 
-    So ``/v1/../admin`` and ``//admin`` are judged as ``/admin``, which is
-    where a framework that normalises would route them::
 
-        normalize_path("/v1/./orders//7")   # '/v1/orders/7'
-    """
-    if "//" not in path and "/." not in path:
-        return path
-    trailing = path.endswith("/") and len(path) > 1
-    clean = posixpath.normpath("/" + path.lstrip("/"))
-    if clean.startswith("//"):
-        clean = "/" + clean.lstrip("/")
-    return clean + "/" if trailing and clean != "/" else clean
+def as_routed(method: str) -> str:
+    """The method as routers compare it: upper case (`"get"` -> `"GET"`)."""
+    return method if method.isupper() else method.upper()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ class CompiledAuthz:
             rules.append(
                 _Rule(
                     path=path,
-                    methods=methods,
+                    methods=routed_methods(methods),
                     identities=frozenset(i for i in rule.allow if i != "*"),
                     any_identity="*" in rule.allow,
                     allow=AuthzDecision(True, name),
@@ -92,9 +92,13 @@ class CompiledAuthz:
         return cls(tuple(rules), default, authz.mode == "shadow")
 
     def decide(self, method: str, path: str, identity: str | None) -> AuthzDecision:
-        """The decision for a caller (``None``: no verified identity) on ``method path``."""
+        """The decision for a caller (``None``: no verified identity) on ``method path``.
+
+        ``path`` is judged as given: the middleware has refused it already
+        unless it is in normal form.
+        """
         if self._rules:
-            path = normalize_path(path)
+            method = as_routed(method)
             for rule in self._rules:
                 if (not rule.methods or method in rule.methods) and rule.path(path):
                     if identity is not None and (rule.any_identity or identity in rule.identities):

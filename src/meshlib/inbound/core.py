@@ -5,9 +5,15 @@ request they build a ``RequestInfo`` from the scope or environ and call
 :meth:`InboundCore.begin`, which decides, in this order and without I/O:
 
 1. no policy loaded yet: 503 (readiness says so too);
-2. authz from the caller's verified identity: 403 (shadow: record only);
-3. an incoming deadline already passed: 504 (shadow: count only);
-4. the rate limit: 429 + Retry-After; 5. the concurrency limit: 503 + Retry-After.
+2. a path not in normal form, when a rule or route depends on the path: 400
+   (:mod:`meshlib.inbound.paths`; the authz decision and the app's router
+   must see the same path);
+3. authz from the caller's verified identity: 403 (shadow: record only);
+4. an incoming deadline already passed: 504 (shadow: count only);
+5. the rate limit: 429 + Retry-After; 6. the concurrency limit: 503 + Retry-After.
+
+Refusals of who or what a request is (2 and 3) are also logged, rate-limited,
+on the ``meshlib.access`` logger (:mod:`meshlib.inbound.accesslog`).
 
 The returned :class:`Exchange` says whether to answer without the app
 (``exchange.reply``) and carries the SERVER span, the deadline and the
@@ -40,10 +46,11 @@ from opentelemetry import trace
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.deadline import Deadline, current_deadline
 from meshlib.errors import CertificateError
+from meshlib.inbound.accesslog import AccessLog
 from meshlib.inbound.admission import ConcurrencyLimiter, LimiterRegistry, retry_after_header
-from meshlib.inbound.authz import normalize_path
 from meshlib.inbound.deadlines import incoming_deadline
 from meshlib.inbound.health import HealthPaths, MeshResponse
+from meshlib.inbound.paths import PATH_PROBLEMS, path_problem
 from meshlib.inbound.plan import InboundPlan
 from meshlib.inbound.timing import server_timing
 from meshlib.inbound.tracecontext import extract_context
@@ -57,6 +64,10 @@ __all__ = ["Exchange", "InboundCore", "RequestInfo", "drain_all"]
 logger = logging.getLogger("meshlib.inbound")
 
 _FORBIDDEN = MeshResponse.text(403, "Forbidden", "forbidden\n")
+_BAD_PATHS = {
+    reason: MeshResponse.text(400, "Bad Request", f"the request path {problem}\n")
+    for reason, problem in PATH_PROBLEMS.items()
+}
 _DEADLINE = MeshResponse.text(504, "Gateway Timeout", "deadline exceeded\n")
 _TOO_MANY = MeshResponse.text(429, "Too Many Requests", "too many requests\n")
 _OVERLOADED = MeshResponse.text(
@@ -86,6 +97,8 @@ class RequestInfo:
 
     Header values are raw strings (``None`` when absent); ``traceparent`` and
     ``tracestate`` hold every field of that name in arrival order.
+    ``path`` is percent-decoded, as the app routes it; ``raw_path`` is the
+    path as sent, when the server tells it.
     ``peer_cert`` is the PEM of a client certificate the server's TLS layer
     verified, never anything taken from a header::
 
@@ -107,6 +120,7 @@ class RequestInfo:
     envoy_timeout_ms: str | None = None
     attempt: str | None = None
     peer_cert: str | None = None
+    raw_path: bytes | str | None = None
 
 
 class Exchange:
@@ -203,6 +217,7 @@ class InboundCore:
         self.telemetry = telemetry if telemetry is not None else ServerTelemetry()
         self.health_paths = HealthPaths(settings.health_path, settings.ready_path)
         self.draining = False
+        self.access_log = AccessLog(service, clock)
         self._registry = LimiterRegistry(clock)
         self._plan: InboundPlan | None = None
         self._failed: object = None  # a policy whose plan failed to compile, not retried
@@ -273,17 +288,35 @@ class InboundCore:
             self.telemetry.shed(span, "no_policy", "policy", False)
             exchange.reply = _NO_POLICY
             return exchange
-        path = normalize_path(info.path)
+        path = info.path
         telemetry = self.telemetry
+        if plan.path_sensitive:
+            problem = path_problem(path, info.raw_path)
+            if problem is not None:
+                shadow = plan.path_shadow
+                telemetry.rejected(span, problem, shadow)
+                self.access_log.denied(
+                    info,
+                    400,
+                    "path-normal-form",
+                    _identity(info.peer_cert),
+                    shadow=shadow,
+                    reason=problem,
+                )
+                if not shadow:
+                    exchange.reply = _BAD_PATHS[problem]
+                    return exchange
 
         authz = plan.authz
         if authz.active:
             identity = _identity(info.peer_cert)
             decision = authz.decide(info.method, path, identity)
             telemetry.authz(span, decision, identity, authz.shadow)
-            if not decision.allowed and not authz.shadow:
-                exchange.reply = _FORBIDDEN
-                return exchange
+            if not decision.allowed:
+                self.access_log.denied(info, 403, decision.rule, identity, shadow=authz.shadow)
+                if not authz.shadow:
+                    exchange.reply = _FORBIDDEN
+                    return exchange
 
         if info.deadline_ms is not None or info.grpc_timeout is not None or info.envoy_timeout_ms:
             deadline = incoming_deadline(

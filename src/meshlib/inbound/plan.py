@@ -17,7 +17,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from meshlib.inbound.admission import ConcurrencyLimiter, LimiterRegistry, TokenBucket
-from meshlib.inbound.authz import CompiledAuthz
+from meshlib.inbound.authz import CompiledAuthz, as_routed, routed_methods
 from meshlib.policy.model import ConcurrencyLimit, Inbound, Policy, RateLimit
 from meshlib.policy.resolve import PathPredicate, compile_path_match
 
@@ -90,6 +90,8 @@ class InboundPlan:
         "deadline_max",
         "deadline_reject",
         "deadline_shadow",
+        "path_sensitive",
+        "path_shadow",
         "policy",
         "routes",
         "service_limits",
@@ -110,6 +112,10 @@ class InboundPlan:
         self.deadline_max = inbound.deadline.max
         self.deadline_reject = inbound.deadline.reject_expired
         self.deadline_shadow = inbound.deadline.mode == "shadow"
+        self.path_sensitive = bool(routes or inbound.authz.rules)
+        """Whether a rule or route depends on the path, so a path not in normal form is refused."""
+        self.path_shadow = not routes and authz.shadow
+        """Whether only shadow-mode rules depend on the path: count such paths, let them through."""
 
     @classmethod
     def compile(cls, policy: Policy, service: str, registry: LimiterRegistry) -> InboundPlan:
@@ -129,13 +135,14 @@ class InboundPlan:
                 _rate(route.rate_limit, f"{at}.rate_limit", registry, used) or rate,
                 _slots(route.concurrency_limit, f"{at}.concurrency_limit", registry, used) or slots,
             )
-            routes.append(_Route(path, methods, limits))
+            routes.append(_Route(path, routed_methods(methods), limits))
         registry.swap(used)
         authz = CompiledAuthz.compile(inbound.authz, f"services.{service}")
         return cls(policy, authz, service_limits, tuple(routes), inbound)
 
     def limits_for(self, method: str, path: str) -> Limits:
         """The limits of the first matching inbound route, else the service-wide ones."""
+        method = as_routed(method)
         for route in self.routes:
             if (not route.methods or method in route.methods) and route.path(path):
                 return route.limits

@@ -68,6 +68,10 @@ def request_info(environ: Environ) -> RequestInfo:
         port = environ.get("REMOTE_PORT")
         info.client = (address, int(port) if port and str(port).isdigit() else 0)
     info.peer_cert = environ.get("SSL_CLIENT_CERT") or None
+    # werkzeug sets REQUEST_URI and RAW_URI, gunicorn RAW_URI: the target as sent, for %2F checks.
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        info.raw_path = raw.partition("?")[0]
     return info
 
 

@@ -611,12 +611,23 @@ class Discovery(_Model):
 
 
 class AuthzRule(_Model):
-    """Which caller identities may call the matching requests."""
+    """Which caller identities may call the matching requests.
 
-    path_prefix: str | None = None
-    path_exact: str | None = None
-    path_template: str | None = None
-    methods: tuple[Method, ...] = ()
+    Paths are matched as the app routes them; a request whose path is not in
+    normal form (dot segments, ``//``, ``%2F``) is refused with 400 first.
+    """
+
+    path_prefix: str | None = Field(
+        None,
+        description="Segment-wise prefix: /v1/ (or /v1) matches /v1, /v1/ and /v1/x, never /v1x.",
+    )
+    path_exact: str | None = Field(None, description="The whole path, e.g. /v1/health.")
+    path_template: str | None = Field(
+        None, description="A template such as /v1/orders/{id}; {name} matches one path segment."
+    )
+    methods: tuple[Method, ...] = Field(
+        (), description="Empty means any method; GET also covers HEAD."
+    )
     allow: tuple[str, ...] = Field(
         description="SPIFFE IDs allowed, or '*' for any caller with a verified identity."
     )

@@ -19,8 +19,11 @@ read the rest of the chain), ``tls_version`` the protocol number
 ``client_cert_error`` and ``cipher_suite`` are None. The certificate was
 verified during the handshake; no header is ever read. A scope that already
 carries a ``tls`` extension (a server that fills it itself) is left alone.
-WebSocket connections are not bridged (uvicorn hands them to a separate
-protocol class).
+uvicorn hands an upgraded WebSocket connection to a separate protocol class
+that reads the app from its config, not from the HTTP protocol; the same
+mixin applies to it (``ws=bridged_protocol(WebSocketsSansIOProtocol)``), so
+``wss://`` callers carry their identity too (:func:`meshlib.serve.uvicorn_server`
+bridges both).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class TLSExtensionApp:
 
 
 class _PeerCertBridge:
-    """Mixin for uvicorn HTTP protocols: per-connection ``self.app`` carrying the tls extension."""
+    """Mixin for uvicorn HTTP and WebSocket protocols: per-connection ``self.app`` carrying the tls extension."""
 
     app: Any
 
@@ -92,7 +95,7 @@ _bridged: dict[type[Any], type[Any]] = {}
 
 
 def bridged_protocol(base: type[Any]) -> type[Any]:
-    """A subclass of the uvicorn HTTP protocol ``base`` that fills the ASGI tls extension.
+    """A subclass of the uvicorn HTTP or WebSocket protocol ``base`` that fills the ASGI tls extension.
 
     >>> from uvicorn.protocols.http.h11_impl import H11Protocol   # doctest: +SKIP
     >>> uvicorn.Config(app, http=bridged_protocol(H11Protocol))    # doctest: +SKIP

@@ -60,6 +60,7 @@ __all__ = [
     "ATTR_POLICY_REVISION",
     "ATTR_POLICY_SOURCE",
     "ATTR_REGISTRATION_EVENT",
+    "ATTR_REJECT_REASON",
     "ATTR_RETRY_AFTER",
     "ATTR_RETRY_ATTEMPT",
     "ATTR_RETRY_BACKOFF",
@@ -96,6 +97,7 @@ __all__ = [
     "EVENT_DENIED",
     "EVENT_EJECTION",
     "EVENT_FAULT_INJECTED",
+    "EVENT_REJECTED",
     "EVENT_RETRY",
     "EVENT_SHED",
     "INSTRUMENTS",
@@ -103,6 +105,7 @@ __all__ = [
     "POLICY_REVISION",
     "SCOPE",
     "SERVER_DENIED",
+    "SERVER_REJECTED",
     "SERVER_REQUEST_DURATION",
     "SERVER_SHED",
     "SERVER_TIMING_APP",
@@ -139,6 +142,8 @@ EVENT_SHED: Final = "meshlib.shed"
 """The inbound middleware shed a request (rate or concurrency limit); attribute: shed reason."""
 EVENT_DENIED: Final = "meshlib.denied"
 """The inbound middleware denied a request by authz; attribute: the rule that decided."""
+EVENT_REJECTED: Final = "meshlib.rejected"
+"""The inbound middleware refused a request with 400 before the app; attribute: the reject reason."""
 
 # --- meshlib's own attribute keys (standard ones come from opentelemetry.semconv) ---
 
@@ -170,6 +175,8 @@ ATTR_FAULT_KIND: Final = "meshlib.fault.kind"
 """Injected fault kind: ``abort`` or ``delay``."""
 ATTR_SHED_REASON: Final = "meshlib.shed.reason"
 """Why a request was shed: ``rate_limit`` or ``concurrency_limit``."""
+ATTR_REJECT_REASON: Final = "meshlib.reject.reason"
+"""Why a request was refused with 400 before the app: its path is not in normal form (``dot-segment``, ``empty-segment``, ``escaped-slash``, ``backslash``, ``control-character``, ``not-utf8``, ``not-absolute``)."""
 ATTR_DENY_RULE: Final = "meshlib.authz.rule"
 """The authz rule (or ``default``) that decided an inbound request."""
 ATTR_AUTHZ_DECISION: Final = "meshlib.authz.decision"
@@ -348,6 +355,12 @@ SERVER_DENIED: Final = Instrument(
     "{request}",
     "Inbound requests denied with 403 by authz, by caller and rule.",
 )
+SERVER_REJECTED: Final = Instrument(
+    "meshlib.server.rejected",
+    "counter",
+    "{request}",
+    "Inbound requests refused with 400 before the app because their path is not in normal form, by reason.",
+)
 DISCOVERY_ENDPOINT_SET_CHANGES: Final = Instrument(
     "meshlib.discovery.endpoint_set.changes",
     "counter",
@@ -415,6 +428,7 @@ INSTRUMENTS: Final = (
     CLIENT_LATENCY_CALLS,
     SERVER_SHED,
     SERVER_DENIED,
+    SERVER_REJECTED,
     DISCOVERY_ENDPOINT_SET_CHANGES,
     DISCOVERY_HEALTH_TRANSITIONS,
     DISCOVERY_DNS_RESOLUTIONS,

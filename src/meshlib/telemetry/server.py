@@ -14,7 +14,9 @@ can alert on:
   and the span attributes ``meshlib.authz.decision`` / ``meshlib.authz.rule`` on every
   decision, allow included;
 * ``meshlib.server.shed`` {``meshlib.shed.reason`` (``rate_limit``, ``concurrency_limit``,
-  ``deadline``, ``no_policy``), ``meshlib.limit`` (where in the policy), ``meshlib.shadow``}.
+  ``deadline``, ``no_policy``), ``meshlib.limit`` (where in the policy), ``meshlib.shadow``};
+* ``meshlib.server.rejected`` {``meshlib.reject.reason``, ``meshlib.shadow``}: a path not in
+  normal form, refused with 400 (:mod:`meshlib.inbound.paths`).
 
 The tracer and meter come from the providers passed in, or the global ones
 through OpenTelemetry's proxies, so providers configured after the
@@ -119,7 +121,7 @@ def _error_type(error: BaseException) -> str:
 class ServerTelemetry:
     """The tracer and instruments of the inbound middleware; one per middleware."""
 
-    __slots__ = ("_denied", "_duration", "_shed", "quick", "tracer")
+    __slots__ = ("_denied", "_duration", "_rejected", "_shed", "quick", "tracer")
 
     def __init__(
         self,
@@ -140,6 +142,7 @@ class ServerTelemetry:
         self._duration = names.create_instrument(meter, names.SERVER_REQUEST_DURATION)
         self._denied = names.create_instrument(meter, names.SERVER_DENIED)
         self._shed = names.create_instrument(meter, names.SERVER_SHED)
+        self._rejected = names.create_instrument(meter, names.SERVER_REJECTED)
         self.quick = QuickTrace(self.tracer)
 
     def start(self, info: RequestInfo, parent: Context) -> trace.Span:
@@ -223,6 +226,16 @@ class ServerTelemetry:
                 event[names.ATTR_RETRY_AFTER] = retry_after
             span.add_event(names.EVENT_SHED, event)
         self._shed.add(1, attributes)
+
+    def rejected(self, span: trace.Span, reason: str, shadow: bool) -> None:
+        """Record a request refused with 400 before the app (or, `shadow`, one that would have been)."""
+        attributes: dict[str, AttributeValue] = {
+            names.ATTR_REJECT_REASON: reason,
+            names.ATTR_SHADOW: shadow,
+        }
+        if span.is_recording():
+            span.add_event(names.EVENT_REJECTED, attributes)
+        self._rejected.add(1, attributes)
 
     def finish(
         self,
