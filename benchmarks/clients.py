@@ -9,8 +9,12 @@ Kinds:
   OpenTelemetry's httpx instrumentation on the client;
 - ``mesh``: ``meshlib.MeshClient`` / ``meshlib.AsyncMeshClient`` with the
   default policy, imported lazily so the rest runs before it exists;
-- ``httpx-aiotr`` / ``mesh-aiotr`` (async only): the same, over meshlib's
-  ``AiohttpTransport`` instead of httpcore's pool.
+- ``httpx-aiotr`` (async only): ``httpx.AsyncClient`` over meshlib's
+  ``AiohttpTransport``, the transport ``AsyncMeshClient`` drives by default
+  (so ``mesh`` minus this is meshlib's own cost);
+- ``httpx-aiohttp`` (async only): ``httpx.AsyncClient`` over the
+  ``httpx-aiohttp`` package's transport, the reference the issue names;
+- ``mesh-httpcore`` (async only): ``AsyncMeshClient`` over httpcore's pool.
 
 Each returns a :class:`Opened` whose ``call()`` makes one GET and returns the
 status code::
@@ -188,7 +192,7 @@ def _aiohttp_transport() -> Any:
 
 
 async def open_async(kind: str, target: Target) -> AsyncOpened:
-    """Open an async client of ``kind`` (httpx, aiohttp, naive, mesh, *-aiotr) aimed at ``target``."""
+    """Open an async client of ``kind`` (see the module docstring) aimed at ``target``."""
     if kind == "httpx-aiotr":
         transport = _aiohttp_transport()(verify=_client_ssl(target.pki))
         tclient = httpx.AsyncClient(transport=transport, timeout=_TIMEOUT)
@@ -198,17 +202,30 @@ async def open_async(kind: str, target: Target) -> AsyncOpened:
             return (await tclient.get(turl)).status_code
 
         return AsyncOpened(tget, tclient.aclose)
-    if kind == "mesh-aiotr":
-        factory = _aiohttp_transport()
-        tmesh = _mesh_class("AsyncMeshClient")(
-            mesh_policy(target), service_name="bench-client", endpoint_transport=factory
+    if kind == "httpx-aiohttp":
+        from httpx_aiohttp import AiohttpTransport as ReferenceTransport
+
+        rclient = httpx.AsyncClient(
+            transport=ReferenceTransport(verify=_client_ssl(target.pki)), timeout=_TIMEOUT
         )
-        murl = _mesh_url(target)
+        rurl = target.url
 
-        async def tmesh_get() -> int:
-            return int((await tmesh.get(murl)).status_code)
+        async def rget() -> int:
+            return (await rclient.get(rurl)).status_code
 
-        return AsyncOpened(tmesh_get, tmesh.aclose)
+        return AsyncOpened(rget, rclient.aclose)
+    if kind == "mesh-httpcore":
+        hmesh = _mesh_class("AsyncMeshClient")(
+            mesh_policy(target),
+            service_name="bench-client",
+            endpoint_transport=httpx.AsyncHTTPTransport,
+        )
+        hurl = _mesh_url(target)
+
+        async def hmesh_get() -> int:
+            return int((await hmesh.get(hurl)).status_code)
+
+        return AsyncOpened(hmesh_get, hmesh.aclose)
     if kind in ("httpx", "naive"):
         client = httpx.AsyncClient(verify=_client_ssl(target.pki), timeout=_TIMEOUT)
         url = target.url

@@ -56,8 +56,9 @@ def _targets(checks: list[dict[str, Any]]) -> str:
         verdict = "info" if c.get("kind") == "info" else ("met" if c["met"] else "**missed**")
         rounds = c.get("per_round")
         spread = f"{rounds[0]:.2f}..{rounds[-1]:.2f}" if rounds else ""
+        bound = "≥" if c.get("direction") == "min" else "≤"
         lines.append(
-            f"| {c['table']} | {c['target']} | {c['value']:.2f} | {spread} | {c['limit']:.2f} | {verdict} |"
+            f"| {c['table']} | {c['target']} | {c['value']:.2f} | {spread} | {bound} {c['limit']:.2f} | {verdict} |"
         )
     return "\n".join(lines)
 

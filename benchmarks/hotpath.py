@@ -37,25 +37,49 @@ def _frame(raw: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
 
 
-_INNER = "HTTPTransport.handle_request (httpx/_transports/default.py)"
-_INNER_ASYNC = "AsyncHTTPTransport.handle_async_request (httpx/_transports/default.py)"
-_WIRE = ("httpcore/", "h11/", "httpx/_transports/")
-_LOOP = ("_sync (benchmarks/hotpath.py)", "worker (benchmarks/hotpath.py)")
+_TRANSPORT = (
+    "httpcore/",
+    "h11/",
+    "httpx/_transports/",
+    "aiohttp/",
+    "yarl/",
+    "multidict/",
+    "propcache/",
+    "meshlib/outbound/aiohttp_transport.py",
+    "asyncio/selector_events.py",
+    "asyncio/sslproto.py",
+    "ssl.py",
+    "socket.py",
+)
+_LAYERS = (
+    (_TRANSPORT, "[the transport: connection pool, HTTP/1.1, socket I/O (bare httpx pays it too)]"),
+    (("meshlib/",), "meshlib"),
+    (("httpx/",), "[the httpx client layer: build the request, cookies, the response]"),
+    (("benchmarks/",), "[the bench loop]"),
+)
+
+
+def _where(frame: str) -> str:
+    return frame.partition(" (")[2]
 
 
 def _owner(frames: list[str]) -> str:
-    """Who a sample's time belongs to: the inner httpx transport, a meshlib function, or a library."""
-    inner = "[inner httpx transport, httpcore, h11, socket: what bare httpx pays too]"
-    if _INNER in frames or _INNER_ASYNC in frames:
-        return inner
-    for index in range(len(frames) - 1, -1, -1):
-        if "meshlib/" in frames[index]:
-            if any(f.partition(" (")[2].startswith(_WIRE) for f in frames[index + 1 :]):
-                return inner
-            return frames[index]
-    leaf = frames[-1]
-    lib = leaf.partition(" (")[2].split("/")[0] or leaf
-    return f"[outside meshlib frames: {lib}]"
+    """Whose work a sample is: the nearest enclosing layer (OpenTelemetry and stdlib count for their caller)."""
+    for frame in reversed(frames):
+        where = _where(frame)
+        for prefixes, owner in _LAYERS:
+            if where.startswith(prefixes):
+                return frame if owner == "meshlib" else owner
+    return "[the event loop and the rest]"
+
+
+def _in_loop(frames: list[str]) -> bool:
+    """Whether a sample is request-loop work (not start-up, the client's opening or closing)."""
+    if any(f.startswith(("open_sync (", "open_async (")) for f in frames):
+        return False
+    return any(
+        f.startswith(("_sync (benchmarks/hotpath.py", "BaseEventLoop._run_once (")) for f in frames
+    )
 
 
 def summarise(path: Path, top: int = 30) -> str:
@@ -69,9 +93,7 @@ def summarise(path: Path, top: int = 30) -> str:
         if not stack or not count_text.isdigit():
             continue
         frames = [_frame(f) for f in stack.split(";")]
-        if not any(loop in frames for loop in _LOOP) or any(
-            f.startswith(("open_sync (", "open_async (")) for f in frames
-        ):
+        if not _in_loop(frames):
             continue  # start-up and shutdown, not the request loop
         count = int(count_text)
         total += count
@@ -81,7 +103,9 @@ def summarise(path: Path, top: int = 30) -> str:
             inclusive[frame] += count
     if not total:
         return "no samples inside the request loop"
+    mesh = sum(n for owner, n in owners.items() if "meshlib/" in owner)
     lines = [f"{total} samples in the request loop", "", "by owner (% of loop samples):"]
+    lines.append(f"{100 * mesh / total:7.1f}  meshlib, in all (its functions below)")
     lines += [f"{100 * n / total:7.1f}  {owner}" for owner, n in owners.most_common(top)]
     lines += ["", f"{'self %':>7} {'total %':>8}  function (file), by total"]
     lines += [

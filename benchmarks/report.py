@@ -187,7 +187,7 @@ def format_targets(checks: list[dict[str, Any]], *, judged: bool = True) -> str:
             rounds = check["per_round"]
             spread = f"; per round {rounds[0]:.2f}..{rounds[-1]:.2f}, median {rounds[len(rounds) // 2]:.2f}"
         lines.append(
-            f"  {verdict} {check['table']}: {check['target']} = {check['value']:.2f} (≤ {check['limit']:.2f}{spread})"
+            f"  {verdict} {check['table']}: {check['target']} = {check['value']:.2f} ({'≥' if check.get('direction') == 'min' else '≤'} {check['limit']:.2f}{spread})"
         )
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.measure import RoundResult
 
-__all__ = ["TARGETS", "PathTotals", "percentile", "ratios", "targets"]
+__all__ = ["TARGETS", "PathTotals", "percentile", "ratios", "targets", "throughput_targets"]
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -165,4 +165,61 @@ def targets(
             pairs = zip(rows[mesh]["round_p50s_us"], rows[other]["round_p50s_us"], strict=False)
             check["per_round"] = sorted(a / b for a, b in pairs if b)
         checks.append(check)
+    return checks
+
+
+THROUGHPUT_TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
+    # (label, figure, other path, limit, direction): "min" = at least the limit
+    ("req/s ÷ aiohttp", "throughput_rps", "aiohttp", 0.33, "min"),
+    ("client CPU/req ÷ aiohttp's", "client_cpu_us_per_req", "aiohttp", 3.0, "max"),
+    (
+        "req/s ÷ httpx over httpx-aiohttp",
+        "throughput_rps",
+        "httpx-async[httpx-aiohttp]",
+        0.90,
+        "min",
+    ),
+)
+"""The issue's async targets at N in flight, against the reference clients of the same table."""
+OWN_CPU_LIMIT_US = 25.0
+"""meshlib's own CPU per request above the transport it drives, in µs."""
+
+
+def throughput_targets(
+    rows: dict[str, dict[str, Any]], *, mesh: str, transport: str
+) -> list[dict[str, Any]]:
+    """Throughput and CPU of ``mesh`` against aiohttp and httpx-aiohttp; its own CPU above ``transport``.
+
+    ``transport`` is httpx over the same pool the mesh client drives, so the
+    difference in client CPU per request is what meshlib itself adds.
+    """
+    checks: list[dict[str, Any]] = []
+    if mesh not in rows:
+        return checks
+    for label, key, other, limit, direction in THROUGHPUT_TARGETS:
+        if other not in rows or not rows[other][key]:
+            continue
+        value = float(rows[mesh][key] / rows[other][key])
+        met = value >= limit if direction == "min" else value <= limit
+        checks.append(
+            {
+                "target": f"{mesh} {label}",
+                "value": value,
+                "limit": limit,
+                "met": met,
+                "kind": "target",
+                "direction": direction,
+            }
+        )
+    if transport in rows:
+        own = rows[mesh]["client_cpu_us_per_req"] - rows[transport]["client_cpu_us_per_req"]
+        checks.append(
+            {
+                "target": f"{mesh} CPU µs/req above {transport} (meshlib's own)",
+                "value": float(own),
+                "limit": OWN_CPU_LIMIT_US,
+                "met": own <= OWN_CPU_LIMIT_US,
+                "kind": "target",
+            }
+        )
     return checks

@@ -1,16 +1,14 @@
-"""OpenTelemetry as a production service would configure it, with a switch for sampling.
+"""OpenTelemetry as a production service configures it, with a switch for the sampled paths.
 
-One SDK ``TracerProvider`` is installed globally before any client exists,
-with the sampler shape a production service has (the SDK default,
-``ParentBased``, as ``OTEL_TRACES_SAMPLER=parentbased_*`` and
-``MESH_TRACE_SAMPLE_RATIO`` configure it) whose root the bench flips per
-path: ``ALWAYS_OFF`` for the "unsampled" paths (as with a low sampling
-ratio, for a call that is not sampled) and ``ALWAYS_ON`` for the "sampled"
-ones. Finished spans go through a
-``SimpleSpanProcessor`` to an exporter that only counts them, so the bench pays
-for recording a span but not for a network export. An SDK ``MeterProvider``
-with an in-memory reader (never collected during a round) is installed too,
-because a service that traces also counts::
+The judged paths run what a production service runs: an SDK
+``TracerProvider`` sampling ``ParentBased(TraceIdRatioBased(0.01))`` (1% of
+new traces, as ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` and
+``OTEL_TRACES_SAMPLER_ARG=0.01`` set it up) with a ``BatchSpanProcessor``, and
+an SDK ``MeterProvider`` with a ``PeriodicExportingMetricReader``. The
+exporters only count what they are given, so the bench pays for recording,
+batching and collecting but not for a network export. The ``*-sampled`` paths
+flip the root sampler to ``ALWAYS_ON`` (every span recorded), to show what a
+recorded trace costs::
 
     tel = install()
     with tel.sampling(True):
@@ -23,22 +21,34 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
-__all__ = ["Telemetry", "install"]
+__all__ = ["METRIC_INTERVAL_S", "SAMPLE_RATIO", "Telemetry", "install"]
+
+SAMPLE_RATIO = 0.01
+"""The share of new traces sampled on the judged paths."""
+METRIC_INTERVAL_S = 10.0
+"""How often the periodic reader collects and exports (several times per run, so it is paid for)."""
 
 
 class _SwitchSampler(ParentBased):
     """``ParentBased`` with a root sampler the bench can swap (a plain SDK sampler otherwise)."""
 
-    def __init__(self) -> None:
-        super().__init__(root=ALWAYS_OFF)
+    def __init__(self, production: Sampler) -> None:
+        super().__init__(root=production)
+        self.production = production
 
     @property
     def current(self) -> Sampler:
@@ -49,7 +59,7 @@ class _SwitchSampler(ParentBased):
         self._root = sampler
 
 
-class _CountingExporter(SpanExporter):
+class _CountingSpans(SpanExporter):
     def __init__(self) -> None:
         self.count = 0
 
@@ -61,6 +71,24 @@ class _CountingExporter(SpanExporter):
         pass
 
 
+class _CountingMetrics(MetricExporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.exports = 0
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        self.exports += 1
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
 @dataclass
 class Telemetry:
     """The installed providers and the sampling switch."""
@@ -68,18 +96,24 @@ class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     _sampler: _SwitchSampler
-    _exporter: _CountingExporter
+    _spans: _CountingSpans
+    _metrics: _CountingMetrics
 
     @property
     def spans_exported(self) -> int:
-        """Spans finished and exported (only sampled paths export any)."""
-        return self._exporter.count
+        """Spans finished and exported so far."""
+        return self._spans.count
+
+    @property
+    def metric_exports(self) -> int:
+        """Periodic metric exports so far."""
+        return self._metrics.exports
 
     @contextmanager
     def sampling(self, on: bool) -> Iterator[None]:
-        """Sample every new trace inside the block (``on``) or none of them."""
+        """Sample every new trace inside the block (``on``), or the production 1%."""
         previous = self._sampler.current
-        self._sampler.current = ALWAYS_ON if on else ALWAYS_OFF
+        self._sampler.current = ALWAYS_ON if on else self._sampler.production
         try:
             yield
         finally:
@@ -91,13 +125,15 @@ class Telemetry:
         self.meter_provider.shutdown()
 
 
-def install() -> Telemetry:
-    """Install the SDK providers globally (once per process) and return the switch."""
-    sampler = _SwitchSampler()
-    exporter = _CountingExporter()
+def install(ratio: float = SAMPLE_RATIO, interval_s: float = METRIC_INTERVAL_S) -> Telemetry:
+    """Install the production-shaped SDK providers globally (once per process) and return the switch."""
+    sampler = _SwitchSampler(TraceIdRatioBased(ratio))
+    spans = _CountingSpans()
     tracer_provider = TracerProvider(sampler=sampler)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    tracer_provider.add_span_processor(BatchSpanProcessor(spans))
+    exporter = _CountingMetrics()
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval_s * 1000)
+    meter_provider = MeterProvider(metric_readers=[reader])
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
-    return Telemetry(tracer_provider, meter_provider, sampler, exporter)
+    return Telemetry(tracer_provider, meter_provider, sampler, spans, exporter)

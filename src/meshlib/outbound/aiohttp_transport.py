@@ -257,11 +257,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         else:
             session = self._traced_session()
         timeout = extensions.get("timeout") or {}
-        read = timeout.get("read")
-        connect = timeout.get("connect")
-        client_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect, sock_connect=connect, sock_read=read
-        )
+        client_timeout = _client_timeout(timeout.get("connect"), timeout.get("read"))
         upload: _Upload | None = None
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):
@@ -270,12 +266,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 upload = data = _Upload(_chunks(data), timeout.get("write"))
         else:
             upload = data = _Upload(stream, timeout.get("write"))  # type: ignore[arg-type]
-        # aiohttp frames the body itself: it refuses a Transfer-Encoding it did not set.
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in request.headers.raw
-            if k.lower() not in _HOP_BY_HOP
-        ]
+        headers = _headers(request.headers)
         proxy_headers = self._proxy_headers
         if proxy_headers and request.url.scheme == "http":
             # aiohttp sends proxy headers only on CONNECT (https targets); plain http
@@ -288,7 +279,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 upload.watch(asyncio.current_task())
             response = await session.request(
                 request.method,
-                URL(str(request.url), encoded=True),
+                str(request.url),  # aiohttp's own parse is cached per URL string
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -297,6 +288,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 proxy=self._proxy,
                 proxy_headers=proxy_headers,
                 trace_request_ctx=hook,
+                server_hostname=extensions.get("sni_hostname"),
             )
         except BaseException as exc:
             self._release()
@@ -351,6 +343,43 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+_TIMEOUTS: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+
+
+def _client_timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    """The aiohttp timeout for httpx's `connect` and `read`, made once per pair (the pool's is ours).
+
+    `connect` bounds name resolution too (aiohttp's `connect`), and the TCP
+    and TLS handshakes (`sock_connect`).
+    """
+    key = (connect, read)
+    made = _TIMEOUTS.get(key)
+    if made is None:
+        if len(_TIMEOUTS) >= 1024:  # deadline-capped timeouts vary per call: do not grow forever
+            _TIMEOUTS.clear()
+        made = _TIMEOUTS[key] = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=read
+        )
+    return made
+
+
+def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
+    """The request headers as aiohttp takes them, without the framing aiohttp does itself.
+
+    aiohttp refuses a Transfer-Encoding it did not set. httpx keeps
+    `(raw name, lower-case name, value)` triples; reading them directly skips
+    building `Headers.raw` for every request.
+    """
+    triples = getattr(headers, "_list", None)
+    if triples is None:  # pragma: no cover - a future httpx with another layout
+        triples = [(k, k.lower(), v) for k, v in headers.raw]
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, lower, value in triples
+        if lower not in _HOP_BY_HOP
+    ]
 
 
 def _uncancel() -> None:
