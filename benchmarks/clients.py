@@ -14,7 +14,9 @@ Kinds:
   (so ``mesh`` minus this is meshlib's own cost);
 - ``httpx-aiohttp`` (async only): ``httpx.AsyncClient`` over the
   ``httpx-aiohttp`` package's transport, the reference the issue names;
-- ``mesh-httpcore`` (async only): ``AsyncMeshClient`` over httpcore's pool.
+- ``mesh-httpcore`` (async only): ``AsyncMeshClient`` over httpcore's pool;
+- ``mesh-nosdk`` (async only): ``AsyncMeshClient`` given OpenTelemetry's no-op
+  providers, so the difference to ``mesh`` is what the SDK's telemetry costs.
 
 Each returns a :class:`Opened` whose ``call()`` makes one GET and returns the
 status code::
@@ -214,6 +216,22 @@ async def open_async(kind: str, target: Target) -> AsyncOpened:
             return (await rclient.get(rurl)).status_code
 
         return AsyncOpened(rget, rclient.aclose)
+    if kind == "mesh-nosdk":
+        from opentelemetry.metrics import NoOpMeterProvider
+        from opentelemetry.trace import NoOpTracerProvider
+
+        nmesh = _mesh_class("AsyncMeshClient")(
+            mesh_policy(target),
+            service_name="bench-client",
+            tracer_provider=NoOpTracerProvider(),
+            meter_provider=NoOpMeterProvider(),
+        )
+        nurl = _mesh_url(target)
+
+        async def nmesh_get() -> int:
+            return int((await nmesh.get(nurl)).status_code)
+
+        return AsyncOpened(nmesh_get, nmesh.aclose)
     if kind == "mesh-httpcore":
         hmesh = _mesh_class("AsyncMeshClient")(
             mesh_policy(target),

@@ -51,11 +51,11 @@ __all__ = ["main"]
 _FULL = {
     "rounds": 7,
     "requests": 500,
-    "async_requests": 320,
+    "async_requests": 800,
     "warmup": 100,
     "round_time": 4.0,
     "rate_requests": 200,
-    "budget": 280.0,
+    "budget": 420.0,
 }
 _QUICK = {
     "rounds": 3,
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--requests", type=int, help="sequential requests per path per round (500; quick 150)"
     )
     parser.add_argument(
-        "--async-requests", type=int, help="async requests per path per round (320; quick 160)"
+        "--async-requests", type=int, help="async requests per path per round (800; quick 160)"
     )
     parser.add_argument(
         "--concurrency", type=int, default=32, help="requests in flight in the async tables"
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--round-time", type=float, help="seconds at most per path per round (4; quick 1)"
     )
     parser.add_argument(
-        "--budget", type=float, help="seconds at most for all rounds of the run (280; quick 40)"
+        "--budget", type=float, help="seconds at most for all rounds of the run (420; quick 40)"
     )
     parser.add_argument(
         "--upstreams",

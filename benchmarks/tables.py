@@ -30,7 +30,7 @@ from benchmarks.servers import (
     start_nginx_upstream,
     start_uvicorn_upstream,
 )
-from benchmarks.stats import PathTotals, ratios, targets, throughput_targets
+from benchmarks.stats import PathTotals, own_cpu, ratios, targets, throughput_targets
 from benchmarks.telemetry import Telemetry
 
 __all__ = [
@@ -77,12 +77,13 @@ ASYNC_PATHS = (
     PathSpec("httpx-async[aiohttp]", "httpx-aiotr", "direct"),
     PathSpec("mesh-async", "mesh", "direct"),
     PathSpec("mesh-async-sampled", "mesh", "direct", sampled=True),
+    PathSpec("mesh-async-nosdk", "mesh-nosdk", "direct"),
     PathSpec("mesh-async[httpcore]", "mesh-httpcore", "direct"),
     PathSpec("httpx-async+nginx-pair", "httpx", "nginx-pair"),
     PathSpec("httpx-async[aiohttp]+nginx-pair", "httpx-aiotr", "nginx-pair"),
     PathSpec("naive-async", "naive", "direct"),
-    PathSpec("httpx-async-mtls", "httpx", "mtls-direct"),
-    PathSpec("httpx-async+nginx-pair-mtls", "httpx", "nginx-pair-mtls"),
+    PathSpec("httpx-async[aiohttp]-mtls", "httpx-aiotr", "mtls-direct"),
+    PathSpec("httpx-async[aiohttp]+nginx-pair-mtls", "httpx-aiotr", "nginx-pair-mtls"),
     PathSpec("mesh-async-mtls", "mesh", "mtls-direct"),
 )
 """The 32-in-flight table: throughput and CPU per request (``mesh-async`` is aiohttp's pool)."""
@@ -259,9 +260,11 @@ def _targets(mode: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
             + targets(rows, mesh="mesh+middleware", httpx="httpx", info=True)
         )
     if mode == "async":
-        return throughput_targets(
-            rows, mesh="mesh-async", transport="httpx-async[aiohttp]"
-        ) + targets(rows, mesh="mesh-async", httpx="httpx-async[aiohttp]", info=True)
+        return (
+            throughput_targets(rows, mesh="mesh-async", transport="httpx-async[aiohttp]")
+            + own_cpu(rows, mesh="mesh-async-nosdk", transport="httpx-async[aiohttp]", info=True)
+            + targets(rows, mesh="mesh-async", httpx="httpx-async[aiohttp]", info=True)
+        )
     return (
         targets(rows, mesh="mesh-async", httpx="httpx-async[aiohttp]")
         + targets(rows, mesh="mesh-async", httpx="httpx-async", info=True)

@@ -461,8 +461,16 @@ class _Body(httpx.AsyncByteStream):
         self._owner: AiohttpTransport | None = owner
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_any():
+            if content.is_eof():
+                # The whole body came with the headers (most small answers): take the
+                # buffer as it is, without a read coroutine per chunk.
+                data = content.read_nowait(-1)
+                if data:
+                    yield data
+                return
+            async for chunk in content.iter_any():
                 yield chunk
         except Exception as exc:
             raise _map(exc, self._request, writing=False) from exc
