@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from meshlib.outbound.aiohttp_transport import AiohttpTransport
 from meshlib.policy.model import Policy
 from meshlib.telemetry import names
 from meshlib.telemetry.client import ClientTelemetry
+from meshlib.telemetry.latency import edge_latency
 from meshlib.telemetry.state_metrics import MeshStateMetrics
 from tests.outbound.conftest import Driver, mesh_policy
 from tests.support.otel import LocalTelemetry
@@ -83,7 +85,8 @@ def test_unsampled_call_records_one_duration_per_attempt_and_no_split(
 ) -> None:
     """Two retries unsampled: 3 duration points, no split histograms, no spans, the split summed."""
     upstream, server = up
-    client = driver.client(mesh_policy([server.url]), service_name="orders", **unsampled.kwargs())
+    caller = f"orders-unsampled-{uuid.uuid4().hex[:8]}"
+    client = driver.client(mesh_policy([server.url]), service_name=caller, **unsampled.kwargs())
     assert driver.request(client, "GET", "http://payments/flaky/2/u").status_code == 200
     points = unsampled.points()
     durations = points[HTTP_CLIENT_REQUEST_DURATION]
@@ -92,13 +95,15 @@ def test_unsampled_call_records_one_duration_per_attempt_and_no_split(
         (200, 1),
         (503, 2),
     ]
-    # the semantic conventions' required and conditionally required attributes, no opt-in ones
+    # the semantic conventions' required and conditionally required attributes, no opt-in
+    # ones; the address is the logical destination the caller wrote, not the endpoint's
     for point in durations:
         status = point.attributes[HTTP_RESPONSE_STATUS_CODE]
         assert dict(point.attributes) == {
             HTTP_REQUEST_METHOD: "GET",
-            SERVER_ADDRESS: "127.0.0.1",
-            SERVER_PORT: server.port,
+            SERVER_ADDRESS: "payments",
+            SERVER_PORT: 80,
+            names.ATTR_DESTINATION: "payments",
             HTTP_RESPONSE_STATUS_CODE: status,
             **({ERROR_TYPE: "503"} if status == 503 else {}),
         }
@@ -109,17 +114,20 @@ def test_unsampled_call_records_one_duration_per_attempt_and_no_split(
     ):
         assert spec.name not in points
     assert unsampled.exporter.get_finished_spans() == ()
-    totals = client.mesh_transport.router.destinations["payments"].split_totals
+    totals = edge_latency(caller, "payments").totals
     assert totals.calls == 1
-    # every attempt carried the same valid, unsampled W3C context
+    # every attempt carried a valid, unsampled W3C context of one trace, each its own parent id
     sent = [h["traceparent"] for h in upstream.headers]
     assert len(sent) == 3
-    assert len(set(sent)) == 1
-    match = TRACEPARENT.match(sent[0])
-    assert match is not None
-    assert int(match.group(3), 16) & 0x01 == 0
-    assert int(match.group(1), 16) != 0
-    assert int(match.group(2), 16) != 0
+    matches = [TRACEPARENT.match(tp) for tp in sent]
+    assert all(m is not None for m in matches)
+    assert len({m.group(1) for m in matches if m}) == 1
+    assert len({m.group(2) for m in matches if m}) == 3
+    for match in matches:
+        assert match is not None
+        assert int(match.group(3), 16) & 0x01 == 0
+        assert int(match.group(1), 16) != 0
+        assert int(match.group(2), 16) != 0
 
 
 @pytest.mark.parametrize(
@@ -250,25 +258,25 @@ def test_split_sums_are_exposed_per_edge_as_observable_counters(
 ) -> None:
     """Unsampled calls' split sums reach meshlib.client.latency.time/.calls, per caller -> destination."""
     _upstream, server = up
+    caller = f"orders-split-{uuid.uuid4().hex[:8]}"
     state = MeshStateMetrics(meter_provider=unsampled.meter_provider)
     try:
-        client = driver.client(
-            mesh_policy([server.url]), service_name="orders-split", **unsampled.kwargs()
-        )
+        client = driver.client(mesh_policy([server.url]), service_name=caller, **unsampled.kwargs())
         for _ in range(3):
             assert driver.request(client, "GET", "http://payments/sleep/10").status_code == 200
         points = unsampled.points()
     finally:
         state.close()
-    edge = {names.ATTR_DESTINATION: "payments", names.ATTR_CALLER: "orders-split"}
+    edge = {names.ATTR_DESTINATION: "payments", names.ATTR_CALLER: caller}
     (calls,) = [p for p in points[names.CLIENT_LATENCY_CALLS.name] if dict(p.attributes) == edge]
     assert calls.value == 3
     parts = {
         p.attributes[names.ATTR_LATENCY_PART]: p.value
         for p in points[names.CLIENT_LATENCY_TIME.name]
-        if p.attributes[names.ATTR_CALLER] == "orders-split"
+        if p.attributes.get(names.ATTR_CALLER) == caller
     }
-    assert set(parts) == {"total", "service", "network", "meshlib", "waits"}
+    assert set(parts) == {"total", "service", "network", "unknown", "meshlib", "waits"}
+    assert parts["unknown"] == 0.0
     assert parts["service"] == pytest.approx(0.030, abs=1e-6)
     assert parts["waits"] == 0.0
     assert parts["service"] + parts["network"] + parts["meshlib"] == pytest.approx(

@@ -32,7 +32,6 @@ from meshlib.outbound.breaker import DENIED, Breaker, Permit, Transition
 from meshlib.outbound.budget import RetryBudget
 from meshlib.outbound.outlier import OutlierDetector
 from meshlib.policy.resolve import EffectivePolicy
-from meshlib.telemetry.latency import SplitTotals
 
 __all__ = ["Destination", "EndpointSpec", "EndpointState"]
 
@@ -103,8 +102,7 @@ class Destination:
         self.budget_refusals = 0
         self.shadow_retries = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
-        self.split_totals = SplitTotals()
-        """Sums of the latency split of its calls (kept while a meter provider is in place)."""
+        self.deadlines_exceeded = 0
         self.problem: str | None = None
         """Why the endpoints could not be set up (a TLS file, say), when they could not."""
         self._lock = threading.Lock()
@@ -236,7 +234,7 @@ class Destination:
             "retries": self.retries,
             "budget_refusals": self.budget_refusals,
             "latencies": list(self.latencies),
-            "latency_split_s": self.split_totals.as_dict(),
+            "deadlines_exceeded": self.deadlines_exceeded,
             "endpoints": {
                 e.url: {
                     "breaker": e.breaker.state,

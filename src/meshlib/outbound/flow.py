@@ -162,7 +162,7 @@ class Outbound:
         if incoming is not None and incoming.at < deadline_at:
             deadline_at = incoming.at
         call = self.telemetry.start_call(
-            request, dest.name, plan.route, start, clock, self.is_async, dest.split_totals
+            request, dest.name, plan.route, start, clock, self.is_async
         )
         if call is not None and call.recording:
             call.span.set_attribute(names.ATTR_DEADLINE_BUDGET, deadline_at - start)
@@ -218,9 +218,11 @@ class Outbound:
             if fault.delay:
                 delay = min(fault.delay, max(0.0, deadline_at - clock.monotonic()))
                 self._fault_event(dest, call, "delay")
+                if call is not None:
+                    call.begin_wait()
                 yield Sleep(delay)
                 if call is not None:
-                    call.waits += delay
+                    call.end_wait()
             if fault.abort is not None:
                 self._fault_event(dest, call, "abort")
                 aborted = httpx.Response(fault.abort, headers={FAULT_HEADER: "abort"})
@@ -319,23 +321,24 @@ class Outbound:
             history[-1] = Attempt(number, endpoint.url, outcome, elapsed, backoff, "retry")
             attributes = {
                 names.ATTR_DESTINATION: dest.name,
-                names.ATTR_ENDPOINT: endpoint.url,
                 names.ATTR_RETRY_REASON: str(reason),
             }
-            self.telemetry.retries.add(1, attributes)
+            self.telemetry.retries.add(1, self._with_endpoint(attributes, endpoint))
             if call is not None:
                 call.event(
                     names.EVENT_RETRY,
                     {
                         **attributes,
+                        names.ATTR_ENDPOINT: endpoint.url,
                         names.ATTR_RETRY_ATTEMPT: number - 1,
                         names.ATTR_RETRY_BACKOFF: backoff,
                     },
                 )
-                call.discard_attempt()
-                call.waits += backoff
+                call.begin_wait(response)
             tried.append(endpoint)
             yield Sleep(backoff, response)
+            if call is not None:
+                call.end_wait()
 
     def _next_wait(
         self,
@@ -441,13 +444,25 @@ class Outbound:
         """Count (metric and event, marked shadow) a retry a shadow-mode policy did not make."""
         attributes = {
             names.ATTR_DESTINATION: dest.name,
-            names.ATTR_ENDPOINT: endpoint.url,
             names.ATTR_RETRY_REASON: str(reason),
             names.ATTR_SHADOW: True,
         }
-        self.telemetry.retries.add(1, attributes)
+        self.telemetry.retries.add(1, self._with_endpoint(attributes, endpoint))
         if call is not None:
-            call.event(names.EVENT_RETRY, {**attributes, names.ATTR_RETRY_ATTEMPT: number - 1})
+            call.event(
+                names.EVENT_RETRY,
+                {
+                    **attributes,
+                    names.ATTR_ENDPOINT: endpoint.url,
+                    names.ATTR_RETRY_ATTEMPT: number - 1,
+                },
+            )
+
+    def _with_endpoint(self, attributes: dict[str, Any], endpoint: EndpointState) -> dict[str, Any]:
+        """Metric attributes, with the endpoint only when the client opted in (per-pod cardinality)."""
+        if self.telemetry.endpoint_attribute:
+            return {**attributes, names.ATTR_ENDPOINT: endpoint.url}
+        return attributes
 
     def _out_of_time(
         self,
@@ -458,6 +473,7 @@ class Outbound:
         when: str,
     ) -> DeadlineExceeded:
         """The `DeadlineExceeded` of a call whose total time ran out (counted in the metric)."""
+        dest.deadlines_exceeded += 1
         self.telemetry.deadline_exceeded.add(1, {names.ATTR_DESTINATION: dest.name})
         error = DeadlineExceeded(f"the deadline for {dest.name!r} ran out {when}", request=request)
         error.__meshlib_attempts__ = tuple(history)  # type: ignore[attr-defined]

@@ -9,9 +9,12 @@ Each try of a call leaves an :class:`Attempt` in the call's history::
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
+
+if TYPE_CHECKING:
+    from meshlib.telemetry.latency import LatencySplit
 
 __all__ = ["ATTEMPTS_EXTENSION", "Attempt", "Flow", "Send", "Sleep", "Step"]
 
@@ -48,7 +51,9 @@ class Attempt(NamedTuple):
 
     ``outcome`` is the status code or the exception class name; ``backoff``
     the wait before the next try (0.0 for the last); ``note`` why the call
-    went on or stopped (``retry``, ``budget``, ``deadline``, ...).
+    went on or stopped (``retry``, ``budget``, ``deadline``, ...); `split`
+    the attempt's latency split (service, network, meshlib) when the call's
+    latency was measured (see `meshlib.telemetry.latency`), else None.
     """
 
     number: int
@@ -57,3 +62,4 @@ class Attempt(NamedTuple):
     elapsed: float
     backoff: float = 0.0
     note: str = ""
+    split: LatencySplit | None = None

@@ -27,6 +27,7 @@ as ``{thing}``. Duration *attributes* on spans are seconds too (floats).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -55,6 +56,8 @@ __all__ = [
     "ATTR_LATENCY_PART",
     "ATTR_LATENCY_SERVICE",
     "ATTR_LATENCY_TOTAL",
+    "ATTR_LATENCY_UNKNOWN",
+    "ATTR_LATENCY_WAITS",
     "ATTR_LIMIT",
     "ATTR_OUTCOME",
     "ATTR_POLICY_REVISION",
@@ -82,6 +85,7 @@ __all__ = [
     "CLIENT_LATENCY_NETWORK",
     "CLIENT_LATENCY_SERVICE",
     "CLIENT_LATENCY_TIME",
+    "CLIENT_LATENCY_UNKNOWN",
     "CLIENT_REQUEST_DURATION",
     "CLIENT_RETRIES",
     "CONTROLPLANE_FETCH_FAILURES",
@@ -113,6 +117,7 @@ __all__ = [
     "Instrument",
     "InstrumentKind",
     "create_instrument",
+    "error_type",
 ]
 
 SCOPE: Final = "meshlib"
@@ -204,13 +209,17 @@ ATTR_POLICY_SOURCE: Final = "meshlib.policy.source"
 ATTR_LATENCY_TOTAL: Final = "meshlib.latency.total"
 """Seconds from the call's start to its response body's end, as the caller saw it (float)."""
 ATTR_LATENCY_SERVICE: Final = "meshlib.latency.service"
-"""Seconds the callee's application reported in ``Server-Timing: app;dur=`` (float)."""
+"""Seconds the callee reported as its own (``Server-Timing: app;dur=``, else ``x-envoy-upstream-service-time``); absent when it reported none (float)."""
 ATTR_LATENCY_NETWORK: Final = "meshlib.latency.network"
-"""Seconds on the wire and in httpx/httpcore: attempt time minus service time (float)."""
+"""Seconds on the wire minus the service time, for attempts whose callee reported its time (float)."""
+ATTR_LATENCY_UNKNOWN: Final = "meshlib.latency.unknown"
+"""Seconds on the wire of attempts whose callee reported no service time: service and network together, not split (float)."""
 ATTR_LATENCY_MESHLIB: Final = "meshlib.latency.meshlib"
-"""Seconds spent in meshlib outside any attempt: policy, picking, backoff excluded (float)."""
+"""Seconds in meshlib (and httpx inside the transport) outside the wire and the waits (float)."""
+ATTR_LATENCY_WAITS: Final = "meshlib.latency.waits"
+"""Seconds waited between attempts (backoff, Retry-After) and for injected fault delays (float)."""
 ATTR_LATENCY_PART: Final = "meshlib.latency.part"
-"""Which part of the latency split a ``meshlib.client.latency.time`` point sums: ``total``, ``service``, ``network``, ``meshlib`` or ``waits``."""
+"""Which part of the latency split a ``meshlib.client.latency.time`` point sums: ``total``, ``service``, ``network``, ``unknown``, ``meshlib`` or ``waits``."""
 
 BREAKER_STATE_VALUES: Final = {"closed": 0, "half-open": 1, "open": 2}
 """The numeric value `CLIENT_BREAKER_STATE` records for each state."""
@@ -320,14 +329,21 @@ CLIENT_LATENCY_NETWORK: Final = Instrument(
     "meshlib.client.network.duration",
     "histogram",
     "s",
-    "Per sampled call, time on the network and in httpx: attempt time minus service time, per edge.",
+    "Per sampled call, wire time minus the service time the callee reported, per edge.",
+    DURATION_BUCKETS,
+)
+CLIENT_LATENCY_UNKNOWN: Final = Instrument(
+    "meshlib.client.unknown.duration",
+    "histogram",
+    "s",
+    "Per sampled call, wire time of attempts whose callee reported no service time (service and network not split), per edge.",
     DURATION_BUCKETS,
 )
 CLIENT_LATENCY_MESHLIB: Final = Instrument(
     "meshlib.client.meshlib.duration",
     "histogram",
     "s",
-    "Per sampled call, time spent in meshlib itself outside attempts and backoff sleeps, per edge.",
+    "Per sampled call, time spent in meshlib itself outside the wire and the waits, per edge.",
     DURATION_BUCKETS,
 )
 CLIENT_LATENCY_TIME: Final = Instrument(
@@ -423,6 +439,7 @@ INSTRUMENTS: Final = (
     CLIENT_FAULTS_INJECTED,
     CLIENT_LATENCY_SERVICE,
     CLIENT_LATENCY_NETWORK,
+    CLIENT_LATENCY_UNKNOWN,
     CLIENT_LATENCY_MESHLIB,
     CLIENT_LATENCY_TIME,
     CLIENT_LATENCY_CALLS,
@@ -439,6 +456,26 @@ INSTRUMENTS: Final = (
     POLICY_RELOAD_FAILURES,
 )
 """Every instrument meshlib creates, for docs and for tests that check the catalogue."""
+
+
+def error_type(error: BaseException) -> str:
+    """The ``error.type`` of an exception: its fully qualified class name (builtins unqualified).
+
+    One spelling for client and server spans and metrics, as the semantic
+    conventions ask: ``error_type(httpx.ConnectError("x")) == "httpx.ConnectError"``.
+    """
+    cls = type(error)
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    parts = module.split(".")
+    for index, part in enumerate(parts):
+        if part.startswith("_"):  # httpx._exceptions.ConnectError is httpx.ConnectError to users
+            public = ".".join(parts[:index])
+            if public and getattr(sys.modules.get(public), cls.__qualname__, None) is cls:
+                module = public
+            break
+    return f"{module}.{cls.__qualname__}"
 
 
 def create_instrument(meter: Meter, spec: Instrument, callbacks: Any = None) -> Any:

@@ -111,13 +111,6 @@ def _attempt(value: str) -> int:
     return 0
 
 
-def _error_type(error: BaseException) -> str:
-    cls = type(error)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
 class ServerTelemetry:
     """The tracer and instruments of the inbound middleware; one per middleware."""
 
@@ -258,7 +251,7 @@ class ServerTelemetry:
         if route:
             attributes[HTTP_ROUTE] = route
         if error is not None:
-            attributes[ERROR_TYPE] = _error_type(error)
+            attributes[ERROR_TYPE] = names.error_type(error)
         elif status >= 500:
             attributes[ERROR_TYPE] = str(status)
         if span.is_recording():
@@ -267,7 +260,7 @@ class ServerTelemetry:
             span.set_attributes(attributes)
             if error is not None:
                 span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, _error_type(error)))
+                span.set_status(Status(StatusCode.ERROR, names.error_type(error)))
             elif status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
         self._duration.record(seconds, attributes)

@@ -32,13 +32,12 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from meshlib.telemetry import names
+from meshlib.telemetry.latency import PARTS as _PARTS
 
 __all__ = ["MeshStateMetrics", "observe_mesh_state"]
 
 Snapshot = Callable[[], dict[str, Any]]
 Edges = Callable[[], dict[tuple[str, str], dict[str, float]]]
-
-_PARTS = ("total", "service", "network", "meshlib", "waits")
 
 _global: MeshStateMetrics | None = None
 _per_provider: weakref.WeakKeyDictionary[MeterProvider, MeshStateMetrics] = (
