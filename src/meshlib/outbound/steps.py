@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 
+from meshlib.telemetry.latency import ATTEMPTS_EXTENSION
+
 if TYPE_CHECKING:
     from meshlib.telemetry.latency import LatencySplit
 
 __all__ = ["ATTEMPTS_EXTENSION", "Attempt", "Flow", "Send", "Sleep", "Step"]
 
-ATTEMPTS_EXTENSION = "meshlib.attempts"
-"""Response extension holding the tuple of :class:`Attempt` records of the call."""
+# Response extension holding the tuple of Attempt records of the call (defined beside the
+# latency extension, which the telemetry that fills in each attempt's split also writes).
 
 
 class Send:

@@ -49,10 +49,10 @@ from opentelemetry.semconv.attributes.url_attributes import URL_FULL, URL_SCHEME
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
 from meshlib.clock import Clock
-from meshlib.outbound.steps import ATTEMPTS_EXTENSION
 from meshlib.telemetry import latency, names
 from meshlib.telemetry.bodies import AsyncBody, SyncBody
 from meshlib.telemetry.latency import (
+    ATTEMPTS_EXTENSION,
     LATENCY_EXTENSION,
     AttemptMarks,
     EdgeLatency,

@@ -37,6 +37,7 @@ from meshlib.clock import Clock
 from meshlib.telemetry import names
 
 __all__ = [
+    "ATTEMPTS_EXTENSION",
     "LATENCY_EXTENSION",
     "PARTS",
     "AttemptMarks",
@@ -52,6 +53,9 @@ __all__ = [
 
 PARTS = ("total", "service", "network", "unknown", "meshlib", "waits")
 """The parts of the split, as `meshlib.latency.part` values of `meshlib.client.latency.time`."""
+
+ATTEMPTS_EXTENSION = "meshlib.attempts"
+"""Response extension holding the call's tuple of `meshlib.outbound.Attempt` records (each with its `split`)."""
 
 LATENCY_EXTENSION = "meshlib.latency"
 """Response extension with the call's `LatencySplit` (set when the body is done); also the
