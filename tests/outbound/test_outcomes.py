@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import math
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -18,7 +19,8 @@ from meshlib.errors import CircuitOpenError, DeadlineExceeded
 from meshlib.outbound import ATTEMPTS_EXTENSION
 from meshlib.outbound.aiohttp_transport import AiohttpTransport
 from meshlib.outbound.retry import parse_retry_after
-from meshlib.telemetry.latency import parse_server_timing
+from meshlib.telemetry import names
+from meshlib.telemetry.latency import edge_latency, parse_server_timing
 from tests.outbound.conftest import Driver, mesh_policy
 from tests.support.otel import LocalTelemetry
 from tests.support.servers import RunningServer, serve_asgi
@@ -262,16 +264,18 @@ def test_hostile_server_timing_never_reaches_a_histogram(
     """inf/nan/negative Server-Timing durations are dropped: no point, no SDK error, finite sums."""
     telemetry = LocalTelemetry()
     try:
-        client = driver.client(mesh_policy([hostile.url]), **telemetry.kwargs())
+        caller = f"hostile-{uuid.uuid4().hex[:8]}"
+        client = driver.client(
+            mesh_policy([hostile.url]), service_name=caller, **telemetry.kwargs()
+        )
         with caplog.at_level(logging.WARNING):
             for value in HOSTILE_SERVER_TIMING:
                 url = f"http://payments/?status=200&server-timing={quote(value)}"
                 assert driver.request(client, "GET", url).status_code == 200
         points = telemetry.points()
-        assert "meshlib.client.latency.service" not in points or all(
-            math.isfinite(p.sum) for p in points["meshlib.client.latency.service"]
-        )
-        totals = client.mesh_transport.router.destinations["payments"].split_totals
+        service = names.CLIENT_LATENCY_SERVICE.name
+        assert service not in points or all(math.isfinite(p.sum) for p in points[service])
+        totals = edge_latency(caller, "payments").totals
         assert totals.calls == len(HOSTILE_SERVER_TIMING)
         assert totals.service == 0.0
         assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

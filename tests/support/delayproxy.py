@@ -107,10 +107,11 @@ class DelayProxy:
                 wait = arrived + self.delay - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                writer.write(data)
-                await writer.drain()
+                writer.write(data)  # an empty buffer: the bytes are in the socket now
+                delivered = time.monotonic()
                 with self._lock:
-                    self.held.append((direction, arrived, time.monotonic()))
+                    self.held.append((direction, arrived, delivered))
+                await writer.drain()
 
         sender = asyncio.ensure_future(deliver())
         try:
