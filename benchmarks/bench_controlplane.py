@@ -1,20 +1,26 @@
-"""Control plane: publish-to-applied latency for 100 watching clients, and 1,000 idle watchers.
+"""Control plane: publish-to-applied latency across replicas, and replica RSS with 1,000 watchers.
 
-``python benchmarks/bench_controlplane.py [--clients 100] [--procs 4] [--rounds 20] [--idle 1000]``
+``python benchmarks/bench_controlplane.py [--replicas 3] [--clients 300] [--procs 4] [--rounds 20] [--idle 1000]``
 
-The control plane runs as ``meshlib controlplane serve`` in its own process on
-127.0.0.1. Two measurements:
+The control plane runs as ``--replicas`` ``meshlib controlplane serve``
+processes on 127.0.0.1 over one etcd (Debian's ``etcd-server``, started here
+in a temp dir; ``--replicas 1 --embedded`` runs one replica on a policy
+directory instead, as does a machine without etcd). Two measurements:
 
 1. **Publish reaches watching clients.** ``--clients`` real ``ControlPlaneSource``
-   instances (each with its own PolicyStore, thread and long-poll), spread over
-   ``--procs`` worker processes, watch the server. Each round publishes a new
-   version with ``PUT /v1/policy`` and records, per client, the wall-clock time
-   from just before the PUT to the moment its store swapped the new policy in
-   (validation included). Target: p99 <= 500 ms.
+   instances (each with its own PolicyStore and long-poll, all of a worker
+   process on its one control-plane loop), spread over ``--procs`` worker
+   processes and over the replicas (each client lists every replica, starting
+   at a different one), watch. Each round publishes a new version with
+   ``PUT /v1/policy`` through the next replica in turn and records, per client,
+   the wall-clock time from just before the PUT to the moment its store
+   swapped the new policy in (validation included). Goal: p99 <= 500 ms with
+   3 replicas and 300 watchers.
 2. **Idle watchers.** ``--idle`` raw long-polls (``If-None-Match`` +
    ``?wait=120s``, one TCP connection each, from one asyncio process) park on
-   the server. Reported: the server's RSS growth per parked watcher, its CPU
-   use while they idle, and the time for one publish to reach all of them.
+   replica 0. Reported: every replica's RSS (goal: < 200 MB each with 1,000
+   watchers), the growth per parked watcher, replica 0's CPU while they idle,
+   and the time for one publish through replica 1 to reach all of them.
 
 Every loop is bounded by a count and a time limit; every process is stopped by PID.
 """
@@ -25,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,7 +77,7 @@ def percentile(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- worker
 
 
-def worker(url: str, count: int) -> None:
+def worker(urls: str, count: int, offset: int) -> None:
     """Run ``count`` ControlPlaneSources; print "<revision> <wall time>" per apply; stop on stdin EOF."""
     from meshlib.controlplane.client import ControlPlaneSource
     from meshlib.policy.store import PolicyStore
@@ -83,11 +90,13 @@ def worker(url: str, count: int) -> None:
             sys.stdout.write(f"{new.revision} {now}\n")
             sys.stdout.flush()
 
+    replicas = urls.split(",")
     sources = []
-    for _ in range(count):
+    for i in range(count):
         store = PolicyStore()
         store.subscribe(on_swap)
-        source = ControlPlaneSource([url], wait=30.0)
+        first = (offset + i) % len(replicas)
+        source = ControlPlaneSource(replicas[first:] + replicas[:first], wait=30.0)
         source.start(store)
         sources.append(source)
     with lock:
@@ -101,8 +110,8 @@ def worker(url: str, count: int) -> None:
 # --------------------------------------------------------------------------- part 1
 
 
-def publish_to_clients(url: str, clients: int, procs: int, rounds: int) -> dict[str, Any]:
-    """Publish ``rounds`` versions to ``clients`` watching sources; per-client apply latencies."""
+def publish_to_clients(urls: list[str], clients: int, procs: int, rounds: int) -> dict[str, Any]:
+    """Publish ``rounds`` versions (through each replica in turn) to ``clients`` watching sources."""
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     applied: dict[str, list[float]] = {}
     cond = threading.Condition()
@@ -122,9 +131,12 @@ def publish_to_clients(url: str, clients: int, procs: int, rounds: int) -> dict[
                 cond.notify_all()
 
     try:
+        offset = 0
         for n in per:
+            argv = [sys.executable, __file__, "--worker", ",".join(urls), str(n), str(offset)]
+            offset += n
             proc = subprocess.Popen(
-                [sys.executable, __file__, "--worker", url, str(n)],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -138,10 +150,10 @@ def publish_to_clients(url: str, clients: int, procs: int, rounds: int) -> dict[
         latencies: list[float] = []
         put_ms: list[float] = []
         missed = 0
-        with httpx.Client(base_url=url, headers=HEADERS, timeout=10) as client:
+        with httpx.Client(headers=HEADERS, timeout=10) as client:
             for r in range(rounds):
                 t0 = time.time()
-                response = client.put("/v1/policy", content=policy(r + 1))
+                response = client.put(urls[r % len(urls)] + "/v1/policy", content=policy(r + 1))
                 response.raise_for_status()
                 put_ms.append((time.time() - t0) * 1000)
                 revision = str(response.json()["version"])
@@ -172,6 +184,7 @@ def publish_to_clients(url: str, clients: int, procs: int, rounds: int) -> dict[
             if proc.stdout is not None:
                 proc.stdout.close()
     return {
+        "replicas": len(urls),
         "clients": clients,
         "worker_processes": procs,
         "rounds": rounds,
@@ -189,7 +202,10 @@ def publish_to_clients(url: str, clients: int, procs: int, rounds: int) -> dict[
 # --------------------------------------------------------------------------- part 2
 
 
-async def _idle_watchers(port: int, etag: str, count: int, url: str, pid: int) -> dict[str, Any]:
+async def _idle_watchers(
+    port: int, etag: str, count: int, urls: list[str], pids: list[int]
+) -> dict[str, Any]:
+    url, pid = urls[0], pids[0]
     parked = 0
     got: list[float] = []
     request = (
@@ -214,6 +230,7 @@ async def _idle_watchers(port: int, etag: str, count: int, url: str, pid: int) -
 
     async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=10) as client:
         rss_before = rss_kib(pid)
+        rss_all_before = [rss_kib(p) for p in pids]
         tasks = []
         for _ in range(count):
             tasks.append(asyncio.create_task(watch()))
@@ -227,11 +244,13 @@ async def _idle_watchers(port: int, etag: str, count: int, url: str, pid: int) -
         watchers = (await client.get("/readyz")).json()["watchers"]
         await asyncio.sleep(1.0)
         rss_after = rss_kib(pid)
+        rss_all = [rss_kib(p) for p in pids]
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(5.0)
         idle_cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         t_publish = time.time()
-        (await client.put("/v1/policy", content=policy(999))).raise_for_status()
+        publisher = urls[1 % len(urls)]  # through another replica when there is one
+        (await client.put(publisher + "/v1/policy", content=policy(999))).raise_for_status()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     delivery = [(t - t_publish) * 1000 for t in got]
     return {
@@ -239,6 +258,9 @@ async def _idle_watchers(port: int, etag: str, count: int, url: str, pid: int) -
         "parked_on_server": watchers,
         "server_rss_before_mib": round(rss_before / 1024, 1),
         "server_rss_with_watchers_mib": round(rss_after / 1024, 1),
+        "replicas_rss_before_mib": [round(r / 1024, 1) for r in rss_all_before],
+        "replicas_rss_mib": [round(r / 1024, 1) for r in rss_all],
+        "published_through": "another replica" if len(urls) > 1 else "the same replica",
         "rss_per_watcher_kib": round((rss_after - rss_before) / count, 1),
         "server_cpu_while_idle_pct": round(idle_cpu * 100, 2),
         "publish_to_all_delivered_p50_ms": round(percentile(delivery, 0.5), 1),
@@ -247,53 +269,99 @@ async def _idle_watchers(port: int, etag: str, count: int, url: str, pid: int) -
     }
 
 
+def _start_etcd(procs: ProcessSet, workdir: Path) -> str:
+    """One etcd member for the replicas (Debian's etcd-server); its store URL."""
+    client, peer = free_port(), free_port()
+    argv = [
+        shutil.which("etcd") or "etcd",
+        "--name",
+        "bench",
+        "--data-dir",
+        str(workdir / "etcd"),
+        "--listen-client-urls",
+        f"http://127.0.0.1:{client}",
+        "--advertise-client-urls",
+        f"http://127.0.0.1:{client}",
+        "--listen-peer-urls",
+        f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls",
+        f"http://127.0.0.1:{peer}",
+        "--initial-cluster",
+        f"bench=http://127.0.0.1:{peer}",
+        "--log-level",
+        "error",
+    ]
+    procs.start("etcd", argv, port=client)
+    return f"etcd://127.0.0.1:{client}"
+
+
 def main() -> int:
     """Run both measurements and print (and save) the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--embedded", action="store_true", help="one replica on a policy directory")
+    parser.add_argument("--clients", type=int, default=300)
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--idle", type=int, default=1000)
-    parser.add_argument("--worker", nargs=2, metavar=("URL", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("URLS", "COUNT", "OFFSET"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]))
+        worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
         return 0
+    embedded = args.embedded or shutil.which("etcd") is None
+    if embedded and args.replicas != 1:
+        print(
+            "no etcd (apt-get install etcd-server) or --embedded: one replica on files",
+            file=sys.stderr,
+        )
+        args.replicas = 1
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="meshlib-bench-cp-") as tmp:
         workdir = Path(tmp)
         (workdir / "mesh").mkdir()
         (workdir / "mesh" / "policy.yaml").write_text(policy(0))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
         procs = ProcessSet(workdir)
-        env_cmd = [
-            sys.executable,
-            "-m",
-            "meshlib",
-            "controlplane",
-            "serve",
-            "--policy",
-            str(workdir / "mesh"),
-            "--port",
-            str(port),
-            "--publish-token",
-            TOKEN,
-            "--log-level",
-            "warning",
-        ]
         os.environ["MESH_CONTROLPLANE_MAX_WAIT"] = "150"
         try:
-            server = procs.start("controlplane", env_cmd, port=port)
-            with httpx.Client(base_url=url) as client:
-                for _ in range(20):
-                    client.get("/v1/policy")
-                etag = client.get("/v1/policy").headers["etag"]
-            idle = asyncio.run(_idle_watchers(port, etag, args.idle, url, server.pid))
-            fanout = publish_to_clients(url, args.clients, args.procs, args.rounds)
+            if not embedded:
+                os.environ["MESH_CONTROLPLANE_STORE"] = _start_etcd(procs, workdir)
+            ports = [free_port() for _ in range(args.replicas)]
+            urls = [f"http://127.0.0.1:{port}" for port in ports]
+            servers = []
+            for i, port in enumerate(ports):
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "meshlib",
+                    "controlplane",
+                    "serve",
+                    "--policy",
+                    str(workdir / "mesh"),
+                    "--port",
+                    str(port),
+                    "--publish-token",
+                    TOKEN,
+                    "--log-level",
+                    "warning",
+                ]
+                servers.append(procs.start(f"controlplane-{i}", argv, port=port))
+            with httpx.Client() as client:
+                for url in urls:
+                    for _ in range(20):
+                        client.get(url + "/v1/policy")
+                etag = client.get(urls[0] + "/v1/policy").headers["etag"]
+            idle = asyncio.run(
+                _idle_watchers(ports[0], etag, args.idle, urls, [s.pid for s in servers])
+            )
+            fanout = publish_to_clients(urls, args.clients, args.procs, args.rounds)
         finally:
             procs.stop_all()
+            os.environ.pop("MESH_CONTROLPLANE_STORE", None)
     results = {
+        "store": "embedded (files)" if embedded else "etcd",
         "publish_to_applied": fanout,
         "idle_watchers": idle,
         "cpus": os.cpu_count(),
@@ -304,8 +372,16 @@ def main() -> int:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / "controlplane.json").write_text(json.dumps(results, indent=2))
-    ok = fanout["p99_ms"] <= 500 and fanout["missed"] == 0 and idle["parked_on_server"] >= args.idle
-    print(f"target p99 <= 500 ms with {args.clients} clients: {'met' if ok else 'NOT met'}")
+    latency_ok = fanout["p99_ms"] <= 500 and fanout["missed"] == 0
+    rss_ok = max(idle["replicas_rss_mib"]) < 200 and idle["parked_on_server"] >= args.idle
+    print(
+        f"goal p99 <= 500 ms, {args.replicas} replicas, {args.clients} watchers: "
+        f"{'met' if latency_ok else 'NOT met'} (p50 {fanout['p50_ms']} ms, p99 {fanout['p99_ms']} ms)"
+    )
+    print(
+        f"goal replica RSS < 200 MB with {args.idle} watchers: {'met' if rss_ok else 'NOT met'} "
+        f"(max {max(idle['replicas_rss_mib'])} MiB)"
+    )
     return 0
 
 
