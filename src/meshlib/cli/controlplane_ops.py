@@ -201,19 +201,27 @@ def _status(plane: _Plane, args: argparse.Namespace) -> None:
             f"replica {url}: {state.get('status', ready.status_code)}, version {version}, "
             f"{state.get('watchers', 0)} watchers, store {state.get('store', '?')}{extra}"
         )
-    mesh = plane.json("GET", "/v1/mesh")
-    rows = [
-        (service["name"], i["instance"], i.get("policy_revision"), i.get("zone"))
-        for service in mesh.get("services", ())
-        for i in service.get("instances", ())
-    ]
+    # Reports live in the memory of the replica that received them: ask every replica.
+    found: dict[tuple[str, str], tuple[str, str, Any, Any]] = {}
+    for url in plane.urls:
+        try:
+            answer = plane.client.get(url + "/v1/mesh")
+        except httpx.HTTPError:
+            continue
+        if answer.status_code != 200:
+            raise _Failed(_explain(answer))
+        for service in answer.json().get("services", ()):
+            for i in service.get("instances", ()):
+                key = (service["name"], i["instance"])
+                found[key] = (*key, i.get("policy_revision"), i.get("zone"))
+    rows = list(found.values())
     print(f"\n{'SERVICE':20}  {'INSTANCE':28}  {'VERSION':>8}  STATE")
     for service, instance, revision, _zone in sorted(rows, key=lambda r: (r[0], r[1])):
         behind = current is not None and str(revision) != str(current)
         state = "BEHIND" if behind else "current"
         print(f"{service[:20]:20}  {instance[:28]:28}  {revision!s:>8}  {state}")
     if not rows:
-        print("(no instance has reported to this replica)")
+        print("(no instance has reported to these replicas)")
 
 
 def _run(args: argparse.Namespace) -> int:
