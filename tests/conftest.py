@@ -24,3 +24,13 @@ def clean_environ(
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     close_shared_store()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `readme` tests (minutes of installs) unless selected: `nox -s readme`, or `-m readme`."""
+    if "readme" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="runs the README's commands for real: `nox -s readme` (CI)")
+    for item in items:
+        if "readme" in item.keywords:
+            item.add_marker(skip)
