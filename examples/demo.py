@@ -1,6 +1,6 @@
 """The meshlib demo: a control plane and three services on 127.0.0.1, driven through five phases.
 
-``python3 -m nox -s demo`` runs ``python examples/demo.py``. It:
+``python3 tools/nox.py -s demo`` runs ``python examples/demo.py``. It:
 
 1. picks free ports and writes the policy (``examples/mesh.yaml`` with those
    ports) into a fresh policy directory;
