@@ -7,6 +7,7 @@ The docs build calls these (``docs/hooks.py``); a test checks every field appear
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, Union, get_args, get_origin
@@ -19,7 +20,7 @@ from meshlib.policy.durations import format_duration
 from meshlib.policy.model import Policy
 from meshlib.settings import MeshSettings
 
-__all__ = ["render_policy_reference", "render_settings_reference"]
+__all__ = ["markdown_text", "render_policy_reference", "render_settings_reference"]
 
 
 def _is_duration(info: FieldInfo) -> bool:
@@ -106,10 +107,22 @@ def _is_mapping(annotation: Any) -> bool:
     return isinstance(origin, type) and issubclass(origin, Mapping)
 
 
+def markdown_text(text: str) -> str:
+    """`text` safe in a Markdown table cell: `<` and `>` outside code spans escaped, `|` too.
+
+    Without it `spiffe://<trust_domain>/<service>` renders as `spiffe:///`, the
+    browser taking `<service>` for an HTML tag.
+    """
+    parts = re.split(r"(`[^`]*`)", text)
+    for i, part in enumerate(parts):
+        if not part.startswith("`"):
+            parts[i] = part.replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(parts).replace("|", "\\|")
+
+
 def _doc(model: type[BaseModel]) -> str:
-    return " ".join(line.strip() for line in (model.__doc__ or "").strip().splitlines()).replace(
-        "``", "`"
-    )
+    text = " ".join(line.strip() for line in (model.__doc__ or "").strip().splitlines())
+    return markdown_text(text.replace("``", "`"))
 
 
 def render_policy_reference() -> str:
@@ -127,7 +140,7 @@ def render_policy_reference() -> str:
         out.append("| key | type | default | description |")
         out.append("| --- | --- | --- | --- |")
         for name, info in model.model_fields.items():
-            description = (info.description or "").replace("|", "\\|").replace("\n", " ")
+            description = markdown_text((info.description or "").replace("\n", " "))
             out.append(
                 f"| `{name}` | {_type_name(info.annotation, info)} | {_default(info)} | {description} |"
             )
@@ -139,7 +152,7 @@ def render_settings_reference() -> str:
     """The ``MESH_*`` environment variables in Markdown, from MeshSettings."""
     out = ["| variable | type | default | description |", "| --- | --- | --- | --- |"]
     for name, info in MeshSettings.model_fields.items():
-        description = (info.description or "").replace("|", "\\|")
+        description = markdown_text(info.description or "")
         out.append(
             f"| `MESH_{name.upper()}` | {_type_name(info.annotation, info)} | {_default(info)} | {description} |"
         )
