@@ -198,6 +198,7 @@ def test_explain_authz_without_mutual_tls_judges_an_anonymous_caller(
     )
     out = capsys.readouterr().out
     assert "with mTLS on" not in out
+    assert "identity     spiffe://example.org/payments  (not checked: tls.mode disabled" in out
     assert (
         "authz        denied by services.payments.inbound.authz.rules[0] (tls.mode disabled: no "
         "client certificate, so payments sees an anonymous caller; with tls.mode mutual, orders "
@@ -218,6 +219,7 @@ def test_explain_authz_under_mutual_tls_judges_the_proven_identity(
         "authz        allowed by services.payments.inbound.authz.rules[0] (tls.mode mutual: "
         "orders's certificate proves its identity)"
     ) in out
+    assert "identity     spiffe://example.org/payments\n" in out
     assert main([*args[:-2], "--json", "GET", "https://payments/v1/a"]) == 0
     authz = json.loads(capsys.readouterr().out)["authz"]
     assert authz["identity_proven"] is True

@@ -221,6 +221,7 @@ def _report(
         "endpoints": [e.url for e in effective.endpoints] if routed else [url],
         "identity": policy.service_identity(host) if routed else None,
         "split": [{"service": t.service, "weight": t.weight} for t in effective.split],
+        "tls_mode": effective.tls.mode,
         "retry": retry_for_method(effective, method, headers),
         "settings": [
             {"setting": name, "value": value, "set_by": layer}
@@ -296,7 +297,9 @@ def _print_report(report: dict[str, Any]) -> None:
         route = report["route"] or "(no route matched: service level)"
         print(f"  route        {route}{f'  match: {shown}' if shown else ''}")
         print(f"  endpoints    {', '.join(report['endpoints']) or '(none)'}")
-        print(f"  identity     {report['identity']}")
+        checked = report["tls_mode"] != "disabled"
+        note = "" if checked else "  (not checked: tls.mode disabled, no certificate to prove it)"
+        print(f"  identity     {report['identity']}{note}")
         for target in report["split"]:
             print(f"  split        {target['service']} weight {target['weight']}")
     else:
