@@ -31,6 +31,7 @@ import httpx
 from meshlib.clock import Clock
 from meshlib.deadline import DEADLINE_HEADER, current_deadline
 from meshlib.errors import CircuitOpenError, DeadlineExceeded, NoEndpointsError
+from meshlib.headers import set_header
 from meshlib.outbound.breaker import PASS
 from meshlib.outbound.destination import Destination, EndpointState
 from meshlib.outbound.endpoints import Pools
@@ -53,6 +54,8 @@ __all__ = ["ATTEMPTS_EXTENSION", "ATTEMPT_HEADER", "Attempt", "Outbound", "Send"
 ATTEMPT_HEADER = "x-mesh-attempt"
 """Request header carrying the attempt's number (1 for the first try), so the callee can tell a retry."""
 
+_DEADLINE_KEY = DEADLINE_HEADER.encode()
+_ATTEMPT_KEY = ATTEMPT_HEADER.encode()
 _ATTEMPT_VALUES = tuple(str(n) for n in range(1, 11))  # policy attempts are at most 10
 
 
@@ -249,8 +252,8 @@ class Outbound:
                 return (yield from self._give_up(history, last, "breaker-open"))
             if endpoint.rewrite:
                 request.url = _readdress(request.url, endpoint)
-                headers[DEADLINE_HEADER] = str(int(remaining * 1000.0 + 1e-6))
-                headers[ATTEMPT_HEADER] = _ATTEMPT_VALUES[number]
+                set_header(headers, _DEADLINE_KEY, str(int(remaining * 1000.0 + 1e-6)))
+                set_header(headers, _ATTEMPT_KEY, _ATTEMPT_VALUES[number])
             if remaining < plan.attempt or caps is not None:
                 budget_s = min(remaining, plan.attempt)
                 timeouts = {

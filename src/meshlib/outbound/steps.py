@@ -64,4 +64,4 @@ class Attempt(NamedTuple):
     elapsed: float
     backoff: float = 0.0
     note: str = ""
-    split: LatencySplit | None = None
+    split: LatencySplit | None = None  # the last field: telemetry.client fills it in by position

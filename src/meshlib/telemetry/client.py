@@ -49,6 +49,7 @@ from opentelemetry.semconv.attributes.url_attributes import URL_FULL, URL_SCHEME
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
 from meshlib.clock import Clock
+from meshlib.headers import set_header
 from meshlib.telemetry import latency, names
 from meshlib.telemetry.bodies import AsyncBody, SyncBody
 from meshlib.telemetry.latency import (
@@ -360,9 +361,9 @@ class CallTelemetry:
             if resend_count:  # 00-<trace id>-<parent id>-<flags>: a new parent id per attempt
                 traceparent = f"{traceparent[:36]}{_new_span_id():016x}{traceparent[52:]}"
             headers = request.headers
-            headers["traceparent"] = traceparent
+            set_header(headers, b"traceparent", traceparent)
             if self.tracestate:
-                headers["tracestate"] = self.tracestate
+                set_header(headers, b"tracestate", self.tracestate)
         elif self.propagates:
             span = self.span
             if resend_count:
@@ -596,4 +597,7 @@ def _with_splits(attempts: tuple[Any, ...], split: LatencySplit) -> tuple[Any, .
     splits = split.attempts
     if len(splits) != len(attempts):
         return attempts
-    return tuple(a._replace(split=s) for a, s in zip(attempts, splits, strict=True))
+    # Built as tuple.__new__ does, without _replace's field-by-field keyword pass (once per call).
+    return tuple(
+        tuple.__new__(type(a), (*a[:-1], s)) for a, s in zip(attempts, splits, strict=True)
+    )
