@@ -105,15 +105,14 @@ _HOMES: dict[str, str] = {
 }
 """Where each top-level name lives; imported on first access (PEP 562)."""
 
-_DISTRIBUTION = "servicemeshlib"
-"""The name meshlib is installed under (`pip install servicemeshlib`); PyPI's `meshlib` is another project."""
-
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
+    from meshlib.extras import DISTRIBUTION
+
     try:
-        return version(_DISTRIBUTION)
+        return version(DISTRIBUTION)
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0.0.0"
 

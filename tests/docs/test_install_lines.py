@@ -67,3 +67,20 @@ def test_the_check_refuses_what_cannot_work() -> None:
     assert _problems("servicemeshlib")
     assert _problems("'.[nosuchextra]'")
     assert not _problems("'/path/to/clone[controlplane,ca]' nox")
+
+
+def test_code_words_every_extra_hint_through_install_hint() -> None:
+    """No message in src/ hand-writes `meshlib[extra]`: meshlib.extras.install_hint names the real package."""
+    from meshlib.extras import install_hint
+
+    hand_written = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        if path.name != "extras.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"\bmeshlib\[|pip install '?meshlib\b", line)
+    ]
+    assert not hand_written, hand_written
+    hint = install_hint("otlp")  # the name we publish under, and the form that works in a clone
+    assert hint.startswith("pip install 'servicemeshlib[otlp]'")
+    assert not _problems(hint.split("in a clone: pip install ")[1].rstrip(")"))

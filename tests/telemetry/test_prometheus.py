@@ -77,5 +77,5 @@ def test_busy_port_is_a_settings_error(endpoint: PrometheusEndpoint) -> None:
 def test_missing_extra_is_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without prometheus-client, building an endpoint says which extra to install."""
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(SettingsError, match=r"pip install meshlib\[prometheus\]"):
+    with pytest.raises(SettingsError, match=r"pip install 'servicemeshlib\[prometheus\]'"):
         PrometheusEndpoint()

@@ -257,7 +257,7 @@ except SettingsError as exc:
     print(json.dumps(str(exc)))
 """
     )
-    assert "pip install meshlib[otlp]" in out["result"]
+    assert "pip install 'servicemeshlib[otlp]'" in out["result"]
 
 
 def test_application_providers_are_left_alone(run_python: RunPython) -> None:

@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import sys
 
+from meshlib.extras import install_hint
 from meshlib.policy.durations import format_duration, parse_duration
 
 __all__ = ["register"]
@@ -67,7 +68,7 @@ def _init(args: argparse.Namespace) -> int:
 
         ca = DevCA.create(args.trust_domain, args.dir, ttl=_ttl(args.ttl), force=args.force)
     except ImportError:
-        return _fail("the dev CA needs the cryptography package: pip install 'meshlib[ca]'")
+        return _fail(f"the dev CA needs the cryptography package: {install_hint('ca')}")
     except OSError as exc:
         return _fail_os(exc, "the CA")
     except ValueError as exc:
@@ -88,7 +89,7 @@ def _issue(args: argparse.Namespace) -> int:
             args.service, dns=args.dns, ips=args.ip, ttl=ttl, directory=args.out, force=args.force
         )
     except ImportError:
-        return _fail("the dev CA needs the cryptography package: pip install 'meshlib[ca]'")
+        return _fail(f"the dev CA needs the cryptography package: {install_hint('ca')}")
     except OSError as exc:
         return _fail_os(exc)
     except ValueError as exc:  # CertificateError included

@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from meshlib.extras import install_hint
+
 __all__ = ["register", "serve"]
 
 
@@ -110,7 +112,7 @@ def serve(args: argparse.Namespace) -> int:
         from meshlib.controlplane.server import ControlPlaneServer, server_config
     except ImportError as exc:
         print(
-            f"the control plane needs its extra: pip install 'meshlib[controlplane]' ({exc})",
+            f"the control plane needs its extra: {install_hint('controlplane')} ({exc})",
             file=sys.stderr,
         )
         return 1

@@ -95,9 +95,11 @@ class DnspythonResolver:
         try:
             import dns.resolver
         except ImportError:  # pragma: no cover - depends on the environment
+            from meshlib.extras import install_hint
+
             raise ImportError(
                 "DNS discovery with TTLs and SRV records needs dnspython: run "
-                "`pip install 'meshlib[dns]'` (or `pip install dnspython`)"
+                f"`{install_hint('dns')}` (or `pip install dnspython`)"
             ) from None
         resolver = dns.resolver.Resolver(configure=nameservers is None)
         if nameservers is not None:
@@ -169,7 +171,9 @@ class SystemResolver:
     def resolve(self, config: DnsDiscovery) -> DnsAnswer:
         """Resolve ``config.name`` with ``getaddrinfo``; SRV needs dnspython."""
         if config.srv or config.port is None:
-            raise DnsError("SRV records need dnspython: run `pip install 'meshlib[dns]'`")
+            from meshlib.extras import install_hint
+
+            raise DnsError(f"SRV records need dnspython: run `{install_hint('dns')}`")
         try:
             infos = socket.getaddrinfo(config.name, config.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:

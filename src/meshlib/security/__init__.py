@@ -4,7 +4,7 @@
 - :mod:`meshlib.security.tls`: client and server SSLContexts from policy and settings.
 - :mod:`meshlib.security.handshake`: the checks run at the end of every handshake.
 - :mod:`meshlib.security.reload`: certificate rotation without restarts.
-- :mod:`meshlib.security.ca`: a development CA (needs ``cryptography``: ``meshlib[ca]``).
+- :mod:`meshlib.security.ca`: a development CA (needs ``cryptography``: the ``ca`` extra).
 - :mod:`meshlib.security.asgi_bridge`, :mod:`meshlib.security.wsgi_bridge`: how servers hand
   the verified peer certificate to apps (used by :mod:`meshlib.serve`).
 

@@ -86,9 +86,11 @@ def _uris_from_encoded(cert: bytes | str) -> tuple[str, ...]:
     try:
         from cryptography import x509
     except ImportError:  # pragma: no cover - cryptography is installed wherever tests run
+        from meshlib.extras import install_hint
+
         raise ImportError(
             "reading an identity from a PEM or DER certificate needs the cryptography "
-            "package: run `pip install meshlib[ca]`"
+            f"package: run `{install_hint('ca')}`"
         ) from None
     try:
         if isinstance(cert, str):

@@ -1,4 +1,4 @@
-"""A Prometheus scrape endpoint for meshlib's metrics (extra: ``meshlib[prometheus]``).
+"""A Prometheus scrape endpoint for meshlib's metrics (the ``prometheus`` extra).
 
 OpenTelemetry's ``PrometheusMetricReader`` turns the meter provider's metrics
 into a ``prometheus_client`` collector; this module serves that collector.
@@ -44,8 +44,10 @@ def _import() -> tuple[Any, Any]:
         import prometheus_client
         from opentelemetry.exporter import prometheus as otel_prometheus
     except ImportError as exc:
+        from meshlib.extras import install_hint
+
         raise SettingsError(
-            "Prometheus exposition needs its extra: run `pip install meshlib[prometheus]`"
+            f"Prometheus exposition needs its extra: run `{install_hint('prometheus')}`"
         ) from exc
     return prometheus_client, otel_prometheus
 

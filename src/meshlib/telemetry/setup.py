@@ -327,6 +327,8 @@ def _import_otlp(name: Literal["trace_exporter", "metric_exporter"]) -> Any:
     try:
         return importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{name}")
     except ImportError as exc:
+        from meshlib.extras import install_hint
+
         raise SettingsError(
-            "MESH_TELEMETRY=otlp needs the OTLP exporter: run `pip install meshlib[otlp]`"
+            f"MESH_TELEMETRY=otlp needs the OTLP exporter: run `{install_hint('otlp')}`"
         ) from exc
