@@ -9,6 +9,7 @@ from meshlib.inbound.tracecontext import (
     TRACESTATE_LIMIT,
     extract_context,
     parent_span_context,
+    parse_tracestate,
     truncate_tracestate,
 )
 
@@ -111,14 +112,43 @@ def test_optional_whitespace_around_traceparent_is_allowed(value: str) -> None:
     assert trace_id_of([value]) == TRACE_ID
 
 
-def test_unknown_trace_flags_are_zeroed() -> None:
-    """Flags other than sampled are reserved; vendors MUST set them to zero."""
+def test_unknown_trace_flags_are_zeroed_sampled_and_random_kept() -> None:
+    """Level 2: sampled (0x01) and random (0x02) are kept as sent; reserved bits MUST be zeroed."""
     parent = parent_span_context([f"00-{TRACE_ID}-1234567890123456-09"])
     assert parent is not None
     assert parent.trace_flags == 0x01
     parent = parent_span_context([f"00-{TRACE_ID}-1234567890123456-fe"])
     assert parent is not None
-    assert parent.trace_flags == 0x00
+    assert parent.trace_flags == 0x02
+    parent = parent_span_context([f"00-{TRACE_ID}-1234567890123456-03"])
+    assert parent is not None
+    assert parent.trace_flags == 0x03
+
+
+@pytest.mark.parametrize(
+    ("fields", "members"),
+    [
+        (["a=1,,b=2"], [("a", "1"), ("b", "2")]),  # empty members are skipped
+        (["a=1 ,\t b=2"], [("a", "1"), ("b", "2")]),  # optional whitespace around members
+        (["t1@sys=x", "k/_*-9=v"], [("t1@sys", "x"), ("k/_*-9", "v")]),
+        (["a= 1"], [("a", " 1")]),  # a value may start with a space
+        (["a=1,a=2"], None),  # duplicated key
+        (["a=1", "a=1"], None),  # duplicated across fields
+        (["A=1"], None),  # upper case
+        (["1a=1"], None),  # a simple key starts with a letter
+        (["@a=1"], None),
+        (["a@=1"], None),
+        (["a@abcdefghijklmno=1"], None),  # system-id over 14
+        ([f"{'a' * 257}=1"], None),  # simple-key over 256
+        (["a=1=2"], None),  # '=' in a value
+        (["a="], None),  # empty value
+        (["a"], None),
+        ([",".join(f"k{i}=v" for i in range(33))], None),  # over 32 members
+    ],
+)
+def test_tracestate_grammar(fields: list[str], members: list[tuple[str, str]] | None) -> None:
+    """tracestate per the Level 1 grammar (unchanged in Level 2): keys, values, duplicates, size."""
+    assert parse_tracestate(fields) == members
 
 
 def test_tracestate_is_inherited_and_combined_in_order() -> None:

@@ -185,6 +185,38 @@ print(json.dumps({"root": root_sampled, "child": child_sampled}))
     assert '"name": "root"' not in out["stdout"]
 
 
+def test_standard_otel_variables_come_before_the_mesh_aliases(run_python: RunPython) -> None:
+    """OTEL_TRACES_EXPORTER picks the exporter and OTEL_TRACES_SAMPLER the sampler; the MESH_* alias
+    for the ratio is then ignored (with a warning), MESH_TELEMETRY set explicitly still wins."""
+    out = run_python(
+        PRELUDE
+        + """
+from meshlib.telemetry.setup import telemetry_mode
+mode = telemetry_mode(MeshSettings())
+explicit = telemetry_mode(MeshSettings(telemetry="none"))
+h = configure_telemetry(MeshSettings())
+tracer = trace.get_tracer("test")
+with tracer.start_as_current_span("root") as root:
+    sampled = root.get_span_context().trace_flags.sampled
+sampler = type(trace.get_tracer_provider().sampler).__name__
+h.shutdown()
+print(json.dumps({"mode": mode, "explicit": explicit, "sampled": sampled, "sampler": sampler}))
+""",
+        env={
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_TRACES_SAMPLER": "always_off",
+            "MESH_TRACE_SAMPLE_RATIO": "1.0",
+        },
+    )
+    assert out["result"] == {
+        "mode": "console",
+        "explicit": "none",
+        "sampled": False,
+        "sampler": "StaticSampler",
+    }
+    assert "MESH_TRACE_SAMPLE_RATIO is ignored" in out["stderr"]
+
+
 def test_otlp_mode_exports_to_a_local_receiver(
     run_python: RunPython, otlp: tuple[OtlpReceiver, RunningServer]
 ) -> None:

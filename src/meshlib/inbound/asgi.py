@@ -29,6 +29,8 @@ from meshlib.inbound.config import MiddlewareBase
 from meshlib.inbound.core import Exchange, RequestInfo
 from meshlib.inbound.health import MeshResponse
 from meshlib.inbound.timing import SERVER_TIMING
+from meshlib.inbound.tracecontext import ASGIHeaders
+from meshlib.telemetry.requestid import REQUEST_ID_HEADER
 
 __all__ = ["ASGIApp", "MeshMiddleware"]
 
@@ -48,7 +50,10 @@ _WANTED = {
     b"x-envoy-expected-rq-timeout-ms": "envoy_timeout_ms",
     b"x-mesh-attempt": "attempt",
     b"x-envoy-attempt-count": "attempt",
+    b"x-request-id": "request_id",
 }
+_HEADERS = ASGIHeaders()
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
 
 
 def request_info(scope: Scope) -> RequestInfo:
@@ -56,17 +61,22 @@ def request_info(scope: Scope) -> RequestInfo:
     info = RequestInfo(scope.get("method", "GET"), scope["path"], scope.get("scheme") or "http")
     traceparent: list[str] = []
     tracestate: list[str] = []
-    for name, value in scope["headers"]:
+    headers = scope["headers"]
+    for name, value in headers:
         if name == b"traceparent":
             traceparent.append(value.decode("latin-1"))
         elif name == b"tracestate":
             tracestate.append(value.decode("latin-1"))
+        elif name == b"baggage":
+            info.baggage = (*info.baggage, value.decode("latin-1"))
         else:
             field = _WANTED.get(name)
             if field is not None:
                 setattr(info, field, value.decode("latin-1"))
     info.traceparent = traceparent
     info.tracestate = tracestate
+    info.headers = headers
+    info.getter = _HEADERS
     query = scope.get("query_string")
     if query:
         info.query = query.decode("latin-1")
@@ -208,6 +218,9 @@ class MeshMiddleware(MiddlewareBase[ASGIApp]):
                 message = {**message, "headers": headers}
             await send(message)
 
+        if exchange.request_id_made:  # the app sees the id its calls pass on, as behind Envoy
+            scope = dict(scope)
+            scope["headers"] = [*scope["headers"], (_REQUEST_ID, exchange.request_id.encode())]
         exchange.enter()
         try:
             await self.app(scope, receive, send_with_timing)

@@ -53,10 +53,11 @@ from meshlib.inbound.health import HealthPaths, MeshResponse
 from meshlib.inbound.paths import PATH_PROBLEMS, path_problem
 from meshlib.inbound.plan import InboundPlan
 from meshlib.inbound.timing import server_timing
-from meshlib.inbound.tracecontext import extract_context
+from meshlib.inbound.tracecontext import extract_with_propagators
 from meshlib.policy.store import PolicyStore
 from meshlib.security.identity import peer_identity_from_cert
 from meshlib.settings import MeshSettings
+from meshlib.telemetry.requestid import accept_request_id, current_request_id
 from meshlib.telemetry.server import ServerTelemetry
 
 __all__ = ["Exchange", "InboundCore", "RequestInfo", "drain_all"]
@@ -115,6 +116,12 @@ class RequestInfo:
     user_agent: str | None = None
     traceparent: Sequence[str] = ()
     tracestate: Sequence[str] = ()
+    baggage: Sequence[str] = ()
+    request_id: str | None = None
+    headers: Any = None
+    """Every header, as the driver holds them (ASGI list, WSGI environ), for non-default propagators."""
+    getter: Any = None
+    """The OpenTelemetry ``Getter`` that reads ``headers``."""
     deadline_ms: str | None = None
     grpc_timeout: str | None = None
     envoy_timeout_ms: str | None = None
@@ -132,11 +139,14 @@ class Exchange:
         "_core",
         "_deadline_token",
         "_otel_token",
+        "_request_id_token",
         "_start",
         "context",
         "deadline",
         "info",
         "reply",
+        "request_id",
+        "request_id_made",
         "slot",
         "span",
     )
@@ -155,10 +165,14 @@ class Exchange:
         self.slot: ConcurrencyLimiter | None = None
         self._otel_token: Token[Any] | None = None
         self._deadline_token: Token[Deadline | None] | None = None
+        self.request_id, self.request_id_made = accept_request_id(info.request_id)
+        """The request's ``x-request-id``: the caller's, or one made here (``request_id_made``)."""
+        self._request_id_token: Token[str | None] | None = None
 
     def enter(self) -> None:
-        """Make the trace context and the deadline current; call just before the app runs."""
+        """Make the trace context, deadline and request id current; call just before the app runs."""
         self._otel_token = otel_context.attach(self.context)
+        self._request_id_token = current_request_id.set(self.request_id)
         if self.deadline is not None:
             self._deadline_token = current_deadline.set(self.deadline)
         self._app_start = self._core.clock.monotonic()
@@ -174,6 +188,10 @@ class Exchange:
         token, self._otel_token = self._otel_token, None
         if token is not None:
             otel_context.detach(token)
+        request_id_token, self._request_id_token = self._request_id_token, None
+        if request_id_token is not None:
+            with contextlib.suppress(ValueError):
+                current_request_id.reset(request_id_token)
         deadline_token, self._deadline_token = self._deadline_token, None
         if deadline_token is not None:
             # ValueError: the server ended the response from another context.
@@ -279,7 +297,9 @@ class InboundCore:
         """Start a request: open its span and decide whether the app may see it."""
         clock = self.clock
         exchange = Exchange(self, info, clock.monotonic())
-        parent = extract_context(info.traceparent, info.tracestate)
+        parent = extract_with_propagators(
+            info.traceparent, info.tracestate, info.baggage, info.headers, info.getter
+        )
         span = self.telemetry.start(info, parent)
         exchange.span = span
         exchange.context = trace.set_span_in_context(span, parent)

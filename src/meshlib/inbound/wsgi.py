@@ -24,6 +24,7 @@ from typing import Any
 from meshlib.inbound.config import MiddlewareBase
 from meshlib.inbound.core import Exchange, RequestInfo
 from meshlib.inbound.health import MeshResponse
+from meshlib.inbound.tracecontext import EnvironHeaders
 
 __all__ = ["MeshWSGIMiddleware", "WSGIApp"]
 
@@ -32,6 +33,9 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 _State = list[Any]  # [status code (0: not started), route template or None]
+
+
+_HEADERS = EnvironHeaders()
 
 
 def request_info(environ: Environ) -> RequestInfo:
@@ -54,6 +58,12 @@ def request_info(environ: Environ) -> RequestInfo:
         tracestate = environ.get("HTTP_TRACESTATE")
         if tracestate is not None:
             info.tracestate = (tracestate,)
+    baggage = environ.get("HTTP_BAGGAGE")
+    if baggage is not None:
+        info.baggage = (baggage,)
+    info.request_id = environ.get("HTTP_X_REQUEST_ID")
+    info.headers = environ
+    info.getter = _HEADERS
     info.query = environ.get("QUERY_STRING", "")
     protocol = environ.get("SERVER_PROTOCOL", "")
     info.http_version = protocol[5:] if protocol.startswith("HTTP/") else "1.1"
@@ -161,6 +171,8 @@ class MeshWSGIMiddleware(MiddlewareBase[WSGIApp]):
                 return start_response(status_line, headers)
             return start_response(status_line, headers, exc_info)
 
+        if exchange.request_id_made:  # the app sees the id its calls pass on, as behind Envoy
+            environ["HTTP_X_REQUEST_ID"] = exchange.request_id
         exchange.enter()
         try:
             result = self.app(environ, start_with_timing)

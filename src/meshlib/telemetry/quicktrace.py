@@ -108,11 +108,17 @@ class QuickTrace:
         real = getattr(tracer, "_real_tracer", None)
         if real is None and hasattr(tracer, "_real_tracer"):
             real = tracer._tracer  # the proxy binds to the global provider on first use
-        sdk_trace, self._sampling = _sdk()
         candidate = real if real is not None else tracer
+        if type(candidate).__name__ in ("NoOpTracer", "ProxyTracer"):
+            return None  # no SDK in place (perhaps none installed): ask again next time
+        try:
+            sdk_trace, self._sampling = _sdk()
+        except ImportError:  # another SDK, without OpenTelemetry's installed
+            self._foreign = True
+            return None
         if type(candidate) is sdk_trace.Tracer:
             self._sdk_tracer = candidate
-        elif type(candidate).__name__ != "NoOpTracer":
+        else:
             self._foreign = True  # another SDK: it always decides, never asked again
         return self._sdk_tracer
 

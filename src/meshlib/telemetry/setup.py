@@ -6,10 +6,17 @@ looked up at use time. Who sets those providers is the application's choice:
 - An application that already configured OpenTelemetry (its own SDK
   ``TracerProvider``/``MeterProvider``, or ``opentelemetry-instrument``) keeps
   full control: meshlib leaves every signal that has a provider alone.
-- Otherwise ``configure_telemetry(settings)`` builds providers from
-  ``MESH_TELEMETRY`` (``none``, ``console``, ``otlp``), ``MESH_OTLP_ENDPOINT``
-  (implies ``otlp``), ``MESH_TRACE_SAMPLE_RATIO`` and ``MESH_PROMETHEUS_PORT``,
-  with a resource naming the service and this instance.
+- Otherwise ``configure_telemetry(settings)`` builds providers with the
+  OpenTelemetry SDK (the ``servicemeshlib[otel]`` extra; ``[otlp]`` and
+  ``[prometheus]`` include it), with a resource naming the service and this
+  instance. The standard ``OTEL_*`` variables come first: the exporter from
+  ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, ``none``) or an
+  ``OTEL_EXPORTER_OTLP_ENDPOINT``, the sampler from ``OTEL_TRACES_SAMPLER``
+  / ``OTEL_TRACES_SAMPLER_ARG``, the endpoint from ``OTEL_EXPORTER_OTLP_*``.
+  meshlib's ``MESH_TELEMETRY``, ``MESH_OTLP_ENDPOINT`` and
+  ``MESH_TRACE_SAMPLE_RATIO`` are aliases used when the standard ones are not
+  set (``MESH_TELEMETRY``, when set, wins, being the explicit choice for
+  meshlib); ``MESH_PROMETHEUS_PORT`` adds a scrape endpoint.
 
 Nothing happens at import time; call it once at startup (again is harmless)::
 
@@ -111,14 +118,34 @@ class TelemetryHandle:
             self.prometheus.close()
 
 
+_MODES: tuple[Mode, ...] = ("none", "console", "otlp")
+
+
 def telemetry_mode(settings: MeshSettings) -> Mode:
-    """The exporter mode settings ask for: an OTLP endpoint implies ``otlp``.
+    """The exporter mode: ``MESH_TELEMETRY`` when set, else an OTLP endpoint, else ``OTEL_*``.
+
+    In order: ``MESH_TELEMETRY`` (set explicitly), ``MESH_OTLP_ENDPOINT``
+    (implies ``otlp``), the first of ``OTEL_TRACES_EXPORTER`` that meshlib
+    knows (``otlp``, ``console``, ``none``), ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (``otlp``), else ``none``.
 
     Example::
 
         telemetry_mode(MeshSettings(otlp_endpoint="http://127.0.0.1:4318"))  # "otlp"
     """
-    return "otlp" if settings.otlp_endpoint else settings.telemetry
+    if "telemetry" in settings.model_fields_set:
+        return settings.telemetry
+    if settings.otlp_endpoint:
+        return "otlp"
+    for name in os.environ.get("OTEL_TRACES_EXPORTER", "").split(","):
+        name = name.strip().lower()
+        if name in _MODES:
+            return name
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        return "otlp"
+    return settings.telemetry
 
 
 def default_instance_id(settings: MeshSettings) -> str:
@@ -235,6 +262,7 @@ def _configure(settings: MeshSettings) -> TelemetryHandle:
     handle = TelemetryHandle(mode, external=frozenset(external))
     if not (want_traces or want_metrics):
         return handle
+    _require_sdk(mode, settings)
     resource = _resource(settings)
     if want_traces:
         handle.tracer_provider = _tracer_provider(settings, mode, resource)
@@ -257,6 +285,23 @@ def _configure(settings: MeshSettings) -> TelemetryHandle:
     return handle
 
 
+def _require_sdk(mode: Mode, settings: MeshSettings) -> None:
+    """Fail with what to install when the SDK is missing (meshlib itself needs only the API)."""
+    import importlib.util
+
+    if importlib.util.find_spec("opentelemetry.sdk") is not None:
+        return
+    from meshlib.extras import install_hint
+
+    asked = f"MESH_TELEMETRY={mode}" if mode != "none" else "MESH_PROMETHEUS_PORT"
+    raise SettingsError(
+        f"{asked} needs the OpenTelemetry SDK, which meshlib does not install by itself "
+        f"(a library depends on the OpenTelemetry API only): run `{install_hint('otel')}` "
+        "(the otlp and prometheus extras include it), or configure OpenTelemetry in your "
+        "application and leave MESH_TELEMETRY unset"
+    )
+
+
 def _resource(settings: MeshSettings) -> Resource:
     from opentelemetry.sdk.resources import Resource
 
@@ -276,9 +321,16 @@ def _tracer_provider(settings: MeshSettings, mode: Mode, resource: Resource) -> 
     )
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
-    )
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        # The standard variable wins; the SDK reads it (and OTEL_TRACES_SAMPLER_ARG) itself.
+        if "trace_sample_ratio" in settings.model_fields_set:
+            logger.warning("OTEL_TRACES_SAMPLER is set: MESH_TRACE_SAMPLE_RATIO is ignored")
+        provider = TracerProvider(resource=resource)
+    else:
+        provider = TracerProvider(
+            resource=resource,
+            sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+        )
     if mode == "console":
         # Synchronous, so a developer sees each span the moment it ends.
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
@@ -315,8 +367,8 @@ def _meter_provider(resource: Resource, readers: list[MetricReader]) -> MeterPro
 
 
 def _otlp_url(settings: MeshSettings, signal: Literal["traces", "metrics"]) -> str | None:
-    """``MESH_OTLP_ENDPOINT`` is a base URL, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is."""
-    if not settings.otlp_endpoint:
+    """``MESH_OTLP_ENDPOINT`` is a base URL, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is (which wins)."""
+    if not settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return None  # the exporter reads OTEL_EXPORTER_OTLP_* itself
     return f"{settings.otlp_endpoint.rstrip('/')}/v1/{signal}"
 
