@@ -164,6 +164,8 @@ def targets(
         if other not in rows:
             continue
         value = _figure(rows, mesh, httpx, key, other)
+        if httpx not in ("httpx", "httpx-async"):  # name the base when it is not plain httpx
+            label = label.replace("bare httpx", httpx).replace("httpx through", f"{httpx} through")
         check = {
             "target": f"{mesh} {label}",
             "value": value,
