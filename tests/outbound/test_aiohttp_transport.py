@@ -453,3 +453,35 @@ def test_trace_extension_reports_httpx_event_names(url: str) -> None:
         "http11.send_request_headers.complete",
         "http11.receive_response_headers.complete",
     ]
+
+
+def test_sampled_mesh_call_takes_its_wire_window_from_aiohttp(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampled AsyncMeshClient call over aiohttp marks the wire window from the trace events."""
+    from meshlib.telemetry.latency import AttemptMarks
+    from tests.support.otel import LocalTelemetry
+
+    marked: list[AttemptMarks] = []
+    original = AttemptMarks.mark
+
+    def mark(self: AttemptMarks, name: str) -> None:
+        original(self, name)
+        if self not in marked:
+            marked.append(self)
+
+    monkeypatch.setattr(AttemptMarks, "mark", mark)
+    telemetry = LocalTelemetry()
+
+    async def main() -> httpx.Response:
+        async with AsyncMeshClient(mesh_policy([url]), **telemetry.kwargs()) as client:
+            return await client.get("http://payments/")
+
+    try:
+        response = run(main())
+    finally:
+        telemetry.close()
+    assert response.status_code == 200
+    assert len(marked) == 1
+    assert 0 < marked[0].first < marked[0].done  # connect/send started, then headers in
+    assert response.extensions["meshlib.latency"].total >= marked[0].done - marked[0].first

@@ -55,13 +55,14 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
-import sys
-from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
 from yarl import URL
+
+from meshlib.outbound.aiohttp_bodies import STREAMED_UPLOAD, ResponseBody, Upload, chunks, uncancel
+from meshlib.outbound.aiohttp_errors import map_error
 
 if TYPE_CHECKING:
     from httpx._types import CertTypes, ProxyTypes
@@ -69,8 +70,6 @@ if TYPE_CHECKING:
 __all__ = ["AiohttpTransport"]
 
 _DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-_STREAMED_UPLOAD = 64 * 1024
-"""Byte bodies above this size are sent in chunks, so each write is timed."""
 _HOP_BY_HOP = (b"transfer-encoding",)
 
 
@@ -258,14 +257,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             session = self._traced_session()
         timeout = extensions.get("timeout") or {}
         client_timeout = _client_timeout(timeout.get("connect"), timeout.get("read"))
-        upload: _Upload | None = None
+        upload: Upload | None = None
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):
             data: Any = request.content or None
-            if data is not None and len(data) > _STREAMED_UPLOAD:
-                upload = data = _Upload(_chunks(data), timeout.get("write"))
+            if data is not None and len(data) > STREAMED_UPLOAD:
+                upload = data = Upload(chunks(data), timeout.get("write"))
         else:
-            upload = data = _Upload(stream, timeout.get("write"))  # type: ignore[arg-type]
+            upload = data = Upload(stream, timeout.get("write"))  # type: ignore[arg-type]
         headers = _headers(request.headers)
         proxy_headers = self._proxy_headers
         if proxy_headers and request.url.scheme == "http":
@@ -295,17 +294,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if upload is not None:
                 upload.unwatch()
                 if isinstance(exc, asyncio.CancelledError) and upload.expired:
-                    _uncancel()
+                    uncancel()
                     raise httpx.WriteTimeout("timed out writing the request body") from None
             if isinstance(exc, Exception):
-                raise _map(exc, request, writing=upload is not None and not upload.done) from exc
+                raise map_error(
+                    exc, request, writing=upload is not None and not upload.done
+                ) from exc
             raise
         if upload is not None:
             upload.unwatch()
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
-            stream=_Body(response, request, self),
+            stream=ResponseBody(response, request, self._release),
             extensions={
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
@@ -380,152 +381,3 @@ def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
         for name, lower, value in triples
         if lower not in _HOP_BY_HOP
     ]
-
-
-def _uncancel() -> None:
-    # The cancellation was ours (the write watchdog): take it back so the task's cancel
-    # count stays right for structured concurrency (asyncio.timeout, TaskGroup) above us.
-    if sys.version_info >= (3, 11):
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-
-
-async def _chunks(data: bytes, size: int = _STREAMED_UPLOAD) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
-class _Upload:
-    """A request body fed to aiohttp chunk by chunk, each write timed (httpx's `write` timeout).
-
-    aiohttp asks for the next chunk only once the previous one is written
-    (its transport drained), so the time between handing out a chunk and the
-    next request for one is that write. When it exceeds `timeout`, the task
-    waiting for the response is cancelled and the transport raises
-    `httpx.WriteTimeout` instead.
-    """
-
-    __slots__ = ("_chunks", "_handle", "_task", "_timeout", "done", "expired")
-
-    def __init__(self, chunks: AsyncIterable[bytes], timeout: float | None) -> None:
-        self._chunks = chunks
-        self._timeout = timeout
-        self._task: asyncio.Task[Any] | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self.done = False
-        self.expired = False
-
-    def watch(self, task: asyncio.Task[Any] | None) -> None:
-        """Cancel `task` when a write outlasts the timeout (until `unwatch`)."""
-        self._task = task
-
-    def unwatch(self) -> None:
-        """The response is in (or the request failed): writes no longer cancel anything."""
-        self._task = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _expire(self) -> None:
-        self._handle = None
-        if self._task is not None and not self.done:
-            self.expired = True
-            self._task.cancel()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        timeout = self._timeout
-        try:
-            async for chunk in self._chunks:
-                if timeout is not None and self._task is not None:
-                    self._handle = loop.call_later(timeout, self._expire)
-                yield chunk
-                if self._handle is not None:
-                    self._handle.cancel()
-                    self._handle = None
-        finally:
-            self.done = True
-
-
-class _Body(httpx.AsyncByteStream):
-    """An aiohttp response body as an httpx stream; errors mapped, the slot freed on close."""
-
-    __slots__ = ("_owner", "_request", "_response")
-
-    def __init__(
-        self, response: aiohttp.ClientResponse, request: httpx.Request, owner: AiohttpTransport
-    ) -> None:
-        self._response = response
-        self._request = request
-        self._owner: AiohttpTransport | None = owner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        try:
-            if content.is_eof():
-                # The whole body came with the headers (most small answers): take the
-                # buffer as it is, without a read coroutine per chunk.
-                data = content.read_nowait(-1)
-                if data:
-                    yield data
-                return
-            async for chunk in content.iter_any():
-                yield chunk
-        except Exception as exc:
-            raise _map(exc, self._request, writing=False) from exc
-
-    async def aclose(self) -> None:
-        """Return the connection to the pool (or close it, if the body was not read to the end)."""
-        self._response.release()
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner._release()
-
-
-def _cause(exc: BaseException) -> str:
-    """The most telling message of an aiohttp error (the OS or TLS error under it, if any)."""
-    inner = getattr(exc, "os_error", None) or getattr(exc, "certificate_error", None)
-    return str(inner or exc) or type(exc).__name__
-
-
-def _reset(exc: aiohttp.ClientPayloadError) -> bool:
-    """Whether a body was cut short by a connection reset (httpcore's ReadError), not a FIN.
-
-    aiohttp keeps the connection error only in the message ("... . ConnectionResetError(104, ...)").
-    """
-    return isinstance(exc.__cause__, OSError) or "ConnectionResetError(" in str(exc)
-
-
-def _map(exc: Exception, request: httpx.Request, *, writing: bool) -> Exception:
-    """The httpx exception that says what an aiohttp failure means, as httpcore would say it."""
-    if isinstance(exc, httpx.HTTPError):
-        return exc
-    inner = getattr(exc, "os_error", None)
-    if isinstance(inner, httpx.HTTPError):  # PeerIdentityError from the TLS handshake
-        return inner
-    message = _cause(exc)
-    kind: type[httpx.HTTPError]
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        kind = httpx.ConnectTimeout
-    elif isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-        kind = httpx.WriteTimeout if writing else httpx.ReadTimeout
-    elif isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
-        kind = httpx.ProxyError
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        kind = httpx.ConnectError
-    elif isinstance(exc, aiohttp.ClientPayloadError) and _reset(exc):
-        kind = httpx.ReadError  # the body was cut by a reset, not by a short message
-    elif isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
-        kind = httpx.RemoteProtocolError
-    elif isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
-        kind = httpx.UnsupportedProtocol
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        kind = httpx.RemoteProtocolError  # a response aiohttp's parser could not read
-    elif isinstance(exc, (aiohttp.ClientOSError, OSError)):
-        kind = httpx.WriteError if writing else httpx.ReadError
-    elif isinstance(exc, ValueError):
-        kind = httpx.LocalProtocolError  # aiohttp refused a header or body we gave it
-    else:
-        return exc
-    return kind(message, request=request)
