@@ -103,6 +103,10 @@ class Destination:
         self.shadow_retries = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self.deadlines_exceeded = 0
+        self.ejected_logged: set[str] = set()
+        """Endpoints whose ejection was logged; their readmission is logged once, then dropped."""
+        self.budget_dry = False
+        """The retry budget refused a retry and has not allowed one since (logged once)."""
         self.problem: str | None = None
         """Why the endpoints could not be set up (a TLS file, say), when they could not."""
         self._lock = threading.Lock()

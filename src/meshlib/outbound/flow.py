@@ -46,7 +46,7 @@ from meshlib.outbound.retry import (
 from meshlib.outbound.routing import Plan, Router
 from meshlib.outbound.steps import ATTEMPTS_EXTENSION, Attempt, Flow, Send, Sleep, Step
 from meshlib.policy.store import PolicyStore
-from meshlib.telemetry import names
+from meshlib.telemetry import names, oplog
 from meshlib.telemetry.client import CallTelemetry, ClientTelemetry
 from meshlib.telemetry.requestid import REQUEST_ID_HEADER, current_request_id, new_request_id
 
@@ -111,6 +111,10 @@ def _phase(error: Exception) -> str:
         if isinstance(error, kind):
             return key
     return ""
+
+
+def _reason(response: httpx.Response | None) -> str:
+    return str(response.status_code) if response is not None else "a failure"
 
 
 def _readdress(url: httpx.URL, endpoint: EndpointState) -> httpx.URL:
@@ -303,7 +307,7 @@ class Outbound:
                     permit
                 )  # the deadline's doing, or ours: not the endpoint's
             else:
-                self._record(dest, endpoint, permit, verdict, call)
+                self._record(dest, endpoint, permit, verdict, call, reason)
             number += 1
             last = response if response is not None else error_
             history.append(Attempt(number, endpoint.url, outcome, elapsed))
@@ -388,7 +392,13 @@ class Outbound:
         if not dest.budget.try_retry():
             dest.budget_refusals += 1
             self.telemetry.budget_refusals.add(1, {names.ATTR_DESTINATION: dest.name})
+            if not dest.budget_dry:
+                dest.budget_dry = True
+                oplog.budget_exhausted(dest.name, _reason(response))
             return "budget"
+        if dest.budget_dry:
+            dest.budget_dry = False
+            oplog.budget_restored(dest.name)
         return backoff
 
     def _give_up(
@@ -414,8 +424,11 @@ class Outbound:
         permit: Any,
         success: bool,
         call: CallTelemetry | None,
+        reason: int | str = "",
     ) -> None:
-        """Tell the breaker and outlier detector; report state changes as events and metrics."""
+        """Tell the breaker and outlier detector; report state changes as events, metrics, log lines."""
+        if dest.ejected_logged:  # an endpoint was ejected: tell once when it is back
+            self._readmissions(dest)
         if success and permit is PASS:
             dest.record(endpoint, permit, True)
             return
@@ -423,6 +436,7 @@ class Outbound:
         tel = self.telemetry
         if transition is not None:
             before, after = transition
+            oplog.breaker_changed(dest.name, endpoint.url, before, after, reason)
             attributes = {
                 names.ATTR_DESTINATION: dest.name,
                 names.ATTR_ENDPOINT: endpoint.url,
@@ -435,10 +449,23 @@ class Outbound:
                     {**attributes, names.ATTR_BREAKER_PREVIOUS_STATE: before},
                 )
         if ejected:
+            outlier = dest.outlier
+            state = outlier.states.get(endpoint.url) if outlier is not None else None
+            seconds = state.ejected_until - self.clock.monotonic() if state is not None else 0.0
+            oplog.endpoint_ejected(dest.name, endpoint.url, seconds, reason)
+            dest.ejected_logged.add(endpoint.url)
             attributes = {names.ATTR_DESTINATION: dest.name, names.ATTR_ENDPOINT: endpoint.url}
             tel.ejections.add(1, attributes)
             if call is not None:
                 call.event(names.EVENT_EJECTION, attributes)
+
+    @staticmethod
+    def _readmissions(dest: Destination) -> None:
+        outlier = dest.outlier
+        for url in list(dest.ejected_logged):
+            if outlier is None or not outlier.is_ejected(url):
+                dest.ejected_logged.discard(url)
+                oplog.endpoint_readmitted(dest.name, url)
 
     def _shadow_retry(
         self,
