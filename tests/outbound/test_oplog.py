@@ -20,7 +20,7 @@ def test_breaker_opens_with_one_warning_and_closes_with_one_info(
 ) -> None:
     """Two 503s open the breaker: one WARNING naming payments and the 503; failing fast adds none;
     a successful trial after the reset timeout closes it: one INFO."""
-    upstream, server = up
+    _upstream, server = up
     policy = mesh_policy(
         [server.url],
         retry={"attempts": 1},
