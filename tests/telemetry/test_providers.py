@@ -23,6 +23,15 @@ def test_explicit_provider_is_real_without_asking() -> None:
     assert asked == []
 
 
+def test_explicit_noop_provider_is_off_whatever_the_global() -> None:
+    """A no-op provider given explicitly turns telemetry off for good, even with an SDK installed globally."""
+    asked: list[int] = []
+    gate = ProviderGate(NoOpMeterProvider(), lambda: asked.append(1) or MeterProvider())
+    assert not gate(0.0)
+    assert not gate(100.0)
+    assert asked == []
+
+
 def test_a_no_is_remembered_for_a_second_then_asked_again() -> None:
     current: list[object] = [NoOpMeterProvider()]
     asked: list[float] = []

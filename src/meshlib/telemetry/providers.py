@@ -38,10 +38,13 @@ def is_real_provider(provider: object) -> bool:
 class ProviderGate:
     """Remembers whether a real provider is in place: a "yes" for good, a "no" for a second."""
 
-    __slots__ = ("_checked", "_get_global", "_on")
+    __slots__ = ("_checked", "_fixed", "_get_global", "_on")
 
     def __init__(self, given: object | None, get_global: Callable[[], object]) -> None:
-        self._on = given is not None
+        # A provider given explicitly is the answer for good: a real one is on, and the
+        # API's no-op one is off (the caller asked for no telemetry), whatever the global is.
+        self._fixed = given is not None
+        self._on = given is not None and is_real_provider(given)
         self._checked = 0.0
         self._get_global = get_global
 
@@ -49,7 +52,7 @@ class ProviderGate:
         """Whether a real provider is in place as of ``now`` (a monotonic clock reading)."""
         if self._on:
             return True
-        if now < self._checked:
+        if self._fixed or now < self._checked:
             return False
         self._checked = now + 1.0
         self._on = is_real_provider(self._get_global())
