@@ -35,6 +35,8 @@ TOP_LEVEL = [
     "PolicyIssue",
     "PolicyStore",
     "SettingsError",
+    "TLSRequiredError",
+    "TLSVerificationError",
     "__version__",
     "load_policy",
     "parse_policy",

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
         PolicyError,
         PolicyIssue,
         SettingsError,
+        TLSRequiredError,
+        TLSVerificationError,
     )
     from meshlib.inbound.asgi import MeshMiddleware
     from meshlib.inbound.wsgi import MeshWSGIMiddleware
@@ -71,6 +73,8 @@ __all__ = [
     "PolicyIssue",
     "PolicyStore",
     "SettingsError",
+    "TLSRequiredError",
+    "TLSVerificationError",
     "__version__",
     "load_policy",
     "parse_policy",
@@ -87,6 +91,8 @@ _ERRORS = (
     "PolicyError",
     "PolicyIssue",
     "SettingsError",
+    "TLSRequiredError",
+    "TLSVerificationError",
 )
 
 _HOMES: dict[str, str] = {

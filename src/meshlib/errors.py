@@ -12,8 +12,13 @@ would already handle, so code written for plain httpx keeps working::
     │   └── VersionConflictError             a compare-and-set publish lost: the version moved on
     ├── CircuitOpenError(httpx.TransportError)   no endpoint can take the call: every breaker is open
     ├── NoEndpointsError(httpx.TransportError)   the destination has no endpoints at all
-    ├── PeerIdentityError(httpx.ConnectError)    the server's SPIFFE identity is not the expected one
+    ├── TLSRequiredError(httpx.UnsupportedProtocol)  a plaintext call where the policy promises TLS
+    ├── TLSVerificationError(httpx.ConnectError) the server's certificate failed verification
+    │   └── PeerIdentityError                    the server's SPIFFE identity is not the expected one
     └── DeadlineExceeded(httpx.TimeoutException) the call's total deadline ran out
+
+`TLSRequiredError` and `TLSVerificationError` are never retried: trying
+again, or another endpoint, would not change a policy or a certificate.
 
 When retries run out, meshlib re-raises the last real error (an
 ``httpx.ConnectError``, say), not a wrapper; the attempts made are attached
@@ -213,7 +218,50 @@ class NoEndpointsError(_CallError, httpx.TransportError):
     """The destination service is in the policy but has no endpoints to call."""
 
 
-class PeerIdentityError(MeshError, httpx.ConnectError):
+class TLSRequiredError(_CallError, httpx.UnsupportedProtocol):
+    """A call would have gone over plain HTTP to a destination whose `tls.mode` promises TLS.
+
+    Nothing was sent. A direct `http://` URL under `defaults.tls.mode: mutual`,
+    or an `http://` endpoint found by discovery, is refused unless the
+    policy's `tls.allow_plaintext` names its origin. `destination` and
+    `origin` say which.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str = "",
+        origin: str = "",
+        request: httpx.Request | None = None,
+    ) -> None:
+        self.destination = destination
+        self.origin = origin
+        super().__init__(message, request=request)
+
+
+class TLSVerificationError(_CallError, httpx.ConnectError):
+    """The server's certificate failed verification (expired, wrong CA, wrong host or identity).
+
+    Raised from the TLS handshake, before any request byte is sent, and never
+    retried. The message names the destination and the endpoint
+    (`destination`, `endpoint`) and says why the certificate was rejected.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str = "",
+        endpoint: str = "",
+        request: httpx.Request | None = None,
+    ) -> None:
+        self.destination = destination
+        self.endpoint = endpoint
+        super().__init__(message, request=request)
+
+
+class PeerIdentityError(TLSVerificationError):
     """The server proved an identity other than the one the policy expects.
 
     Raised during the TLS handshake, before any request byte is sent.
@@ -225,11 +273,13 @@ class PeerIdentityError(MeshError, httpx.ConnectError):
         *,
         expected: str,
         presented: Sequence[str],
+        destination: str = "",
+        endpoint: str = "",
         request: httpx.Request | None = None,
     ) -> None:
         self.expected = expected
         self.presented = tuple(presented)
-        super().__init__(message, request=request)
+        super().__init__(message, destination=destination, endpoint=endpoint, request=request)
 
 
 class DeadlineExceeded(_CallError, httpx.TimeoutException):

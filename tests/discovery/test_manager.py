@@ -160,7 +160,8 @@ version: 1
 trust_domain: example.org
 services:
   SERVICE:
-    endpoints: ["{up.url}", "http://127.0.0.1:1"]
+    endpoints: ["{up.url}", "https://127.0.0.1:1"]
+    identity: spiffe://example.org/SERVICE
     tls: {{mode: tls, ca: "{ca.cert_path}"}}
     discovery:
       health_check: {{interval: 100ms, timeout: 90ms}}

@@ -204,8 +204,8 @@ def test_aliases_are_kept_when_they_stay_small() -> None:
         "version: 1\n"
         "defaults:\n  retry: &retry {attempts: 2}\n"
         "services:\n"
-        "  a: {retry: *retry}\n"
-        "  b: {retry: {<<: *retry, retry_on: [503]}}\n"
+        "  a: {endpoints: [http://127.0.0.1:8001], retry: *retry}\n"
+        "  b: {endpoints: [http://127.0.0.1:8002], retry: {<<: *retry, retry_on: [503]}}\n"
     )
     policy = parse_policy(text, source="aliases.yaml")
     assert policy.services["b"].retry is not None

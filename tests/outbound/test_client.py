@@ -87,9 +87,16 @@ def test_built_from_file_store_or_settings(
         assert client.get("http://payments/ok").status_code == 200
 
 
-def test_service_without_endpoints_fails_clearly() -> None:
-    """A service with no endpoints raises NoEndpointsError (an httpx.TransportError)."""
-    with MeshClient(mesh_policy([])) as client, pytest.raises(NoEndpointsError, match="payments"):
+def test_service_without_endpoints_fails_clearly(caplog: pytest.LogCaptureFixture) -> None:
+    """A service whose discovery finds no endpoint raises NoEndpointsError (an httpx.TransportError).
+
+    (A policy giving a called service no endpoints and no discovery at all is
+    refused when loaded: tests/policy/test_model.py.)
+    """
+    policy = Policy.model_validate(
+        {"version": 1, "services": {"payments": {"discovery": {"registry": True}}}}
+    )
+    with MeshClient(policy) as client, pytest.raises(NoEndpointsError, match="payments"):
         client.get("http://payments/ok")
     assert issubclass(NoEndpointsError, httpx.TransportError)
 

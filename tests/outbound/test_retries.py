@@ -125,7 +125,7 @@ def test_shadow_retry_counts_without_retrying(driver: Driver, up) -> None:
 def test_non_mesh_url_goes_where_it_says(driver: Driver, up) -> None:
     """A host that is not a service goes to its own address, under defaults (retries included)."""
     upstream, server = up
-    client = driver.client(mesh_policy([]))
+    client = driver.client(mesh_policy(["http://127.0.0.1:1"]))
     response = driver.request(client, "GET", f"{server.url}/flaky/1/n")
     assert response.status_code == 200
     assert upstream.hits["/flaky/1/n"] == 2

@@ -12,6 +12,10 @@ from meshlib.policy.durations import format_duration, parse_duration
 
 
 def _policy(**services: Any) -> dict[str, Any]:
+    """A document with `services`, each given an endpoint unless it says where its endpoints are."""
+    for service in services.values():
+        if "endpoints" not in service and "discovery" not in service:
+            service["endpoints"] = ["http://127.0.0.1:8001"]
     return {"version": 1, "services": services}
 
 
@@ -201,3 +205,56 @@ def test_json_schema_is_generated() -> None:
     timeouts = schema["$defs"]["Timeouts"]["properties"]["total"]
     assert timeouts["type"] == "string"
     assert "ms" in timeouts["pattern"]
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        {"endpoints": []},
+        {"retry": {"attempts": 2}},
+        {"identity": "spiffe://cluster.local/a"},
+        {"routes": [{"match": {"path_prefix": "/v1"}}]},
+        {"discovery": {"health_check": {"path": "/healthz"}}, "endpoints": []},
+    ],
+)
+def test_a_called_service_without_endpoints_or_discovery_is_refused(
+    service: dict[str, Any],
+) -> None:
+    """Every call to it would fail with NoEndpointsError: refused at load, naming the field."""
+    with pytest.raises(PolicyError) as exc:
+        load_policy({"version": 1, "services": {"a": service}})
+    assert _fields(exc) == ["services.a.endpoints"]
+    assert "no endpoints and no discovery" in str(exc.value)
+
+
+def test_a_split_target_without_endpoints_is_refused() -> None:
+    """A service only named by another's split still needs somewhere to send its share."""
+    doc = {
+        "version": 1,
+        "services": {
+            "a": {
+                "endpoints": ["http://127.0.0.1:8001"],
+                "routes": [{"split": [{"service": "b", "weight": 1}]}],
+            },
+            "b": {"inbound": {"authz": {"default": "deny"}}},
+        },
+    }
+    with pytest.raises(PolicyError) as exc:
+        load_policy(doc)
+    assert _fields(exc) == ["services.b.endpoints"]
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        {"inbound": {"authz": {"default": "deny"}}},
+        {},
+        {"discovery": {"registry": True}},
+        {"discovery": {"dns": {"name": "a.internal", "port": 80}}},
+    ],
+)
+def test_services_listed_for_their_inbound_rules_or_discovered_need_no_endpoints(
+    service: dict[str, Any],
+) -> None:
+    """A service nobody is configured to call, or one whose endpoints are discovered, loads."""
+    load_policy({"version": 1, "services": {"a": service}})

@@ -82,7 +82,8 @@ def test_template_and_header_match(policy) -> None:  # type: ignore[no-untyped-d
 def test_explicit_null_clears_an_inherited_value() -> None:
     """`fault: {abort: null}` on a route switches off the service's abort."""
     policy = parse_policy(
-        "version: 1\nservices:\n  a:\n    fault: {abort: {status: 503, percent: 50}}\n"
+        "version: 1\nservices:\n  a:\n    endpoints: [http://127.0.0.1:8001]\n"
+        "    fault: {abort: {status: 503, percent: 50}}\n"
         "    routes:\n      - match: {path_prefix: /safe}\n        fault: {abort: null}\n"
     )
     assert resolve(policy, "a", "GET", "/x").fault.abort is not None

@@ -20,9 +20,9 @@ from meshlib.policy.sources import (
 )
 from meshlib.settings import MeshSettings
 
-V1 = "version: 1\nservices:\n  a:\n    retry: {attempts: 2}\n"
-V2 = "version: 1\nservices:\n  a:\n    retry: {attempts: 3}\n"
-BROKEN = "version: 1\nservices:\n  a:\n    retry: {attempts: 0}\n"
+V1 = "version: 1\nservices:\n  a:\n    endpoints: [http://127.0.0.1:8001]\n    retry: {attempts: 2}\n"
+V2 = "version: 1\nservices:\n  a:\n    endpoints: [http://127.0.0.1:8001]\n    retry: {attempts: 3}\n"
+BROKEN = "version: 1\nservices:\n  a:\n    endpoints: [http://127.0.0.1:8001]\n    retry: {attempts: 0}\n"
 
 
 def test_store_swaps_and_tells_subscribers() -> None:
@@ -76,7 +76,14 @@ def test_readers_see_whole_snapshots_during_swaps() -> None:
     """Concurrent readers always see a consistent snapshot while writers swap."""
     store = PolicyStore(load_policy({"version": 1}))
     policies = [
-        load_policy({"version": 1, "services": {"a": {"retry": {"attempts": n}}}})
+        load_policy(
+            {
+                "version": 1,
+                "services": {
+                    "a": {"endpoints": ["http://127.0.0.1:8001"], "retry": {"attempts": n}}
+                },
+            }
+        )
         for n in (1, 2, 3)
     ]
     stop = threading.Event()

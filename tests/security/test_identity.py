@@ -33,9 +33,9 @@ def test_parse_spiffe_id() -> None:
     ("value", "message"),
     [
         ("https://example.org/a", "is not a SPIFFE ID"),
-        ("spiffe://Example.org/a", "must be lowercase"),
+        ("spiffe://Example.org/a", "only lowercase letters"),
         ("spiffe://example.org", "needs a path"),
-        ("spiffe://example.org/a?x=1", "no query or fragment"),
+        ("spiffe://example.org/a?x=1", "no percent-encoding, query or fragment"),
     ],
 )
 def test_bad_spiffe_ids_are_explained(value: str, message: str) -> None:

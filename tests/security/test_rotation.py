@@ -20,6 +20,7 @@ from tests.security.conftest import ORDERS, PKI, RUNNERS, issue_server, serve_id
 RATE = 50  # requests per second, alternating a fresh connection and a kept-alive one
 MAX_REQUESTS = 1500
 MAX_SECONDS = 30.0
+STEP_REQUESTS = 6  # sent after each rotation step, fresh and kept-alive connections alike
 
 
 def _install(issued: IssuedCert, cert: Path, key: Path) -> None:
@@ -113,6 +114,9 @@ def test_rotating_leaves_then_the_ca_drops_no_request(
                 _wait(f"{what} (server)", lambda: server_gen.generation > before[0])
             if client:
                 _wait(f"{what} (client)", lambda: client_gen.generation > before[1])
+            # Requests on the new material, however slowly a busy machine makes them.
+            sent = traffic.sent
+            _wait(f"{what} (traffic)", lambda: traffic.sent >= sent + STEP_REQUESTS)
 
         time.sleep(0.3)  # some traffic on the original material first
         step(
@@ -143,7 +147,7 @@ def test_rotating_leaves_then_the_ca_drops_no_request(
         time.sleep(0.3)  # and some on the final material
 
     assert traffic.failures == []
-    assert traffic.sent >= 2 * RATE  # a few seconds of steady traffic really ran
+    assert traffic.sent >= 5 * STEP_REQUESTS  # traffic really ran on every material
 
     # The old CA is really gone on the server: a fresh client with an old-CA leaf is refused.
     old = pki.client_tls(pki.ca.issue("orders", name="orders-old")).model_copy(

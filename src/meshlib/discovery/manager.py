@@ -53,7 +53,7 @@ class _ServiceDiscovery:
     def __init__(self, name: str, endpoints: EndpointSet) -> None:
         self.name = name
         self.endpoints = endpoints
-        self.peer: tuple[TLS, str] | None = None
+        self.peer: tuple[TLS, str | None] | None = None
         self.dns: DnsWatcher | None = None
         self.registry: RegistryWatcher | None = None
         self.prober: HealthProber | None = None
@@ -139,13 +139,13 @@ class Discovery:
         endpoints.configure(service.discovery)
         endpoints.set_source("static", service.endpoints)
         tls = snapshot.resolver.resolve(running.name).tls
-        identity = snapshot.policy.service_identity(running.name)
+        identity = snapshot.policy.peer_identity(running.name, tls.mode)
         self._configure_health(running, policy, (tls, identity))
         self._configure_dns(running, policy)
         self._configure_registry(running, policy)
 
     def _configure_health(
-        self, running: _ServiceDiscovery, policy: DiscoveryPolicy, peer: tuple[TLS, str]
+        self, running: _ServiceDiscovery, policy: DiscoveryPolicy, peer: tuple[TLS, str | None]
     ) -> None:
         config = policy.health_check
         prober = running.prober

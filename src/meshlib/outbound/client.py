@@ -16,7 +16,9 @@ services, so adopting meshlib is one line. Timeouts come from the policy; a
 policy has ``tls: {mode: disabled}``. A ``proxy=`` given here carries the calls
 to non-mesh URLs only: mesh endpoints are always dialled directly, and the
 proxy environment variables are not read (as in httpx whenever a client is
-given a transport). Their cookie jar is httpx's, minus the
+given a transport). ``mounts=`` likewise route only the URLs the mesh does
+not: a call to a mesh service always goes through the mesh, whatever
+pattern matches it (:mod:`meshlib.outbound.mounts`). Their cookie jar is httpx's, minus the
 no-op pass httpx makes over every response without ``Set-Cookie``
 (:mod:`meshlib.outbound.cookies`).
 
@@ -36,6 +38,7 @@ from opentelemetry import metrics, trace
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.outbound.cookies import MeshCookiesMixin
+from meshlib.outbound.mounts import Mounts
 from meshlib.outbound.transport import AsyncMeshTransport, MeshTransport, PolicyArg
 from meshlib.settings import MeshSettings
 
@@ -58,20 +61,28 @@ EventHook = Callable[..., Any]
 
 
 def _base_transport(
-    transport: Any, proxy: ProxyTypes | None, factory: Callable[..., Any], kwargs: dict[str, Any]
+    transport: Any,
+    proxy: ProxyTypes | None,
+    mounts: Mapping[str, Any] | None,
+    factory: Callable[..., Any],
+    kwargs: dict[str, Any],
 ) -> Any:
-    """The transport for non-mesh URLs: the user's, or a pool through ``proxy`` when one is given.
+    """The transport for non-mesh URLs: the user's, or a pool through ``proxy``, behind ``mounts``.
 
-    httpx would mount the proxy for every URL, mesh services included, and so
-    bypass the mesh; here it only carries what the mesh does not route.
+    httpx would consult the proxy and the mounts for every URL, mesh services
+    included, and so bypass the mesh; here they only carry what the mesh does
+    not route.
     """
-    if proxy is None:
-        return transport
-    if transport is not None:
-        raise ValueError(
-            "give either transport= or proxy=, not both: configure the proxy on your transport"
-        )
-    return factory(proxy=proxy, **kwargs)
+    base = transport
+    if proxy is not None:
+        if transport is not None:
+            raise ValueError(
+                "give either transport= or proxy=, not both: configure the proxy on your transport"
+            )
+        base = factory(proxy=proxy, **kwargs)
+    if mounts:
+        base = Mounts(base if base is not None else factory(**kwargs), mounts)
+    return base
 
 
 def _async_endpoint_factory(
@@ -144,7 +155,7 @@ class MeshClient(MeshCookiesMixin, httpx.Client):
         self.mesh_transport = MeshTransport(
             policy,
             service_name=service_name,
-            transport=_base_transport(transport, proxy, httpx.HTTPTransport, pool_kwargs),
+            transport=_base_transport(transport, proxy, mounts, httpx.HTTPTransport, pool_kwargs),
             settings=settings,
             clock=clock,
             tracer_provider=tracer_provider,
@@ -157,7 +168,6 @@ class MeshClient(MeshCookiesMixin, httpx.Client):
             headers=headers,
             cookies=cookies,
             trust_env=trust_env,
-            mounts=mounts,
             timeout=timeout,
             follow_redirects=follow_redirects,
             max_redirects=max_redirects,
@@ -223,7 +233,7 @@ class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
         self.mesh_transport = AsyncMeshTransport(
             policy,
             service_name=service_name,
-            transport=_base_transport(transport, proxy, factory, pool_kwargs),
+            transport=_base_transport(transport, proxy, mounts, factory, pool_kwargs),
             settings=settings,
             clock=clock,
             tracer_provider=tracer_provider,
@@ -237,7 +247,6 @@ class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
             headers=headers,
             cookies=cookies,
             trust_env=trust_env,
-            mounts=mounts,
             timeout=timeout,
             follow_redirects=follow_redirects,
             max_redirects=max_redirects,

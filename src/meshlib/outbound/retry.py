@@ -30,6 +30,7 @@ import httpx
 import tenacity
 
 from meshlib.clock import Clock
+from meshlib.errors import TLSVerificationError
 from meshlib.policy.model import Retry
 
 __all__ = [
@@ -78,8 +79,12 @@ def classify_exception(exc: BaseException) -> tuple[str | None, bool]:
     """``(retry_on condition, may have reached the server)`` for a failed attempt.
 
     The condition is None for errors no policy retries (an invalid URL, an
-    unsupported protocol).
+    unsupported protocol, a plaintext call refused under TLS, a certificate
+    that failed verification or proved another identity: another try would
+    meet the same certificate).
     """
+    if isinstance(exc, TLSVerificationError):
+        return None, False
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return "connect-failure", False
     if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):

@@ -29,7 +29,8 @@ from meshlib.outbound.destination import Destination, EndpointSpec
 from meshlib.outbound.endpoints import PoolKey, Pools
 from meshlib.outbound.fault import has_fault
 from meshlib.outbound.retry import RetryRules
-from meshlib.policy.model import Endpoint
+from meshlib.outbound.secure import NamedTLSFailures, PlaintextRefused
+from meshlib.policy.model import TLS, Endpoint
 from meshlib.policy.resolve import EffectivePolicy
 from meshlib.policy.store import PolicySnapshot, PolicyStore
 
@@ -151,7 +152,11 @@ class Router:
         name = f"{url.scheme}://{url.host}:{url.port or _DEFAULT_PORTS.get(url.scheme, 0)}"
         with self._lock:
             dest = self.origins.get(key) or Destination(name, self.clock)
-            spec = EndpointSpec(name, self.base, address=(url.scheme, url.host, url.port))
+            spec = EndpointSpec(
+                name,
+                _guarded(self.base, plan.effective.tls, name, name, url.scheme, url.host, url.port),
+                address=(url.scheme, url.host, url.port),
+            )
             dest.configure(plan.effective, [spec], rewrite=False)
             if len(self.origins) >= _MAX_ORIGINS and key not in self.origins:
                 self.origins.pop(next(iter(self.origins)))
@@ -177,17 +182,15 @@ class Router:
             for name, service in snapshot.policy.services.items():
                 effective = resolver.resolve(name)
                 dest = self.destinations.get(name) or Destination(name, self.clock)
-                identity = (
-                    None
-                    if effective.tls.mode == "disabled"
-                    else snapshot.policy.service_identity(name)
-                )
+                identity = snapshot.policy.peer_identity(name, effective.tls.mode)
                 endpoints = (
                     service.endpoints if discovered is None else discovered.endpoints(name, service)
                 )
                 wanted: set[PoolKey] = set()
                 try:
-                    fresh = [self._endpoint(e, effective, identity, wanted) for e in endpoints]
+                    fresh = [
+                        self._endpoint(name, e, effective, identity, wanted) for e in endpoints
+                    ]
                 except Exception as exc:
                     # A bad certificate path for one service must not take the others down:
                     # it keeps what it had (or gets no endpoints, and says why when called).
@@ -213,11 +216,37 @@ class Router:
 
     def _endpoint(
         self,
+        service: str,
         endpoint: Endpoint,
         effective: EffectivePolicy,
         identity: str | None,
         keys: set[PoolKey],
     ) -> EndpointSpec:
-        keys.add((endpoint.url, effective.tls, identity))
-        transport = self.pools.get(endpoint.url, effective.tls, identity)
+        tls = effective.tls
+        url = httpx.URL(endpoint.url)
+        pool = None
+        # A plaintext endpoint under TLS gets no pool: only the registry can name one (the policy
+        # refuses the rest), and every call to it is refused.
+        if tls.allows_plaintext(url.scheme, url.host, url.port):
+            keys.add((endpoint.url, tls, identity))
+            pool = self.pools.get(endpoint.url, tls, identity)
+        transport = _guarded(pool, tls, service, endpoint.url, url.scheme, url.host, url.port)
         return EndpointSpec(endpoint.url, transport, endpoint.weight)
+
+
+def _guarded(
+    transport: Any,
+    tls: TLS,
+    destination: str,
+    endpoint: str,
+    scheme: str,
+    host: str,
+    port: int | None,
+) -> Any:
+    """`transport`, refusing plaintext `tls` forbids and naming its certificate failures (secure.py)."""
+    if not tls.allows_plaintext(scheme, host, port):
+        origin = f"{scheme}://{host}:{port or _DEFAULT_PORTS.get(scheme, 0)}"
+        return PlaintextRefused(destination=destination, origin=origin, mode=tls.mode)
+    if scheme == "https":
+        return NamedTLSFailures(transport, destination=destination, endpoint=endpoint)
+    return transport

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -61,6 +62,7 @@ __all__ = [
     "SplitTarget",
     "TLS",
     "Timeouts",
+    "plaintext_origin",
 ]
 
 Mode = Literal["enforce", "shadow"]
@@ -75,8 +77,6 @@ HTTP_METHODS = frozenset(
 RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "timeout", "5xx", "gateway-error"})
 
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
-_SPIFFE_PATH = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
 
 
 class _Model(BaseModel):
@@ -99,22 +99,60 @@ def _methods(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_method(v) for v in values))
 
 
+_SPIFFE_SCHEME = "spiffe://"
+_TRUST_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+def _trust_domain_problem(name: str) -> str | None:
+    if not name:
+        return "the trust domain is missing"
+    if len(name) > 255:
+        return "the trust domain is longer than 255 characters"
+    if not _TRUST_DOMAIN_CHARS.issuperset(name):
+        return (
+            f"trust domain {name!r} may hold only lowercase letters, digits, '.', '-' and '_' "
+            "(no port, user, upper case or percent-encoding)"
+        )
+    return None
+
+
 def validate_spiffe_id(value: str) -> str:
-    """Check ``spiffe://<trust-domain>/<path>`` and return it unchanged."""
-    parts = urlsplit(value)
-    if parts.scheme != "spiffe" or not parts.netloc:
+    """Check `value` is a SPIFFE ID naming a workload, per the SPIFFE ID specification; return it unchanged.
+
+    `spiffe://` (lower case), a trust domain of lowercase letters, digits,
+    `.`, `-` and `_`, then a path of one or more segments of letters,
+    digits, `.`, `-` and `_`: no empty segment (`//` or a trailing `/`), no
+    `.` or `..` segment, no percent-encoding, query or fragment, at most
+    2048 bytes in all. A trust-domain ID without a path
+    (`spiffe://example.org`) names no workload and is refused here.
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    if not value.startswith(_SPIFFE_SCHEME):
         raise ValueError(
             f"{value!r} is not a SPIFFE ID: write spiffe://<trust-domain>/<service>, "
             "e.g. spiffe://example.org/payments"
         )
-    if not _TRUST_DOMAIN.match(parts.netloc):
-        raise ValueError(
-            f"{value!r}: trust domain {parts.netloc!r} must be lowercase letters, digits, '.', '-'"
-        )
-    if not parts.path or not _SPIFFE_PATH.match(parts.path) or parts.query or parts.fragment:
-        raise ValueError(
-            f"{value!r}: a SPIFFE ID needs a path such as /payments and no query or fragment"
-        )
+    if len(value.encode("utf-8", "surrogatepass")) > 2048:
+        raise ValueError(f"{value[:60]!r}...: a SPIFFE ID is at most 2048 bytes")
+    trust_domain, slash, path = value[len(_SPIFFE_SCHEME) :].partition("/")
+    problem = _trust_domain_problem(trust_domain)
+    if problem is not None:
+        raise ValueError(f"{value!r}: {problem}")
+    if not slash:
+        raise ValueError(f"{value!r}: a workload's SPIFFE ID needs a path such as /payments")
+    for segment in path.split("/"):
+        if not segment:
+            raise ValueError(f"{value!r}: the path has an empty segment ('//' or a trailing '/')")
+        if segment in (".", ".."):
+            raise ValueError(f"{value!r}: the path has a {segment!r} segment")
+        if not _PATH_CHARS.issuperset(segment):
+            raise ValueError(
+                f"{value!r}: path segment {segment!r} may hold only letters, digits, '.', '-' "
+                "and '_' (no percent-encoding, query or fragment)"
+            )
     return value
 
 
@@ -273,20 +311,62 @@ class OutlierDetection(_Model):
     mode: Mode = Field("enforce", description="shadow: count ejections, keep routing.")
 
 
+def plaintext_origin(value: str) -> str:
+    """An `http://host[:port]` origin in canonical form (`http://host:port`); ValueError otherwise."""
+    parts = urlsplit(value)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(
+            f"{value!r} is not a plain-HTTP origin: write http://host:port, e.g. http://127.0.0.1:9901"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{value!r}: an origin is http://host:port, without a path or user")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}") from None
+    host = parts.hostname.lower()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+PlaintextOrigin = Annotated[str, AfterValidator(plaintext_origin)]
+
+
 class TLS(_Model):
     """Transport security towards a destination.
 
     ``ca``, ``cert`` and ``key`` are file paths on the calling host; when left
-    out, the ``MESH_TLS_*`` settings of the process are used.
+    out, the ``MESH_TLS_*`` settings of the process are used. Under ``tls``
+    and ``mutual`` no call goes out in plain HTTP: an ``http://`` endpoint is
+    a policy error and a direct ``http://`` URL is refused at run time, except
+    for the origins ``allow_plaintext`` names.
     """
 
     mode: Literal["disabled", "tls", "mutual"] = Field(
         "disabled",
-        description="disabled: plain HTTP allowed; tls: verify the server; mutual: also present our certificate.",
+        description="disabled: plain HTTP allowed; tls: verify the server, never send plain HTTP; mutual: also present our certificate.",
     )
     ca: str | None = Field(None, description="CA bundle to verify the server with.")
     cert: str | None = Field(None, description="Our certificate chain (mutual).")
     key: str | None = Field(None, description="Our private key (mutual).")
+    allow_plaintext: tuple[PlaintextOrigin, ...] = Field(
+        (),
+        description="Origins (http://host:port) that may still be called in plain HTTP under tls or mutual: named, reviewed exceptions such as a local agent. Nothing else is.",
+    )
+
+    @field_validator("allow_plaintext")
+    @classmethod
+    def _once(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(values))
+
+    def allows_plaintext(self, scheme: str, host: str, port: int | None) -> bool:
+        """Whether a call to `scheme://host:port` keeps this section's promise of TLS."""
+        if scheme != "http" or self.mode == "disabled":
+            return True
+        if not self.allow_plaintext:
+            return False
+        host = host.lower()
+        origin = f"http://[{host}]:{port or 80}" if ":" in host else f"http://{host}:{port or 80}"
+        return origin in self.allow_plaintext
 
 
 class FaultAbort(_Model):
@@ -765,11 +845,9 @@ class Policy(_Model):
     @field_validator("trust_domain")
     @classmethod
     def _trust_domain(cls, value: str) -> str:
-        if not _TRUST_DOMAIN.match(value):
-            raise ValueError(
-                f"{value!r} is not a trust domain: use lowercase letters, digits, '.' and '-', "
-                "e.g. example.org"
-            )
+        problem = _trust_domain_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}; e.g. example.org")
         return value
 
     @field_validator("services")
@@ -805,3 +883,19 @@ class Policy(_Model):
         if service is not None and service.identity:
             return service.identity
         return f"spiffe://{self.trust_domain}/{name}"
+
+    def peer_identity(self, name: str, mode: str) -> str | None:
+        """The SPIFFE ID a caller pins for service `name` under TLS `mode`, or None for a host-name check.
+
+        An explicit `identity` is pinned whenever TLS is on. Without one,
+        `mutual` pins the mesh's convention, `spiffe://<trust_domain>/<name>`
+        (both ends hold mesh certificates), and `tls` checks the host name as
+        any HTTPS client does (the server may be outside the mesh, with a
+        public certificate).
+        """
+        if mode == "disabled":
+            return None
+        service = self.services.get(name)
+        if service is not None and service.identity:
+            return service.identity
+        return self.service_identity(name) if mode == "mutual" else None

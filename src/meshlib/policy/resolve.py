@@ -346,5 +346,9 @@ def check_policy(policy: Policy) -> None:
                             format_loc((*where, "split", j, "service")),
                         )
                     )
+    # Imported here: reachability builds on this module.
+    from meshlib.policy.reachability import check_reachability
+
+    issues += check_reachability(policy, resolver)
     if issues:
         raise PolicyError(issues)

@@ -3,7 +3,11 @@
 A service's identity is the one ``spiffe://<trust-domain>/<path>`` URI in the
 subject alternative names of its X.509 certificate (an X509-SVID). meshlib
 compares identities as exact strings: ``spiffe://example.org/pay`` is not
-``spiffe://example.org/payments``, and a DNS name never stands in for one::
+``spiffe://example.org/payments``, and a DNS name never stands in for one.
+IDs are validated per the SPIFFE ID specification
+(:func:`meshlib.policy.model.validate_spiffe_id`) wherever they come from: a
+certificate whose URI is not a valid SPIFFE ID (``/../``, ``%2e``, upper
+case, an empty segment) proves no identity at all::
 
     peer_identity_from_cert(ssl_sock.getpeercert())          # dict: stdlib only
     peer_identity_from_cert(scope_tls["client_cert_chain"][0])  # PEM: needs cryptography
@@ -23,7 +27,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from meshlib.errors import CertificateError
 from meshlib.policy.model import validate_spiffe_id
@@ -60,8 +63,8 @@ class SpiffeID:
     @classmethod
     def parse(cls, value: str) -> SpiffeID:
         """Parse ``value``; raises ValueError naming what is wrong with it."""
-        parts = urlsplit(validate_spiffe_id(value))
-        return cls(parts.netloc, parts.path)
+        trust_domain, _, path = validate_spiffe_id(value)[len("spiffe://") :].partition("/")
+        return cls(trust_domain, "/" + path)
 
     @classmethod
     def for_service(cls, trust_domain: str, service: str) -> SpiffeID:
@@ -125,7 +128,7 @@ def spiffe_ids(cert: CertLike) -> tuple[str, ...]:
 
 
 def peer_identity_from_cert(cert: CertLike | None) -> str | None:
-    """The SPIFFE ID a certificate proves, or None when it carries none or more than one.
+    """The SPIFFE ID a certificate proves, or None when it carries none, several or an invalid one.
 
     Accepts ``SSLSocket.getpeercert()`` (a dict; empty when the peer was not
     verified), DER bytes, or a PEM string (``SSL_CLIENT_CERT``, the ASGI
@@ -140,7 +143,19 @@ def peer_identity_from_cert(cert: CertLike | None) -> str | None:
     if not cert:
         return None
     ids = spiffe_ids(cert)
-    return ids[0] if len(ids) == 1 else None
+    if len(ids) != 1:
+        return None
+    return ids[0] if _valid_id(ids[0]) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_id(uri: str) -> bool:
+    try:
+        validate_spiffe_id(uri)
+    except ValueError as exc:
+        logger.warning("ignoring a certificate's identity: %s", exc)
+        return False
+    return True
 
 
 def _first(chain: Iterable[str] | None) -> str | None:
