@@ -14,13 +14,15 @@
 5. stops every process it started (also on Ctrl-C), and removes its files.
 
 Options: ``--duration SECONDS`` (default 20) bounds the traffic;
-``--keep-running`` keeps the mesh up afterwards, for the dashboard, until Ctrl-C;
+``--keep-running`` keeps the mesh up afterwards, for the dashboard, until Ctrl-C,
+and prints the demo's publish token (type it into the dashboard to publish or roll back);
 ``--no-control-plane`` uses the policy file directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import shutil
 import signal
 import sys
@@ -133,6 +135,8 @@ class Demo:
         self.phase = ["starting"]
         self.stop_traffic = threading.Event()
         self.workers: list[threading.Thread] = []
+        self.publish_token = secrets.token_urlsafe(12)
+        """The control plane's publish token for this run (the dashboard's rollback asks for it)."""
 
     def url(self, name: str) -> str:
         """Base URL of a process."""
@@ -151,6 +155,7 @@ class Demo:
                     MESH_CONTROLPLANE_POLICY=str(policy_dir),
                     MESH_CONTROLPLANE_HOST="127.0.0.1",
                     MESH_CONTROLPLANE_PORT=str(self.ports["controlplane"]),
+                    MESH_CONTROLPLANE_PUBLISH_TOKENS=f"demo={self.publish_token}",
                 ),
             )
             self.procs.wait_ready("controlplane", self.url("controlplane") + "/readyz")
@@ -250,6 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  curl -X POST {demo.url('frontend')}/checkout -H 'content-type: application/json' -d '{{}}'\n"
                 f"  curl -X PUT {demo.url('payments')}/admin/fault -H 'content-type: application/json' -d '{{\"error_rate\": 0.5}}'"
             )
+            if demo.control_plane:
+                plane = demo.url("controlplane")
+                print(
+                    f"\nPublish token: {demo.publish_token}\n"
+                    "  type it into the dashboard's token field, then roll back from the history table,\n"
+                    "  or publish an edited policy:\n"
+                    f"  curl -X PUT {plane}/v1/policy -H 'authorization: Bearer {demo.publish_token}' "
+                    f"-H 'content-type: application/yaml' --data-binary @{demo.workdir / 'policy' / 'policy.yaml'}",
+                    flush=True,
+                )
             demo.start_traffic(1.0)
             while not demo.procs.dead():
                 time.sleep(0.5)

@@ -220,7 +220,9 @@ PHASE_LEGEND = (
 NETWORK_MEANS = (
     "  network = the caller's time on the wire minus the callee's own time: connecting, sending,",
     "  the callee's HTTP server and framework around its app, and reading the answer. On loopback",
-    "  it is the two processes' HTTP stacks and event loops, not cables.",
+    "  it is the two processes' HTTP stacks and event loops, not cables. waits = backoff and",
+    "  Retry-After between attempts; unknown = wire time of attempts whose callee reported no",
+    "  time of its own (no answer: timed out or reset; or no Server-Timing).",
 )
 
 
@@ -314,15 +316,18 @@ def summary(observer: Observer, traffic: Traffic, elapsed: float) -> str:
 
     lines += [
         "",
-        "Latency split per edge (mean per call: the callee's own time | network | meshlib):",
+        "Latency split per edge (mean per call: the callee's own time | network | meshlib | waits):",
         *NETWORK_MEANS,
     ]
     for edge, _, split in rows:
         if split:
+            unknown = split.get("unknown_ms") or 0.0
             lines.append(
                 f"  {edge:<22} service {_ms(split.get('service_ms'))} | network "
                 f"{_ms(split.get('network_ms'))} | meshlib {_ms(split.get('meshlib_ms'))}"
-                f"  ({int(split.get('calls', 0))} calls)"
+                f" | waits {_ms(split.get('waits_ms'))}"
+                + (f" | unknown {_ms(unknown)}" if unknown else "")
+                + f"  ({int(split.get('calls', 0))} calls)"
             )
         else:
             lines.append(f"  {edge:<22} (no latency split recorded)")

@@ -54,10 +54,11 @@ DEV_POLICY = Path(__file__).with_name("mesh.yaml")
 _SPLIT = {
     names.CLIENT_LATENCY_SERVICE.name: "service",
     names.CLIENT_LATENCY_NETWORK.name: "network",
+    names.CLIENT_LATENCY_UNKNOWN.name: "unknown",
     names.CLIENT_LATENCY_MESHLIB.name: "meshlib",
 }
 
-_SPLIT_PARTS = ("service", "network", "meshlib")
+_SPLIT_PARTS = ("service", "network", "unknown", "meshlib", "waits")
 
 _reader_lock = threading.Lock()
 _reader: InMemoryMetricReader | None = None

@@ -51,6 +51,56 @@ def test_rates_come_from_consecutive_reports() -> None:
     ]
 
 
+def test_edges_only_where_traffic_went_with_split_deadlines_and_one_window() -> None:
+    """Destinations never called make no edge (nor node); the split percentiles (worst instance),
+    deadlines exceeded and the rates' window come through; no traffic in the window: no error %."""
+    clock = FakeClock()
+    store = ReportStore(clock=clock)
+    split = {
+        "service": {"p50": 4.0, "p99": 9.0},
+        "network": {"p50": 0.5, "p99": 2.0},
+        "unknown": {"p50": None, "p99": None},
+        "meshlib": {"p50": 0.2, "p99": 0.4},
+        "waits": {"p50": 0.0, "p99": 12.0},
+    }
+    for instance, service_p99 in (("a", 9.0), ("b", 11.0)):
+        body = {
+            "service": "orders",
+            "instance": instance,
+            "destinations": {
+                "payments": {
+                    "requests": 10,
+                    "deadlines_exceeded": 1,
+                    "latency_split_ms": {**split, "service": {"p50": 4.0, "p99": service_p99}},
+                },
+                "orders": {"requests": 0},  # itself, never called
+                "inventory": {"requests": 0},
+            },
+        }
+        store.ingest(InstanceReport.model_validate(body))
+        clock.advance(2)
+        body["destinations"]["payments"]["requests"] = 30  # type: ignore[index]
+        store.ingest(InstanceReport.model_validate(body))
+    view = store.mesh_view()
+    (edge,) = view["edges"]
+    assert (edge["source"], edge["destination"]) == ("orders", "payments")
+    assert {s["name"] for s in view["services"]} == {"orders", "payments"}
+    assert edge["deadlines_exceeded"] == 2
+    assert edge["split_ms"]["service"] == {"p50": 4.0, "p99": 11.0}
+    assert edge["split_ms"]["unknown"] == {"p50": None, "p99": None}
+    assert edge["split_ms"]["waits"]["p99"] == 12.0
+    assert edge["window_s"] == 2.0
+    assert edge["rps"] == 20.0
+    assert edge["error_ratio"] == 0.0
+    clock.advance(2)
+    quiet = {"service": "orders", "instance": "a", "destinations": {"payments": {"requests": 30}}}
+    store.ingest(InstanceReport.model_validate(quiet))
+    store.ingest(InstanceReport.model_validate({**quiet, "instance": "b"}))
+    (edge,) = store.mesh_view()["edges"]
+    assert edge["rps"] == 0.0
+    assert edge["error_ratio"] is None
+
+
 def test_counter_reset_counts_from_zero() -> None:
     """A restarted instance (smaller counters) does not produce negative rates."""
     clock = FakeClock()
@@ -102,7 +152,7 @@ def test_destinations_and_endpoints_are_trimmed_to_the_busiest() -> None:
 def test_services_include_destinations_and_instances_with_versions() -> None:
     """The view lists reporting services with their instances' policy versions, and callees too."""
     store = ReportStore(clock=FakeClock())
-    store.ingest(report("orders", "a", zone="z1"))
+    store.ingest(report("orders", "a", requests=1, zone="z1"))
     services = {s["name"]: s for s in store.mesh_view()["services"]}
     assert services["payments"]["instances"] == []
     (inst,) = services["orders"]["instances"]

@@ -112,6 +112,7 @@ def chromium(profile: Path) -> Iterator[Browser]:
             "--disable-default-apps",
             "--no-first-run",
             "--no-default-browser-check",
+            "--window-size=1400,1000",  # the width the dashboard must fit
             f"--user-data-dir={profile}",
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         ]

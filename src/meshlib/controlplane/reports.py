@@ -22,12 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from meshlib.clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
+    "SPLIT_PARTS",
     "DestinationReport",
     "DiscoveredEndpoint",
     "DiscoveryReport",
     "EndpointReport",
     "InstanceReport",
+    "PartLatency",
     "ReportStore",
+    "SplitLatency",
 ]
 
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -55,6 +58,28 @@ class Latency(_Lenient):
     p99: Annotated[float, Field(ge=0)] = 0.0
 
 
+class PartLatency(_Lenient):
+    """p50 and p99 (milliseconds) of one part of the latency split; None where never known."""
+
+    p50: Annotated[float, Field(ge=0)] | None = None
+    p99: Annotated[float, Field(ge=0)] | None = None
+
+
+class SplitLatency(_Lenient):
+    """The latency split's percentiles per part (see `meshlib.telemetry.latency`)."""
+
+    total: PartLatency = Field(default_factory=PartLatency)
+    service: PartLatency = Field(default_factory=PartLatency)
+    network: PartLatency = Field(default_factory=PartLatency)
+    unknown: PartLatency = Field(default_factory=PartLatency)
+    meshlib: PartLatency = Field(default_factory=PartLatency)
+    waits: PartLatency = Field(default_factory=PartLatency)
+
+
+SPLIT_PARTS = ("service", "network", "unknown", "meshlib", "waits")
+"""The parts of the split the dashboard shows per edge."""
+
+
 class DestinationReport(_Lenient):
     """Counters for the calls one instance made to one destination (cumulative since start)."""
 
@@ -62,7 +87,9 @@ class DestinationReport(_Lenient):
     errors: Count = 0
     retries: Count = 0
     budget_refusals: Count = 0
+    deadlines_exceeded: Count = 0
     latency_ms: Latency = Field(default_factory=Latency)
+    latency_split_ms: SplitLatency = Field(default_factory=SplitLatency)
     endpoints: dict[Key, EndpointReport] = Field(default_factory=dict)
 
 
@@ -98,6 +125,8 @@ class _Rates:
     requests: float = 0.0
     errors: float = 0.0
     retries: float = 0.0
+    seconds: float = 0.0
+    """The window the rates are over: the time between the instance's last two reports."""
 
 
 @dataclass
@@ -176,6 +205,7 @@ class ReportStore:
                         _rate(dest.requests, before.requests, elapsed),
                         _rate(dest.errors, before.errors, elapsed),
                         _rate(dest.retries, before.retries, elapsed),
+                        elapsed,
                     )
         while len(self._entries) >= self.max_instances:
             self._entries.popitem(last=False)
@@ -219,6 +249,8 @@ class ReportStore:
         edges: dict[tuple[str, str], dict[str, Any]] = {}
         for entry in self._entries.values():
             for name, dest in entry.report.destinations.items():
+                if not dest.requests:
+                    continue  # a destination in the policy this caller never called: no edge
                 edge = edges.setdefault((entry.report.service, name), _new_edge(entry, name))
                 _add(edge, dest, entry.rates.get(name))
         services: dict[str, dict[str, Any]] = {}
@@ -262,7 +294,10 @@ def _new_edge(entry: _Entry, destination: str) -> dict[str, Any]:
         "rps": 0.0,
         "errors_per_s": 0.0,
         "retries_per_s": 0.0,
+        "deadlines_exceeded": 0,
         "latency_ms": {"p50": 0.0, "p99": 0.0},
+        "split_ms": {part: {"p50": None, "p99": None} for part in SPLIT_PARTS},
+        "window_s": 0.0,
         "endpoints": {},
     }
 
@@ -272,14 +307,23 @@ def _add(edge: dict[str, Any], dest: DestinationReport, rates: _Rates | None) ->
     edge["errors"] += dest.errors
     edge["retries"] += dest.retries
     edge["budget_refusals"] += dest.budget_refusals
+    edge["deadlines_exceeded"] += dest.deadlines_exceeded
     if rates is not None:
         edge["rps"] += rates.requests
         edge["errors_per_s"] += rates.errors
         edge["retries_per_s"] += rates.retries
+        edge["window_s"] = max(edge["window_s"], rates.seconds)
     # Percentiles do not add up: show the worst instance's.
     latency = edge["latency_ms"]
     latency["p50"] = max(latency["p50"], dest.latency_ms.p50)
     latency["p99"] = max(latency["p99"], dest.latency_ms.p99)
+    for part in SPLIT_PARTS:
+        found: PartLatency = getattr(dest.latency_split_ms, part)
+        shown = edge["split_ms"][part]
+        for q in ("p50", "p99"):
+            value = getattr(found, q)
+            if value is not None and (shown[q] is None or value > shown[q]):
+                shown[q] = value
     for url, ep in dest.endpoints.items():
         slot = edge["endpoints"].setdefault(
             url, {"url": url, "breaker": {}, "ejected": 0, "requests": 0, "errors": 0}
@@ -291,12 +335,11 @@ def _add(edge: dict[str, Any], dest: DestinationReport, rates: _Rates | None) ->
 
 
 def _finish(edge: dict[str, Any]) -> dict[str, Any]:
+    # One window for every rate and for error_ratio: each instance's last report interval
+    # (window_s). No traffic in it: no ratio (None), never a since-start figure in its place.
     rps, errors = edge["rps"], edge["errors_per_s"]
-    if rps > 0:
-        edge["error_ratio"] = min(1.0, errors / rps)
-    else:
-        edge["error_ratio"] = edge["errors"] / edge["requests"] if edge["requests"] else 0.0
-    for key in ("rps", "errors_per_s", "retries_per_s", "error_ratio"):
+    edge["error_ratio"] = round(min(1.0, errors / rps), 3) if rps > 0 else None
+    for key in ("rps", "errors_per_s", "retries_per_s", "window_s"):
         edge[key] = round(edge[key], 3)
     edge["endpoints"] = sorted(edge["endpoints"].values(), key=lambda e: str(e["url"]))
     return edge

@@ -47,12 +47,36 @@ function setStatus(text, ok) {
   status.className = "status " + (ok ? "ok" : "bad");
 }
 
+function failing(edge) { return edge.error_ratio !== null && edge.error_ratio >= 0.05; }
+
+function ms(value) { return value === null || value === undefined ? "–" : Number(value).toFixed(1); }
+
+function pair(part) { return el("td", ms(part.p50) + " / " + ms(part.p99), { class: "num" }); }
+
+function renderSplit(edges) {
+  const body = document.querySelector("#split tbody");
+  body.replaceChildren();
+  for (const edge of edges) {
+    const split = edge.split_ms || {};
+    const none = { p50: null, p99: null };
+    const deadlines = el("td", String(edge.deadlines_exceeded || 0),
+      { class: "num" + (edge.deadlines_exceeded ? " bad-cell" : "") });
+    const tr = row([edge.source, edge.destination, pair(split.service || none), pair(split.network || none),
+      pair(split.unknown || none), pair(split.meshlib || none), pair(split.waits || none), deadlines]);
+    tr.dataset.edge = edge.source + "->" + edge.destination;
+    body.appendChild(tr);
+  }
+}
+
 function renderEdges(edges) {
   const body = document.querySelector("#edges tbody");
   body.replaceChildren();
+  const windows = edges.map((edge) => edge.window_s || 0).filter((s) => s > 0);
+  document.getElementById("window").textContent = windows.length
+    ? Math.max(...windows).toFixed(0) + " s" : "report";
   for (const edge of edges) {
-    const failing = edge.error_ratio >= 0.05;
-    const ratio = el("td", (edge.error_ratio * 100).toFixed(1), { class: "num" + (failing ? " bad-cell" : "") });
+    const shown = edge.error_ratio === null ? "–" : (edge.error_ratio * 100).toFixed(1);
+    const ratio = el("td", shown, { class: "num" + (failing(edge) ? " bad-cell" : "") });
     const tr = row([edge.source, edge.destination, num(edge.rps), num(edge.errors_per_s), ratio,
       num(edge.retries_per_s), num(edge.latency_ms.p50), num(edge.latency_ms.p99), num(edge.requests, 0),
       num(edge.budget_refusals, 0)]);
@@ -134,20 +158,24 @@ function renderGraph(services, edges) {
   defs.appendChild(marker);
   svg.appendChild(defs);
   for (const edge of edges) {
+    if (edge.source === edge.destination) continue;  // a self-call: in the tables, not drawable
     const [sx, sy] = pos[edge.source] || [0, 0];
     const [dx, dy] = pos[edge.destination] || [0, 0];
     const length = Math.hypot(dx - sx, dy - sy) || 1;
     const [ux, uy] = [(dx - sx) / length, (dy - sy) / length];
-    const [x1, y1, x2, y2] = [sx + 30 * ux, sy + 30 * uy, dx - 30 * ux, dy - 30 * uy];
+    // Shifted to the left of their direction, so a -> b and b -> a (and their labels) stay apart.
+    const [px, py] = [uy * 6, -ux * 6];
+    const [x1, y1, x2, y2] = [sx + 30 * ux + px, sy + 30 * uy + py, dx - 30 * ux + px, dy - 30 * uy + py];
     const line = document.createElementNS(SVG_NS, "line");
     line.setAttribute("marker-end", "url(#arrow)");
     for (const [k, v] of Object.entries({ x1, y1, x2, y2 })) line.setAttribute(k, v);
-    line.setAttribute("class", "edge" + (edge.error_ratio >= 0.05 ? " failing" : ""));
+    line.setAttribute("class", "edge" + (failing(edge) ? " failing" : ""));
     svg.appendChild(line);
     const label = document.createElementNS(SVG_NS, "text");
-    label.setAttribute("x", (x1 + x2) / 2);
-    label.setAttribute("y", (y1 + y2) / 2 - 4);
-    label.textContent = edge.rps.toFixed(1) + " rps, " + (edge.error_ratio * 100).toFixed(0) + "% err";
+    label.setAttribute("x", (x1 + x2) / 2 + px * 1.5);
+    label.setAttribute("y", (y1 + y2) / 2 + py * 1.5 + 4);
+    const errors = edge.error_ratio === null ? "" : ", " + (edge.error_ratio * 100).toFixed(0) + "% err";
+    label.textContent = edge.rps.toFixed(1) + " rps" + errors;
     svg.appendChild(label);
   }
   for (const service of services) {
@@ -229,6 +257,7 @@ async function refresh() {
     const [mesh, history] = await Promise.all([api("/v1/mesh"), api("/v1/policy/history?limit=20")]);
     renderGraph(mesh.services, mesh.edges);
     renderEdges(mesh.edges);
+    renderSplit(mesh.edges);
     renderInstances(mesh.services);
     renderDiscovery(mesh.discovery || []);
     renderRegistry(mesh.registry || []);
