@@ -16,7 +16,9 @@ Kinds:
   ``httpx-aiohttp`` package's transport, the reference the issue names;
 - ``mesh-httpcore`` (async only): ``AsyncMeshClient`` over httpcore's pool;
 - ``mesh-nosdk`` (async only): ``AsyncMeshClient`` given OpenTelemetry's no-op
-  providers, so the difference to ``mesh`` is what the SDK's telemetry costs.
+  providers, so the difference to ``mesh`` is what the SDK's telemetry costs;
+  ``mesh-traces`` / ``mesh-metrics``: only the no-op meter / tracer provider,
+  so the SDK's traces alone or metrics alone.
 
 Each returns a :class:`Opened` whose ``call()`` makes one GET and returns the
 status code::
@@ -216,15 +218,17 @@ async def open_async(kind: str, target: Target) -> AsyncOpened:
             return (await rclient.get(rurl)).status_code
 
         return AsyncOpened(rget, rclient.aclose)
-    if kind == "mesh-nosdk":
+    if kind in ("mesh-nosdk", "mesh-traces", "mesh-metrics"):
         from opentelemetry.metrics import NoOpMeterProvider
         from opentelemetry.trace import NoOpTracerProvider
 
+        providers: dict[str, Any] = {}
+        if kind != "mesh-metrics":
+            providers["meter_provider"] = NoOpMeterProvider()
+        if kind != "mesh-traces":
+            providers["tracer_provider"] = NoOpTracerProvider()
         nmesh = _mesh_class("AsyncMeshClient")(
-            mesh_policy(target),
-            service_name="bench-client",
-            tracer_provider=NoOpTracerProvider(),
-            meter_provider=NoOpMeterProvider(),
+            mesh_policy(target), service_name="bench-client", **providers
         )
         nurl = _mesh_url(target)
 

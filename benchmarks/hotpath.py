@@ -45,7 +45,7 @@ _TRANSPORT = (
     "yarl/",
     "multidict/",
     "propcache/",
-    "meshlib/outbound/aiohttp_transport.py",
+    "meshlib/outbound/aiohttp_",
     "asyncio/selector_events.py",
     "asyncio/sslproto.py",
     "ssl.py",

@@ -78,10 +78,11 @@ ASYNC_PATHS = (
     PathSpec("mesh-async", "mesh", "direct"),
     PathSpec("mesh-async-sampled", "mesh", "direct", sampled=True),
     PathSpec("mesh-async-nosdk", "mesh-nosdk", "direct"),
+    PathSpec("mesh-async-traces-only", "mesh-traces", "direct"),
+    PathSpec("mesh-async-metrics-only", "mesh-metrics", "direct"),
     PathSpec("mesh-async[httpcore]", "mesh-httpcore", "direct"),
     PathSpec("httpx-async+nginx-pair", "httpx", "nginx-pair"),
     PathSpec("httpx-async[aiohttp]+nginx-pair", "httpx-aiotr", "nginx-pair"),
-    PathSpec("naive-async", "naive", "direct"),
     PathSpec("httpx-async[aiohttp]-mtls", "httpx-aiotr", "mtls-direct"),
     PathSpec("httpx-async[aiohttp]+nginx-pair-mtls", "httpx-aiotr", "nginx-pair-mtls"),
     PathSpec("mesh-async-mtls", "mesh", "mtls-direct"),
@@ -262,7 +263,15 @@ def _targets(mode: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     if mode == "async":
         return (
             throughput_targets(rows, mesh="mesh-async", transport="httpx-async[aiohttp]")
-            + own_cpu(rows, mesh="mesh-async-nosdk", transport="httpx-async[aiohttp]", info=True)
+            + [
+                check
+                for other in (
+                    "mesh-async-nosdk",
+                    "mesh-async-traces-only",
+                    "mesh-async-metrics-only",
+                )
+                for check in own_cpu(rows, mesh=other, transport="httpx-async[aiohttp]", info=True)
+            ]
             + targets(rows, mesh="mesh-async", httpx="httpx-async[aiohttp]", info=True)
         )
     return (

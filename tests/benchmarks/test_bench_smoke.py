@@ -47,12 +47,12 @@ def test_quick_bench_runs_and_writes_tables(tmp_path: Path) -> None:
     fixed_rate = document["tables"]["rate/uvicorn"]
     assert "200 req/s" in fixed_rate["title"]
     expected_seq = {"httpx", "naive", "naive-sampled"}
-    expected_async = {"httpx-async", "naive-async", "aiohttp", "httpx-async[aiohttp]"}
+    expected_async = {"httpx-async", "aiohttp", "httpx-async[aiohttp]"}
     expected_rate = {"httpx-async", "httpx-async[aiohttp]"}
     if mesh_unavailable() is None:
         expected_seq |= {"mesh", "mesh-sampled", "mesh-stock-cookies", "mesh+middleware"}
         mesh_async = {"mesh-async", "mesh-async[httpcore]"}
-        expected_async |= mesh_async | {"mesh-async-sampled"}
+        expected_async |= mesh_async | {"mesh-async-sampled", "mesh-async-nosdk"}
         expected_rate |= mesh_async | {"mesh-async+middleware"}
     if importlib.util.find_spec("httpx_aiohttp"):
         expected_async.add("httpx-async[httpx-aiohttp]")
