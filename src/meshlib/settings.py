@@ -103,13 +103,21 @@ class MeshSettings(BaseSettings):
 
     telemetry: Literal["none", "console", "otlp"] = Field(
         "none",
-        description="Where meshlib sends traces and metrics if the application configured no OpenTelemetry providers itself.",
+        description="Where meshlib sends traces and metrics if the application configured no OpenTelemetry providers itself (needs the otel extra). Unset: OTEL_TRACES_EXPORTER decides.",
     )
     otlp_endpoint: str | None = Field(
-        None, description="OTLP/HTTP endpoint; implies telemetry=otlp."
+        None,
+        description="OTLP/HTTP base URL; implies telemetry=otlp. An alias of the standard OTEL_EXPORTER_OTLP_ENDPOINT, which wins when set.",
     )
     trace_sample_ratio: float = Field(
-        1.0, ge=0.0, le=1.0, description="Share of root traces sampled."
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of root traces sampled (parent-based). An alias: the standard OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG win when set.",
+    )
+    metrics_endpoint_attribute: bool = Field(
+        False,
+        description="Add meshlib.endpoint (one series per pod) to http.client.request.duration and meshlib.client.retries; off: one series per destination.",
     )
     prometheus_port: int | None = Field(
         None, ge=0, le=65535, description="Serve Prometheus metrics on 127.0.0.1 at this port."

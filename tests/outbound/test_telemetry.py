@@ -180,3 +180,35 @@ def test_shadow_retry_is_counted_and_marked(driver: Driver, up, telemetry: Telem
     (point,) = telemetry.points()[names.CLIENT_RETRIES.name]
     assert point.value == 1
     assert point.attributes[names.ATTR_SHADOW] is True
+
+
+def test_duration_metric_is_per_destination_unless_the_endpoint_is_asked_for(
+    driver: Driver, up, telemetry: Telemetry
+) -> None:
+    """http.client.request.duration: the logical destination, 4xx with error.type, and the
+    endpoint address only with MESH_METRICS_ENDPOINT_ATTRIBUTE (per-pod cardinality)."""
+    from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+
+    from meshlib.settings import MeshSettings
+
+    _upstream, server = up
+    plain = driver.client(mesh_policy([server.url]), **telemetry.kwargs())
+    driver.request(plain, "GET", "http://payments/status/404")
+    ((point,),) = [telemetry.points()[HTTP_CLIENT_REQUEST_DURATION]]
+    assert dict(point.attributes) == {
+        HTTP_REQUEST_METHOD: "GET",
+        SERVER_ADDRESS: "payments",
+        SERVER_PORT: 80,
+        names.ATTR_DESTINATION: "payments",
+        HTTP_RESPONSE_STATUS_CODE: 404,
+        ERROR_TYPE: "404",
+    }
+    other = Telemetry()
+    try:
+        settings = MeshSettings(metrics_endpoint_attribute=True)
+        opted = driver.client(mesh_policy([server.url]), settings=settings, **other.kwargs())
+        driver.request(opted, "GET", "http://payments/ok")
+        ((point,),) = [other.points()[HTTP_CLIENT_REQUEST_DURATION]]
+        assert point.attributes[names.ATTR_ENDPOINT] == server.url
+    finally:
+        other.close()

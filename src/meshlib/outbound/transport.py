@@ -55,8 +55,9 @@ class _MeshBase:
         **pool_kwargs: Any,
     ) -> None:
         store, self._source = store_for(policy, settings, service_name=service_name)
+        resolved = settings or MeshSettings()
         if service_name is None:
-            service_name = (settings or MeshSettings()).service_name
+            service_name = resolved.service_name
         self.service_name = service_name
         factory = endpoint_transport or self._pool_class
         pools: Pools[Any] = Pools(factory, settings=settings, **pool_kwargs)
@@ -65,7 +66,10 @@ class _MeshBase:
         self.router = Router(store, pools, base, clock, self._discovered)
         self.router.caller = self.service_name
         telemetry = ClientTelemetry(
-            tracer_provider=tracer_provider, meter_provider=meter_provider, caller=self.service_name
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            caller=self.service_name,
+            endpoint_attribute=resolved.metrics_endpoint_attribute,
         )
         self.outbound = Outbound(
             store, self.router, pools, telemetry, clock, is_async=self._is_async
