@@ -43,43 +43,33 @@ class Service:
     hits: Counter[str] = field(default_factory=Counter)
 
 
+ROUTES = [
+    ("/v1", "v1"),
+    ("/v1/{rest:path}", "v1"),
+    ("/admin", "admin"),
+    ("/admin/{rest:path}", "admin"),
+    ("/{rest:path}", "other"),
+]
+
+
+def _handler(hits: Counter[str], name: str) -> Any:
+    async def endpoint(request: Request) -> PlainTextResponse:
+        hits[name] += 1
+        return PlainTextResponse(f"{name} {request.url.path}")
+
+    return endpoint
+
+
 def _starlette(hits: Counter[str]) -> Starlette:
-    def handler(name: str) -> Any:
-        async def endpoint(request: Request) -> PlainTextResponse:
-            hits[name] += 1
-            return PlainTextResponse(f"{name} {request.url.path}")
-
-        return endpoint
-
     return Starlette(
-        routes=[
-            Route("/v1", handler("v1"), methods=["GET", "POST"]),
-            Route("/v1/{rest:path}", handler("v1"), methods=["GET", "POST"]),
-            Route("/admin", handler("admin"), methods=["GET", "POST"]),
-            Route("/admin/{rest:path}", handler("admin"), methods=["GET", "POST"]),
-            Route("/{rest:path}", handler("other"), methods=["GET", "POST"]),
-        ]
+        routes=[Route(path, _handler(hits, name), methods=["GET", "POST"]) for path, name in ROUTES]
     )
 
 
 def _fastapi(hits: Counter[str]) -> FastAPI:
     app = FastAPI()
-
-    def handler(name: str) -> Any:
-        def endpoint(request: Request) -> PlainTextResponse:
-            hits[name] += 1
-            return PlainTextResponse(f"{name} {request.url.path}")
-
-        return endpoint
-
-    for path, name in [
-        ("/v1", "v1"),
-        ("/v1/{rest:path}", "v1"),
-        ("/admin", "admin"),
-        ("/admin/{rest:path}", "admin"),
-        ("/{rest:path}", "other"),
-    ]:
-        app.api_route(path, methods=["GET", "POST"])(handler(name))
+    for path, name in ROUTES:
+        app.api_route(path, methods=["GET", "POST"])(_handler(hits, name))
     return app
 
 
@@ -96,14 +86,9 @@ def _flask(hits: Counter[str]) -> Flask:
         endpoint.__name__ = f"endpoint_{name}_{len(app.url_map._rules)}"
         return endpoint
 
-    for path, name in [
-        ("/v1", "v1"),
-        ("/v1/<path:rest>", "v1"),
-        ("/admin", "admin"),
-        ("/admin/<path:rest>", "admin"),
-        ("/<path:rest>", "other"),
-    ]:
-        app.route(path, methods=["GET", "POST"])(handler(name))
+    for path, name in ROUTES:
+        flask_path = path.replace("{rest:path}", "<path:rest>")
+        app.route(flask_path, methods=["GET", "POST"])(handler(name))
     return app
 
 

@@ -9,7 +9,6 @@ raises `TLSVerificationError` (`PeerIdentityError` for the identity).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,19 @@ from meshlib import AsyncMeshClient, MeshClient, PeerIdentityError, TLSVerificat
 from meshlib.policy.model import Policy
 from meshlib.security.ca import DevCA, IssuedCert
 from meshlib.security.tls import clear_context_cache
-from tests.security.conftest import PKI, identity_app, issue_server, past, run_uvicorn
+from tests.security.conftest import (  # the fixtures too: a fresh CA, fresh client contexts
+    PKI,
+    _fresh_contexts,
+    identity_app,
+    issue_server,
+    past,
+    pki,
+    run_uvicorn,
+)
+
+__all__ = ["_fresh_contexts", "pki"]
 
 CLIENTS = ("sync", "async-aiohttp", "async-httpcore")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_contexts() -> Iterator[None]:
-    """Each test builds its own client contexts (the cache is process-wide)."""
-    clear_context_cache()
-    yield
-    clear_context_cache()
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> PKI:
-    """A dev CA for example.org, a payments server leaf and an orders client leaf."""
-    ca = DevCA.create("example.org", tmp_path / "certs")
-    return PKI(ca, issue_server(ca), ca.issue("orders"), tmp_path / "certs")
 
 
 def _policy(pki: PKI, url: str, **payments: Any) -> Policy:

@@ -179,40 +179,30 @@ class MeshMiddleware(MiddlewareBase[ASGIApp]):
             finally:
                 exchange.finish(reply.status, None, None)
             return
-        status = 0
-        root_path = scope.get("root_path", "")
+        status = [0]
 
         async def send_watching(message: Message) -> None:
-            nonlocal status
             kind = message["type"]
             if kind == "websocket.accept":
-                status = 101
+                status[0] = 101
             elif kind == "websocket.http.response.start":
-                status = message["status"]
-            elif kind == "websocket.close" and not status:
-                status = 403  # closed before accepting: the server answers the handshake with 403
+                status[0] = message["status"]
+            elif kind == "websocket.close" and not status[0]:
+                status[0] = (
+                    403  # closed before accepting: the server answers the handshake with 403
+                )
             await send(message)
 
-        exchange.enter()
-        try:
-            await self.app(scope, receive, send_watching)
-        except BaseException as exc:
-            exchange.exit()
-            exchange.finish(status or 500, route_template(scope, root_path), exc)
-            raise
-        exchange.exit()
-        exchange.finish(status or 101, route_template(scope, root_path), None)
+        await self._drive(scope, receive, send_watching, exchange, status, 101)
 
     async def _run_app(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
-        status = 0
-        root_path = scope.get("root_path", "")
+        status = [0]
 
         async def send_with_timing(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status[0] = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((_SERVER_TIMING, exchange.server_timing().encode("latin-1")))
                 message = {**message, "headers": headers}
@@ -221,12 +211,25 @@ class MeshMiddleware(MiddlewareBase[ASGIApp]):
         if exchange.request_id_made:  # the app sees the id its calls pass on, as behind Envoy
             scope = dict(scope)
             scope["headers"] = [*scope["headers"], (_REQUEST_ID, exchange.request_id.encode())]
+        await self._drive(scope, receive, send_with_timing, exchange, status, 0)
+
+    async def _drive(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+        status: list[int],
+        default: int,
+    ) -> None:
+        """Run the app inside the exchange; `status[0]` is what the app's messages said."""
+        root_path = scope.get("root_path", "")
         exchange.enter()
         try:
-            await self.app(scope, receive, send_with_timing)
+            await self.app(scope, receive, send)
         except BaseException as exc:
             exchange.exit()
-            exchange.finish(status or 500, route_template(scope, root_path), exc)
+            exchange.finish(status[0] or 500, route_template(scope, root_path), exc)
             raise
         exchange.exit()
-        exchange.finish(status, route_template(scope, root_path), None)
+        exchange.finish(status[0] or default, route_template(scope, root_path), None)

@@ -26,7 +26,7 @@ transport = NamedTLSFailures(pool, destination="payments", endpoint="https://10.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -96,27 +96,25 @@ class NamedTLSFailures:
         self.destination = destination
         self.endpoint = endpoint
 
+    def _reraise(self, exc: httpx.ConnectError) -> NoReturn:
+        named = _named(exc, self.destination, self.endpoint)
+        if named is exc:
+            raise exc
+        raise named from exc
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send through the pool; a failed certificate check becomes a `TLSVerificationError`."""
         try:
-            response: httpx.Response = self.pool.handle_request(request)
+            return self.pool.handle_request(request)  # type: ignore[no-any-return]
         except httpx.ConnectError as exc:
-            named = _named(exc, self.destination, self.endpoint)
-            if named is exc:
-                raise
-            raise named from exc
-        return response
+            self._reraise(exc)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """The async twin of `handle_request`."""
         try:
-            response: httpx.Response = await self.pool.handle_async_request(request)
+            return await self.pool.handle_async_request(request)  # type: ignore[no-any-return]
         except httpx.ConnectError as exc:
-            named = _named(exc, self.destination, self.endpoint)
-            if named is exc:
-                raise
-            raise named from exc
-        return response
+            self._reraise(exc)
 
 
 class PlaintextRefused:

@@ -27,28 +27,17 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from meshlib.errors import PolicyIssue
+from meshlib.policy.model import Service
 from meshlib.policy.resolve import format_loc
 
 if TYPE_CHECKING:
-    from meshlib.policy.model import Policy, Service
+    from meshlib.policy.model import Policy
     from meshlib.policy.resolve import Resolver
 
 __all__ = ["check_reachability"]
 
-_OUTBOUND_FIELDS = frozenset(
-    {
-        "endpoints",
-        "identity",
-        "routes",
-        "timeouts",
-        "retry",
-        "circuit_breaker",
-        "outlier_detection",
-        "load_balancer",
-        "tls",
-        "fault",
-    }
-)
+_OUTBOUND_FIELDS = frozenset(Service.model_fields) - {"inbound", "discovery"}
+"""What a service says to its callers: setting any of it means it is meant to be called."""
 
 
 def _is_called(name: str, service: Service, split_targets: set[str]) -> bool:
