@@ -257,11 +257,9 @@ def test_libyaml_is_used_where_pyyaml_has_it() -> None:
 @pytest.mark.parametrize("name", sorted(DOCS))
 def test_the_pure_python_parser_is_bounded_too(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without libyaml, PyYAML's pure-Python parser meets the same bounds."""
-    import yaml
-
     from meshlib.policy import yamldoc
 
-    monkeypatch.setattr(yamldoc, "yaml_loader", yaml.SafeLoader)
+    monkeypatch.setattr(yamldoc, "yaml_loader", yamldoc.BoundedSafeLoader)
     suffix = Path(name).suffix
     with bounded(), pytest.raises(PolicyError) as exc:
         parse_policy(DOCS[name], source=name, fmt=None if suffix == ".yaml" else suffix[1:])

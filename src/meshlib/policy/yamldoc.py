@@ -34,7 +34,15 @@ from meshlib.errors import PolicyError, PolicyIssue
 from meshlib.policy.limits import MAX_DEPTH, MAX_NODES, too_deep, too_many
 from meshlib.policy.resolve import format_loc
 
-__all__ = ["KEY", "Loc", "Locator", "YamlDocument", "compose_yaml", "yaml_loader"]
+__all__ = [
+    "KEY",
+    "BoundedSafeLoader",
+    "Loc",
+    "Locator",
+    "YamlDocument",
+    "compose_yaml",
+    "yaml_loader",
+]
 
 Loc = tuple[str | int, ...]
 Locator = Callable[[Loc], tuple[int, int] | None]
@@ -42,7 +50,28 @@ Locator = Callable[[Loc], tuple[int, int] | None]
 KEY = "<key>"
 """Appended to a path, asks a locator for the key's position rather than the value's."""
 
-yaml_loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """PyYAML's pure-Python safe loader, its scanner refusing flow collections nested past `MAX_DEPTH`.
+
+    Its scanner reads a run of `[` or `{` to the end before the first event
+    (each may start a simple key), in time quadratic in the run; libyaml's
+    stops at 1000 levels by itself.
+    """
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        """Refuse a flow collection nested deeper than the policy limit, then scan it as usual."""
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None,
+                None,
+                f"the document nests mappings and lists more than {MAX_DEPTH} deep",
+                self.get_mark(),
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
+
+yaml_loader: type[Any] = getattr(yaml, "CSafeLoader", BoundedSafeLoader)
 """libyaml's C parser with the safe constructor where PyYAML was built with it, else pure Python."""
 
 
