@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
+import httpx
+
 from meshlib.policy.model import TLS
 from meshlib.settings import MeshSettings
 
@@ -73,6 +75,7 @@ class Pools(Generic[T]):
         self._lock = threading.Lock()
         self._pools: dict[PoolKey, T] = {}
         self._retired: list[T] = []
+        self._context: ssl.SSLContext | None = None
 
     def get(self, url: str, tls: TLS, identity: str | None) -> T:
         """The pool for an endpoint (created once per key)."""
@@ -87,14 +90,36 @@ class Pools(Generic[T]):
 
     def _build(self, url: str, tls: TLS, identity: str | None) -> T:
         kwargs = dict(self._kwargs)
+        context = None
         if tls.mode != "disabled":
             context = _tls_context(tls, identity, self._settings)
-            if context is not None:
-                kwargs["verify"] = context
-                # The shared context carries our certificate; httpx would load cert= into it.
-                kwargs.pop("cert", None)
+        if context is None:
+            context = self._default_context()
+        if context is not None:
+            kwargs["verify"] = context
+            # The shared context carries our certificate; httpx would load cert= into it.
+            kwargs.pop("cert", None)
         pool: T = self._factory(**kwargs)
         return pool
+
+    def _default_context(self) -> ssl.SSLContext | None:
+        """One context from the client's `verify`/`cert`/`trust_env`, shared by every pool.
+
+        Each httpx (or aiohttp) transport would otherwise build its own and
+        load the CA bundle again: tens of milliseconds and hundreds of KiB per
+        pool, paid again by every policy swap that adds an endpoint.
+        """
+        kwargs = self._kwargs
+        verify = kwargs.get("verify", True)
+        if isinstance(verify, ssl.SSLContext) and kwargs.get("cert") is None:
+            return verify
+        if not isinstance(verify, (bool, str, ssl.SSLContext)):
+            return None  # a factory of the user's own with its own idea of verify=
+        if self._context is None:  # built under the caller's lock (get), once
+            self._context = httpx.create_ssl_context(
+                verify=verify, cert=kwargs.get("cert"), trust_env=kwargs.get("trust_env", True)
+            )
+        return self._context
 
     def keep_only(self, keys: Iterable[PoolKey]) -> None:
         """Retire every pool whose key is not in ``keys``; kept pools keep their connections."""

@@ -33,6 +33,7 @@ from meshlib.deadline import DEADLINE_HEADER, current_deadline
 from meshlib.errors import CircuitOpenError, DeadlineExceeded, NoEndpointsError
 from meshlib.headers import set_header
 from meshlib.outbound.breaker import PASS
+from meshlib.outbound.deadline import AsyncDeadlineBody, SyncDeadlineBody
 from meshlib.outbound.destination import Destination, EndpointState
 from meshlib.outbound.endpoints import Pools
 from meshlib.outbound.fault import FAULT_HEADER, decide_fault
@@ -293,6 +294,8 @@ class Outbound:
                 endpoint.in_flight -= 1
                 if not sent:
                     endpoint.breaker.release(permit)
+            if response is not None:
+                self._bound_body(response, request, timeouts, deadline_at, dest.name)
             elapsed = clock.monotonic() - now
             if call is not None:
                 call.after_attempt(request, response, error_)
@@ -350,6 +353,44 @@ class Outbound:
             yield Sleep(backoff, response)
             if call is not None:
                 call.end_wait()
+
+    def _bound_body(
+        self,
+        response: httpx.Response,
+        request: httpx.Request,
+        timeouts: dict[str, float],
+        deadline_at: float,
+        destination: str,
+    ) -> None:
+        """Make the response body end at the call's deadline (see `meshlib.outbound.deadline`)."""
+        read = timeouts.get("read")
+        left = deadline_at - self.clock.monotonic()
+        if read is not None and read > left > 0.0:
+            # httpcore reads the read timeout when the body starts: no wait past the deadline.
+            request.extensions["timeout"] = {**timeouts, "read": left}
+        body: Any
+        if self.is_async:
+            body = AsyncDeadlineBody(
+                response.stream,  # type: ignore[arg-type]
+                deadline_at,
+                self.clock,
+                request,
+                destination,
+                response.extensions,
+                self.telemetry.deadline_exceeded,
+                read_timeout=read,
+            )
+        else:
+            body = SyncDeadlineBody(
+                response.stream,  # type: ignore[arg-type]
+                deadline_at,
+                self.clock,
+                request,
+                destination,
+                response.extensions,
+                self.telemetry.deadline_exceeded,
+            )
+        response.stream = body
 
     def _next_wait(
         self,

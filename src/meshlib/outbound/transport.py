@@ -12,7 +12,9 @@ to all of them::
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,7 @@ from meshlib.outbound.flow import Outbound
 from meshlib.outbound.routing import Router
 from meshlib.outbound.steps import Send
 from meshlib.policy.sources import PolicyArg, store_for
-from meshlib.policy.store import PolicyStore
+from meshlib.policy.store import PolicySnapshot, PolicyStore
 from meshlib.settings import MeshSettings
 from meshlib.telemetry.client import ClientTelemetry
 
@@ -77,8 +79,18 @@ class _MeshBase:
         snapshot = store.peek()
         if snapshot is not None:
             self.router.sync(snapshot)
-        self._unsubscribe = store.subscribe(lambda old, new: self.router.sync(new))
+        self._unsubscribe = store.subscribe(self._swapped)
         stats.register(self.router)
+
+    def _swapped(self, old: Any, new: PolicySnapshot) -> None:
+        """A new policy is in force: follow it, and close the pools of removed endpoints now."""
+        self.router.sync(new)
+        if self.outbound.pools._retired:
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        """Close the idle pools of removed endpoints (each driver the way its pools close)."""
+        raise NotImplementedError
 
     @property
     def store(self) -> PolicyStore:
@@ -131,8 +143,12 @@ class MeshTransport(_MeshBase, httpx.BaseTransport):
         finally:
             flow.close()
             if self.outbound.pools._retired:
-                for pool in self.outbound.pools.idle_retired():
-                    pool.close()
+                self._close_retired()
+
+    def _close_retired(self) -> None:
+        """Close the idle pools of removed endpoints (busy ones close after their last request)."""
+        for pool in self.outbound.pools.idle_retired():
+            pool.close()
 
     def close(self) -> None:
         """Close every endpoint pool and the base transport."""
@@ -158,8 +174,32 @@ class AsyncMeshTransport(_MeshBase, httpx.AsyncBaseTransport):
     _pool_class = httpx.AsyncHTTPTransport
     _is_async = True
 
+    _loop: Callable[[], asyncio.AbstractEventLoop | None] | None = None
+
+    def _close_retired(self) -> None:
+        """Close the idle pools of removed endpoints on the transport's event loop, from any thread.
+
+        Async pools close on the loop that uses them; until a call has shown
+        which loop that is (or once it has stopped), they close at the end of
+        the next call, or with the client.
+        """
+        loop = self._loop() if self._loop is not None else None
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._spawn_close)
+
+    def _spawn_close(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._aclose_retired())
+        self._closing.add(task)  # the loop keeps only a weak reference to tasks
+        task.add_done_callback(self._closing.discard)
+
+    async def _aclose_retired(self) -> None:
+        for pool in self.outbound.pools.idle_retired():
+            await pool.aclose()
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Carry out one call: every attempt, backoff and decision of the flow."""
+        if self._loop is None:
+            self._remember_loop()
         flow = self.outbound.flow(request)
         try:
             step = next(flow)
@@ -184,8 +224,15 @@ class AsyncMeshTransport(_MeshBase, httpx.AsyncBaseTransport):
         finally:
             flow.close()
             if self.outbound.pools._retired:
-                for pool in self.outbound.pools.idle_retired():
-                    await pool.aclose()
+                await self._aclose_retired()
+
+    def _remember_loop(self) -> None:
+        try:
+            self._loop = weakref.ref(asyncio.get_running_loop())
+        except RuntimeError:  # pragma: no cover - not asyncio (trio): pools close after calls
+            self._loop = _no_loop
+            return
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
         """Close every endpoint pool and the base transport."""
@@ -197,6 +244,10 @@ class AsyncMeshTransport(_MeshBase, httpx.AsyncBaseTransport):
 
     async def __aexit__(self, *args: object) -> None:
         await self.aclose()
+
+
+def _no_loop() -> None:
+    return None
 
 
 def _discard(response: httpx.Response) -> None:

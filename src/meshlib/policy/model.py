@@ -165,13 +165,21 @@ SpiffeId = Annotated[str, Field(description="A SPIFFE ID, spiffe://<trust-domain
 class Timeouts(_Model):
     """How long a call may take.
 
-    ``attempt`` bounds each try; ``total`` bounds the whole call, retries and
-    backoff included, and is capped further by an incoming deadline.
+    ``attempt`` bounds each try's waits; ``total`` bounds the whole call, retries,
+    backoff and the reading of the response body included (streamed too: the
+    timer runs on while the caller reads), and is capped further by an incoming
+    deadline.
     """
 
     connect: Duration = Field(1.0, description="TCP connect and TLS handshake, per attempt.")
-    attempt: Duration = Field(2.0, description="One try, from send to the end of the headers.")
-    total: Duration = Field(10.0, description="The whole call, retries and backoff included.")
+    attempt: Duration = Field(
+        2.0,
+        description="Each wait of one try: for a pooled connection, a write, a read (headers or body).",
+    )
+    total: Duration = Field(
+        10.0,
+        description="The whole call: every try and backoff, and reading the response body.",
+    )
 
     @field_validator("connect", "attempt", "total")
     @classmethod
