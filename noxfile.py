@@ -1,7 +1,7 @@
 """nox is the single entry point: `nox` runs the test suite, `nox -s demo` the demo.
 
 Default sessions: tests, lint, typing, docs. Others: browser (needs Debian's chromium),
-readme (the README's two commands with Debian's python3), demo, bench. From a bare clone,
+readme (the README's two commands with Debian's python3), demo, bench, soak. From a bare clone,
 `python3 tools/nox.py ...` runs nox without installing it anywhere but `.venv-nox/`.
 """
 
@@ -98,11 +98,21 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against bare httpx and sidecar proxies (`nox -s bench -- --quick`).
+    """Benchmarks against bare httpx and sidecar proxies (`nox -s bench -- --quick`; `-- --soak` adds the soak).
 
     First the cost of `import meshlib` (fresh interpreters), then the request tables.
     """
     _install(session, "bench")
-    rounds = "5" if "--quick" in session.posargs else "15"
+    args = [arg for arg in session.posargs if arg != "--soak"]
+    rounds = "5" if "--quick" in args else "15"
     session.run("python", "benchmarks/bench_import.py", "--rounds", rounds)
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/run.py", *args)
+    if "--soak" in session.posargs:  # minutes, not seconds: only when asked
+        session.run("python", "benchmarks/soak.py", "--out", "benchmarks/results")
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """The soak benchmark alone: 100,000 calls per client kind, failures and swaps, watched for growth."""
+    _install(session, "bench")
+    session.run("python", "benchmarks/soak.py", "--out", "benchmarks/results", *session.posargs)
