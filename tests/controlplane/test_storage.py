@@ -11,6 +11,7 @@ from meshlib.clock import FakeClock
 from meshlib.controlplane.files import create_exclusive, write_atomic
 from meshlib.controlplane.storage import PolicyRepository, content_hash
 from meshlib.errors import PolicyError
+from meshlib.policy.limits import MAX_POLICY_BYTES
 from tests.controlplane.conftest import BAD_POLICY, POLICY_V1, POLICY_V2
 
 
@@ -68,6 +69,20 @@ def test_hand_edit_publishes_and_bad_hand_edit_is_kept_out(policy_dir: Path) -> 
     assert repo.file_error is not None
     assert repo.file_error.issues[0].field == "services.payments.retry.attempts"
     assert repo.refresh() is current  # the same bad text is not re-validated into a version
+
+
+def test_oversized_hand_edit_is_refused_unread(policy_dir: Path) -> None:
+    """A hand edit past the policy size limit is refused as too large; the version in force stays."""
+    repo = PolicyRepository(policy_dir)
+    repo.refresh()
+    with (policy_dir / "policy.yaml").open("w") as file:
+        file.write(POLICY_V2 + "#" * (MAX_POLICY_BYTES * 20) + "\n")
+    current = repo.refresh()
+    assert current is not None
+    assert current.version == 1
+    assert repo.file_error is not None
+    assert f"more than the {MAX_POLICY_BYTES}-byte limit" in str(repo.file_error)
+    assert repo.policy_file_text() is None
 
 
 def test_rollback_is_a_new_version_with_old_content(policy_dir: Path) -> None:

@@ -43,6 +43,7 @@ from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.controlplane.files import create_exclusive, write_atomic
 from meshlib.errors import PolicyError, VersionConflictError
 from meshlib.policy.files import POLICY_FILE_NAMES
+from meshlib.policy.limits import read_policy_file
 from meshlib.policy.parse import Format, detect_format, parse_document, validate_policy
 
 try:
@@ -230,9 +231,11 @@ class PolicyRepository:
         with self._publishing():
             self._adopt_latest()
             try:
-                text = self.policy_file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                logger.error("cannot read the policy file %s: %s", self.policy_file, exc)
+                text = read_policy_file(self.policy_file)
+            except PolicyError as exc:
+                self._file_seen = stat
+                self.file_error = exc
+                logger.error("the policy file is unusable; version in force unchanged:\n%s", exc)
                 return self._current
             self._file_seen = stat
             digest = content_hash(text)
@@ -316,8 +319,8 @@ class PolicyRepository:
     def policy_file_text(self) -> str | None:
         """The policy file's current text, or None when it cannot be read."""
         try:
-            return self.policy_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            return read_policy_file(self.policy_file)
+        except PolicyError:
             return None
 
     def publish(
