@@ -58,6 +58,8 @@ def test_shared_client_breaker_trips_and_recovers(driver: Driver, up, busy_switc
                     unexpected.append(result)
     assert unexpected == []
     assert statuses == {200, 500}
+    endpoint = client.mesh_transport.router.destinations["payments"].endpoints[0]
+    assert endpoint.in_flight == 0  # no update lost between threads: the balancer's load is true
     assert breaker().opened >= ROUNDS  # it tripped in every broken phase ...
     deadline = time.monotonic() + 5
     while breaker().state != "closed" and time.monotonic() < deadline:

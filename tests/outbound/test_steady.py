@@ -14,6 +14,7 @@ import pytest
 
 from meshlib.clock import FakeClock
 from meshlib.errors import CircuitOpenError
+from meshlib.outbound import MeshClient
 from meshlib.policy.model import Policy
 from meshlib.policy.store import PolicyStore
 from tests.outbound.conftest import Driver, mesh_policy
@@ -262,3 +263,18 @@ def test_breaker_and_ejection_state_survive_a_swap(driver: Driver, up, up2) -> N
         assert driver.request(client, "GET", "http://payments/ok").status_code == 500
     with pytest.raises(CircuitOpenError):  # both out now: the breakers say so
         driver.request(client, "GET", "http://payments/ok")
+
+
+def test_a_client_dropped_without_close_is_collected(up) -> None:
+    """A shared store does not keep a forgotten client (and its pools) alive."""
+    _upstream, server = up
+    store = PolicyStore(mesh_policy([server.url]))
+    client = MeshClient(store)
+    assert client.get("http://payments/ok").status_code == 200
+    dropped = weakref.ref(client.mesh_transport)
+    client.mesh_transport.outbound.pools.drain()[0].close()  # the socket: not the point here
+    del client
+    gc.collect()
+    assert dropped() is None
+    store.update(mesh_policy([server.url], retry={"attempts": 2}))  # its subscription goes too
+    assert store._subscribers == []

@@ -52,6 +52,7 @@ class EndpointState:
     """One endpoint as the client sees it: address, pool, breaker, load and counters."""
 
     __slots__ = (
+        "_lock",
         "breaker",
         "errors",
         "host",
@@ -78,8 +79,27 @@ class EndpointState:
         self.rewrite = True
         """Whether requests are re-addressed to this endpoint (False for non-mesh origins)."""
         self.in_flight = 0
+        """Attempts being sent to it now (the least-request balancer's load)."""
         self.requests = 0
         self.errors = 0
+        self._lock = threading.Lock()
+
+    def started(self) -> None:
+        """An attempt to this endpoint begins (counted exactly: threads must not lose updates)."""
+        with self._lock:
+            self.in_flight += 1
+
+    def finished(self) -> None:
+        """An attempt to this endpoint is over."""
+        with self._lock:
+            self.in_flight -= 1
+
+    def count(self, success: bool) -> None:
+        """Count an attempt's outcome for the stats."""
+        with self._lock:
+            self.requests += 1
+            if not success:
+                self.errors += 1
 
     def __repr__(self) -> str:
         return f"<EndpointState {self.url} {self.breaker.state} in_flight={self.in_flight}>"
@@ -220,13 +240,12 @@ class Destination:
         Returns the breaker's state change (or None) and whether the outcome
         ejected the endpoint.
         """
-        endpoint.requests += 1
+        endpoint.count(success)
         transition = endpoint.breaker.record(permit, success)
         if success:
             if self.outlier is not None and self.outlier.states:
                 self.outlier.record(endpoint.url, True)
             return transition, False
-        endpoint.errors += 1
         return transition, self.outlier is not None and self.outlier.record(endpoint.url, False)
 
     def stats(self) -> dict[str, Any]:

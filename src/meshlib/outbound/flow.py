@@ -282,7 +282,7 @@ class Outbound:
                 call.before_attempt(request, endpoint.url, number)
             response: httpx.Response | None = None
             error_: Exception | None = None
-            endpoint.in_flight += 1
+            endpoint.started()
             sent = False
             try:
                 response = yield Send(endpoint.transport, request)
@@ -291,7 +291,7 @@ class Outbound:
                 error_ = exc
                 sent = True
             finally:
-                endpoint.in_flight -= 1
+                endpoint.finished()
                 if not sent:
                     endpoint.breaker.release(permit)
             if response is not None:

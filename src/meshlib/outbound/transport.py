@@ -79,7 +79,7 @@ class _MeshBase:
         snapshot = store.peek()
         if snapshot is not None:
             self.router.sync(snapshot)
-        self._unsubscribe = store.subscribe(self._swapped)
+        self._unsubscribe = _follow(store, self)
         stats.register(self.router)
 
     def _swapped(self, old: Any, new: PolicySnapshot) -> None:
@@ -244,6 +244,26 @@ class AsyncMeshTransport(_MeshBase, httpx.AsyncBaseTransport):
 
     async def __aexit__(self, *args: object) -> None:
         await self.aclose()
+
+
+def _follow(store: PolicyStore, transport: _MeshBase) -> Callable[[], None]:
+    """Subscribe `transport` to the store's swaps without the store keeping it alive.
+
+    A client dropped without `close()` is then collected like an unclosed
+    `httpx.Client`, instead of living as long as the (often process-wide) store.
+    """
+    method = weakref.WeakMethod(transport._swapped)
+    unsubscribe: Callable[[], None] | None = None
+
+    def swapped(old: Any, new: PolicySnapshot) -> None:
+        follower = method()
+        if follower is not None:
+            follower(old, new)
+        elif unsubscribe is not None:
+            unsubscribe()
+
+    unsubscribe = store.subscribe(swapped)
+    return unsubscribe
 
 
 def _no_loop() -> None:
