@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.controlplane.conftest import (
     serve_plane,
     wait_until,
 )
+from tests.support.delayproxy import DelayProxy
 from tests.support.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd
@@ -283,3 +285,41 @@ def test_three_replicas_one_killed_mid_traffic(
         listing = httpx.get(urls[2] + "/v1/registry/payments").json()
         assert [i["instance"] for i in listing["instances"]] == ["p-1"]
         assert registrar.state.losses == 0
+
+
+def test_a_replica_whose_watch_stalls_catches_up_within_the_resync_interval(
+    tmp_path: Path, etcd_node: EtcdCluster
+) -> None:
+    """A watch cut off without breaking (half-open path to etcd): the replica still serves new versions."""
+    prefix = f"/test-{uuid.uuid4().hex[:12]}/"
+    upstream = int(etcd_node.url(0).rsplit(":", 1)[1])
+    with DelayProxy(upstream, delay=0.0) as proxy:
+        stalled = {"store": f"etcd://127.0.0.1:{proxy.port}", "etcd_prefix": prefix}
+        direct = {"store": etcd_node.store_url, "etcd_prefix": prefix}
+        with (
+            serve_plane(tmp_path, **direct) as a,
+            serve_plane(tmp_path, store_resync=0.3, etcd_timeout=1.0, **stalled) as b,
+        ):
+            first = httpx.put(a.url + "/v1/policy", content=POLICY_V1, headers=PUBLISH_HEADERS)
+            assert wait_until(
+                lambda: (
+                    httpx.get(b.url + "/v1/policy").json().get("version") == first.json()["version"]
+                )
+            )
+            proxy.freeze()  # b's watch stream (and its idle connections) stop passing anything
+            second = httpx.put(a.url + "/v1/policy", content=POLICY_V2, headers=PUBLISH_HEADERS)
+            assert wait_until(
+                lambda: (
+                    httpx.get(b.url + "/v1/policy").json().get("version")
+                    == second.json()["version"]
+                ),
+                timeout=10,
+            )
+            third = httpx.put(a.url + "/v1/policy", content=_policy(4), headers=PUBLISH_HEADERS)
+            assert wait_until(
+                lambda: (
+                    httpx.get(b.url + "/v1/policy").json().get("version") == third.json()["version"]
+                ),
+                timeout=10,
+            )
+            assert httpx.get(b.url + "/readyz").json()["watch_restarts"] >= 1

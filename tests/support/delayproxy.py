@@ -13,6 +13,9 @@ compares what meshlib measured with what the network really did::
     with DelayProxy(upstream_port, delay=0.02) as proxy:
         httpx.get(f"http://127.0.0.1:{proxy.port}/")
         proxy.held    # [("up", 10.0000, 10.0201), ("down", 10.0352, 10.0553)]
+
+`freeze()` stops every connection open at that moment from passing anything
+on, without closing it (a half-open network path); later connections flow.
 """
 
 from __future__ import annotations
@@ -36,7 +39,18 @@ class DelayProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._flowing: set[asyncio.Event] = set()
         self.port = 0
+
+    def freeze(self) -> None:
+        """Stall the connections open now (they stay open); new ones still pass (see above)."""
+
+        def stall() -> None:
+            for flowing in self._flowing:
+                flowing.clear()
+            self._flowing.clear()
+
+        self._loop.call_soon_threadsafe(stall)
 
     def take_held(self) -> list[tuple[str, float, float]]:
         """The chunks so far (direction, arrived, passed on), forgetting them."""
@@ -80,21 +94,30 @@ class DelayProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        flowing = asyncio.Event()
+        flowing.set()
+        self._flowing.add(flowing)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             for side in (writer, up_writer):
                 side.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await asyncio.gather(
-                self._pump("up", reader, up_writer), self._pump("down", up_reader, writer)
+                self._pump("up", reader, up_writer, flowing),
+                self._pump("down", up_reader, writer, flowing),
             )
         except (OSError, asyncio.CancelledError):
             pass
         finally:
             self._tasks.discard(task)
+            self._flowing.discard(flowing)
             writer.close()
 
     async def _pump(
-        self, direction: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        direction: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        flowing: asyncio.Event,
     ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -107,6 +130,7 @@ class DelayProxy:
                 wait = arrived + self.delay - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                await flowing.wait()
                 writer.write(data)  # an empty buffer: the bytes are in the socket now
                 delivered = time.monotonic()
                 with self._lock:

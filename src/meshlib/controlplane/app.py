@@ -114,6 +114,8 @@ class ControlPlane:
         )
         self.store_error: str | None = None
         """Why the store cannot be read right now (None while it can): the replica is read-only."""
+        self.watch_restarts = 0
+        """Times the store's watch was found stalled and restarted."""
         self.refused: Counter[str] = Counter()
         """Publishes and rollbacks refused since start, by outcome."""
         self.stopping = asyncio.Event()
@@ -136,8 +138,7 @@ class ControlPlane:
                     self._backends_started = True
                 self.hub.set(await self.backend.current())  # caught up, even on an empty store
                 self._store_back()
-                async for version in self.backend.watch():
-                    self.hub.set(version)
+                await self._watch_guarded()
                 raise StoreUnavailableError(f"{self.backend.name}: the watch ended")
             except asyncio.CancelledError:
                 raise
@@ -152,6 +153,60 @@ class ControlPlane:
                 )
                 self._synced.set()
                 await asyncio.sleep(self._backoff.failed())
+
+    async def _watch_guarded(self) -> None:
+        """Feed the hub from the backend's watch, guarded against a watch that stalls.
+
+        A watch stream can stop delivering without breaking (a member cut off
+        behind a half-open connection). Every `store_resync` seconds a
+        linearizable read of the newest version catches the hub up at once;
+        a version the store had at one check and the watch still had not
+        delivered by the next one means the watch is stuck, so it is restarted.
+        Returns when the watch ends; raises what it raised.
+        """
+        delivered = 0
+
+        async def pump() -> None:
+            nonlocal delivered
+            async for version in self.backend.watch():
+                delivered = max(delivered, version.version)
+                self.hub.set(version)
+
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(pump())
+        undelivered = 0  # the store's newest version at the last check, if the watch lacked it
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.settings.store_resync)
+                if done:
+                    task.result()
+                    return
+                newest = await self.backend.current()
+                if newest is None or newest.version <= delivered:
+                    undelivered = 0
+                    continue
+                self.hub.set(newest)
+                if undelivered and undelivered > delivered:
+                    logger.warning(
+                        "the watch on %s delivered nothing past version %s for %gs while the "
+                        "store holds version %s: restarting it",
+                        self.backend.name,
+                        delivered,
+                        self.settings.store_resync,
+                        newest.version,
+                    )
+                    self.watch_restarts += 1
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    task = loop.create_task(pump())
+                    undelivered = 0
+                else:
+                    undelivered = newest.version
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _store_back(self) -> None:
         if self.store_error is not None:
@@ -220,6 +275,7 @@ class ControlPlane:
             "store_error": self.store_error,
             "watchers": self.hub.watchers,
             "publishes_refused": dict(self.refused),
+            "watch_restarts": self.watch_restarts,
             **self.backend.status(),
         }
 

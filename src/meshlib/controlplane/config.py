@@ -96,6 +96,11 @@ class ControlPlaneSettings(BaseSettings):
         gt=0,
         description="Seconds between checks of the policy file and history (hand edits, other replicas).",
     )
+    store_resync: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between linearizable reads of the newest policy version, which bound how long a replica can lag the store if its watch stalls without breaking.",
+    )
     max_wait: float = Field(
         60.0, gt=0, description="Longest long-poll a watcher may ask for, in seconds."
     )
