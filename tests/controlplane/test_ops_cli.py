@@ -74,3 +74,18 @@ def test_no_control_plane_configured_is_a_usage_error(capsys: pytest.CaptureFixt
     """Without --url or MESH_CONTROL_PLANE_URL the command says what to set."""
     assert main(["controlplane", "history"]) == 2
     assert "MESH_CONTROL_PLANE_URL" in capsys.readouterr().err
+
+
+def test_publish_of_an_oversized_file_fails_before_sending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file past the policy size limit is refused locally, naming the file and the limit."""
+    from meshlib.policy.limits import MAX_POLICY_BYTES
+
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("version: 1\n" + "#" * (MAX_POLICY_BYTES + 1))
+    dead = f"http://127.0.0.1:{free_port()}"  # never asked: the file is refused first
+    assert main(["controlplane", "publish", str(huge), "--url", dead]) == 1
+    err = capsys.readouterr().err
+    assert str(huge) in err
+    assert f"{MAX_POLICY_BYTES}-byte limit" in err

@@ -150,10 +150,13 @@ def _when(stamp: Any) -> str:
 
 
 def _publish(plane: _Plane, args: argparse.Namespace) -> None:
+    from meshlib.errors import PolicyError
+    from meshlib.policy.limits import read_policy_file
+
     try:
-        text = args.file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _Failed(f"cannot read {args.file}: {exc}") from None
+        text = read_policy_file(args.file)
+    except PolicyError as exc:
+        raise _Failed(str(exc)) from None
     headers = {
         "Content-Type": _CONTENT_TYPES.get(args.file.suffix.lower(), "application/yaml"),
         **_etag(plane, args.if_match),

@@ -47,6 +47,7 @@ from meshlib.controlplane.files import write_atomic
 from meshlib.controlplane.reporter import StateReporter
 from meshlib.controlplane.telemetry import RateLimitedLog, fetch_failed
 from meshlib.errors import ControlPlaneError, PolicyError
+from meshlib.policy.limits import read_policy_file
 from meshlib.policy.store import PolicyStore
 from meshlib.settings import MeshSettings
 
@@ -301,9 +302,9 @@ class ControlPlaneSource:
         if self.bootstrap_file is None:
             return "no bootstrap policy file (MESH_POLICY_FILE)"
         try:
-            text = self.bootstrap_file.read_text(encoding="utf-8")
+            text = read_policy_file(self.bootstrap_file)
             self._store.update_from_text(text, source=str(self.bootstrap_file))
-        except (OSError, UnicodeDecodeError, PolicyError) as exc:
+        except PolicyError as exc:
             return f"bootstrap policy file {self.bootstrap_file}: {exc}"
         logger.warning("control plane unreachable: serving bootstrap file %s", self.bootstrap_file)
         return None

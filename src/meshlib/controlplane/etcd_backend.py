@@ -51,6 +51,7 @@ from meshlib.controlplane.storage import PolicyVersion, content_hash
 from meshlib.errors import PolicyError, SettingsError, StoreUnavailableError, VersionConflictError
 from meshlib.policy.durations import parse_duration
 from meshlib.policy.files import policy_file
+from meshlib.policy.limits import read_policy_file
 from meshlib.policy.parse import Format, detect_format, parse_document, validate_policy
 
 __all__ = ["EtcdPolicyBackend", "EtcdRegistryBackend", "etcd_backends", "parse_store_url"]
@@ -172,7 +173,7 @@ class EtcdPolicyBackend:
         """Read the version in force; seed an empty store from `seed` (one replica wins)."""
         current, _ = await self._newest()
         if current is None and self.seed is not None:
-            text = await asyncio.to_thread(self.seed.read_text, encoding="utf-8")
+            text = await asyncio.to_thread(read_policy_file, self.seed)
             with contextlib.suppress(VersionConflictError):
                 await self.publish(
                     text,
