@@ -1,23 +1,23 @@
 """Control plane: publish-to-applied latency across replicas, and replica RSS with 1,000 watchers.
 
-``python benchmarks/bench_controlplane.py [--replicas 3] [--clients 300] [--procs 4] [--rounds 20] [--idle 1000]``
+`python benchmarks/bench_controlplane.py [--replicas 3] [--clients 300] [--procs 4] [--rounds 20] [--idle 1000]`
 
-The control plane runs as ``--replicas`` ``meshlib controlplane serve``
-processes on 127.0.0.1 over one etcd (Debian's ``etcd-server``, started here
-in a temp dir; ``--replicas 1 --embedded`` runs one replica on a policy
+The control plane runs as `--replicas` `meshlib controlplane serve`
+processes on 127.0.0.1 over one etcd (Debian's `etcd-server`, started here
+in a temp dir; `--replicas 1 --embedded` runs one replica on a policy
 directory instead, as does a machine without etcd). Two measurements:
 
-1. **Publish reaches watching clients.** ``--clients`` real ``ControlPlaneSource``
+1. **Publish reaches watching clients.** `--clients` real `ControlPlaneSource`
    instances (each with its own PolicyStore and long-poll, all of a worker
-   process on its one control-plane loop), spread over ``--procs`` worker
+   process on its one control-plane loop), spread over `--procs` worker
    processes and over the replicas (each client lists every replica, starting
    at a different one), watch. Each round publishes a new version with
-   ``PUT /v1/policy`` through the next replica in turn and records, per client,
+   `PUT /v1/policy` through the next replica in turn and records, per client,
    the wall-clock time from just before the PUT to the moment its store
    swapped the new policy in (validation included). Goal: p99 <= 500 ms with
    3 replicas and 300 watchers.
-2. **Idle watchers.** ``--idle`` raw long-polls (``If-None-Match`` +
-   ``?wait=120s``, one TCP connection each, from one asyncio process) park on
+2. **Idle watchers.** `--idle` raw long-polls (`If-None-Match` +
+   `?wait=120s`, one TCP connection each, from one asyncio process) park on
    replica 0. Reported: every replica's RSS (goal: < 200 MB each with 1,000
    watchers), the growth per parked watcher, replica 0's CPU while they idle,
    and the time for one publish through replica 1 to reach all of them.
@@ -61,7 +61,7 @@ def policy(round_no: int) -> str:
 
 
 def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB."""
+    """Resident set size of `pid` in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
@@ -69,7 +69,7 @@ def rss_kib(pid: int) -> int:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (nearest rank) of ``values``."""
+    """The q-quantile (nearest rank) of `values`."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
@@ -78,7 +78,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def worker(urls: str, count: int, offset: int) -> None:
-    """Run ``count`` ControlPlaneSources; print "<revision> <wall time>" per apply; stop on stdin EOF."""
+    """Run `count` ControlPlaneSources; print "<revision> <wall time>" per apply; stop on stdin EOF."""
     from meshlib.controlplane.client import ControlPlaneSource
     from meshlib.policy.store import PolicyStore
 
@@ -118,7 +118,7 @@ def worker(urls: str, count: int, offset: int) -> None:
 
 
 def publish_to_clients(urls: list[str], clients: int, procs: int, rounds: int) -> dict[str, Any]:
-    """Publish ``rounds`` versions (through each replica in turn) to ``clients`` watching sources."""
+    """Publish `rounds` versions (through each replica in turn) to `clients` watching sources."""
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     applied: dict[str, list[float]] = {}
     delivered: dict[str, list[float]] = {}

@@ -1,6 +1,6 @@
 """What `import meshlib` costs: modules loaded and time, in fresh interpreters, interleaved.
 
-``python benchmarks/bench_import.py [--rounds N]`` (``nox -s bench`` runs it first).
+`python benchmarks/bench_import.py [--rounds N]` (`nox -s bench` runs it first).
 
 Each round starts one fresh interpreter per statement below, in turn, and
 each child measures only its own import statement (wall time and the number

@@ -1,13 +1,13 @@
 """Inbound overhead: a trivial FastAPI and Flask app with and without the mesh middleware.
 
-``python benchmarks/bench_inbound.py [--rounds 7] [--requests 400]``
+`python benchmarks/bench_inbound.py [--rounds 7] [--requests 400]`
 
 Four servers run as separate processes on 127.0.0.1 (uvicorn for FastAPI,
 werkzeug's threaded server for Flask), each app bare and wrapped
-(``MeshMiddleware`` / ``MeshWSGIMiddleware`` with an SDK tracer provider whose
+(`MeshMiddleware` / `MeshWSGIMiddleware` with an SDK tracer provider whose
 sampler is ALWAYS_OFF, an SDK meter provider, and an inbound policy with a
 rate limit and a concurrency limit that are never reached). One keep-alive
-client sends sequential ``GET /ping`` requests; rounds alternate between the
+client sends sequential `GET /ping` requests; rounds alternate between the
 variants so machine noise hits them alike. Reported per variant: median
 p50/p90 latency over rounds, the server's CPU time per request, and the
 wrapped/bare ratios of the same run. The target is ratio p50 <= 1.15.
@@ -106,7 +106,7 @@ def serve(app_name: str, variant: str, port: int) -> None:
 
 
 def _apps(variant: str) -> tuple[Any, Any]:
-    """The FastAPI and Flask apps of ``variant``, built in this process."""
+    """The FastAPI and Flask apps of `variant`, built in this process."""
     from fastapi import FastAPI
     from flask import Flask
 

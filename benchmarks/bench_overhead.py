@@ -3,13 +3,13 @@
 Two ratios, medians over interleaved rounds (no absolute time is asserted):
 
 * MockTransport (no network): MeshClient with a default policy over
-  ``httpx.MockTransport`` vs ``httpx.Client(transport=MockTransport)``.
+  `httpx.MockTransport` vs `httpx.Client(transport=MockTransport)`.
 * Loopback: MeshClient calling a mesh service on 127.0.0.1 vs httpx.Client
   calling the same server directly (tracing unsampled: no SDK configured).
 * 32 requests in flight: req/s of httpx.AsyncClient, AsyncMeshClient on
   httpx's pool and on meshlib's AiohttpTransport, and plain aiohttp.
 
-Run: ``python benchmarks/bench_overhead.py [--calls N] [--rounds R]``.
+Run: `python benchmarks/bench_overhead.py [--calls N] [--rounds R]`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """A throwaway PKI for the mTLS paths: one CA, a server and a client certificate with SPIFFE IDs.
 
 Issued by meshlib's own dev CA (trustme cannot put a SPIFFE URI in a
-certificate's subjectAltName)::
+certificate's subjectAltName):
 
-    pki = make_pki(tmpdir, trust_domain="bench.local")
-    pki.server_cert, pki.client_key, pki.ca
+```python
+pki = make_pki(tmpdir, trust_domain="bench.local")
+pki.server_cert, pki.client_key, pki.ca
+```
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Pki:
 
 
 def make_pki(directory: Path, *, trust_domain: str = "bench.local") -> Pki:
-    """A CA and two leaves (server ``upstream`` for 127.0.0.1/localhost, client ``bench-client``)."""
+    """A CA and two leaves (server `upstream` for 127.0.0.1/localhost, client `bench-client`)."""
     ca = DevCA.create(trust_domain, directory, force=True)
     server = ca.issue("upstream", dns=["localhost"], ips=["127.0.0.1"], name="server", force=True)
     client = ca.issue("bench-client", name="client", force=True)

@@ -1,33 +1,35 @@
-"""The clients under test, each opened the same way: ``open_sync(kind, target)`` / ``open_async``.
+"""The clients under test, each opened the same way: `open_sync(kind, target)` / `open_async`.
 
 Kinds:
 
-- ``httpx``: a bare ``httpx.Client`` / ``httpx.AsyncClient``;
-- ``aiohttp``: an ``aiohttp.ClientSession`` (async only, for reference);
-- ``naive``: httpx wrapped the way a user would write it by hand: a tenacity
-  ``@retry`` around a pybreaker ``@breaker`` around ``client.get``, with
+- `httpx`: a bare `httpx.Client` / `httpx.AsyncClient`;
+- `aiohttp`: an `aiohttp.ClientSession` (async only, for reference);
+- `naive`: httpx wrapped the way a user would write it by hand: a tenacity
+  `@retry` around a pybreaker `@breaker` around `client.get`, with
   OpenTelemetry's httpx instrumentation on the client;
-- ``mesh``: ``meshlib.MeshClient`` / ``meshlib.AsyncMeshClient`` with the
+- `mesh`: `meshlib.MeshClient` / `meshlib.AsyncMeshClient` with the
   default policy, imported lazily so the rest runs before it exists;
-- ``httpx-aiotr`` (async only): ``httpx.AsyncClient`` over meshlib's
-  ``AiohttpTransport``, the transport ``AsyncMeshClient`` drives by default
-  (so ``mesh`` minus this is meshlib's own cost);
-- ``httpx-aiohttp`` (async only): ``httpx.AsyncClient`` over the
-  ``httpx-aiohttp`` package's transport, the reference the issue names;
-- ``mesh-httpcore`` (async only): ``AsyncMeshClient`` over httpcore's pool;
-- ``mesh-nosdk`` (async only): ``AsyncMeshClient`` given OpenTelemetry's no-op
-  providers, so the difference to ``mesh`` is what the SDK's telemetry costs;
-  ``mesh-traces`` / ``mesh-metrics``: only the no-op meter / tracer provider,
+- `httpx-aiotr` (async only): `httpx.AsyncClient` over meshlib's
+  `AiohttpTransport`, the transport `AsyncMeshClient` drives by default
+  (so `mesh` minus this is meshlib's own cost);
+- `httpx-aiohttp` (async only): `httpx.AsyncClient` over the
+  `httpx-aiohttp` package's transport, the reference the issue names;
+- `mesh-httpcore` (async only): `AsyncMeshClient` over httpcore's pool;
+- `mesh-nosdk` (async only): `AsyncMeshClient` given OpenTelemetry's no-op
+  providers, so the difference to `mesh` is what the SDK's telemetry costs;
+  `mesh-traces` / `mesh-metrics`: only the no-op meter / tracer provider,
   so the SDK's traces alone or metrics alone.
 
-Each returns a :class:`Opened` whose ``call()`` makes one GET and returns the
-status code::
+Each returns a `Opened` whose `call()` makes one GET and returns the
+status code:
 
-    opened = open_sync("httpx", Target(url="http://127.0.0.1:8080/"))
-    try:
-        assert opened.call() == 200
-    finally:
-        opened.close()
+```python
+opened = open_sync("httpx", Target(url="http://127.0.0.1:8080/"))
+try:
+    assert opened.call() == 200
+finally:
+    opened.close()
+```
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ _TIMEOUT = 10.0
 class Target:
     """Where a client sends its GETs.
 
-    ``url`` is what non-mesh clients call; ``mesh_service`` and ``mesh_endpoint``
+    `url` is what non-mesh clients call; `mesh_service` and `mesh_endpoint`
     describe the same upstream as a service in the mesh policy (the mesh client
-    calls ``http://<mesh_service>/``); ``pki`` makes the call mutual TLS.
+    calls `http://<mesh_service>/`); `pki` makes the call mutual TLS.
     """
 
     url: str
@@ -72,7 +74,7 @@ class Target:
 
 @dataclass
 class Opened:
-    """An open sync client: ``call()`` makes one request, ``close()`` releases it."""
+    """An open sync client: `call()` makes one request, `close()` releases it."""
 
     call: Callable[[], int]
     close: Callable[[], None]
@@ -80,14 +82,14 @@ class Opened:
 
 @dataclass
 class AsyncOpened:
-    """An open async client: ``await call()`` makes one request, ``await close()`` releases it."""
+    """An open async client: `await call()` makes one request, `await close()` releases it."""
 
     call: Callable[[], Awaitable[int]]
     close: Callable[[], Awaitable[None]]
 
 
 def mesh_unavailable() -> str | None:
-    """Why the mesh paths cannot run yet, or None when ``meshlib.MeshClient`` imports."""
+    """Why the mesh paths cannot run yet, or None when `meshlib.MeshClient` imports."""
     try:
         for name in ("MeshClient", "AsyncMeshClient"):
             _mesh_class(name)
@@ -115,7 +117,7 @@ def _mesh_class(name: str) -> Any:
 
 
 def mesh_policy(target: Target) -> Any:
-    """The policy the mesh clients run with: defaults everywhere, one service for ``target``."""
+    """The policy the mesh clients run with: defaults everywhere, one service for `target`."""
     from meshlib import load_policy
 
     service: dict[str, Any] = {"endpoints": [target.mesh_endpoint or target.url.rstrip("/")]}
@@ -162,7 +164,7 @@ def _instrument(client: httpx.Client | httpx.AsyncClient) -> None:
 
 
 def open_sync(kind: str, target: Target) -> Opened:
-    """Open a sync client of ``kind`` (httpx, naive, mesh) aimed at ``target``."""
+    """Open a sync client of `kind` (httpx, naive, mesh) aimed at `target`."""
     if kind == "httpx":
         client = httpx.Client(verify=_client_ssl(target.pki), timeout=_TIMEOUT)
         url = target.url
@@ -196,7 +198,7 @@ def _aiohttp_transport() -> Any:
 
 
 async def open_async(kind: str, target: Target) -> AsyncOpened:
-    """Open an async client of ``kind`` (see the module docstring) aimed at ``target``."""
+    """Open an async client of `kind` (see the module docstring) aimed at `target`."""
     if kind == "httpx-aiotr":
         transport = _aiohttp_transport()(verify=_client_ssl(target.pki))
         tclient = httpx.AsyncClient(transport=transport, timeout=_TIMEOUT)

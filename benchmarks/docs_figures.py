@@ -1,14 +1,14 @@
-"""Put the figures of real runs into ``docs/explanation/benchmarks.md`` (never typed by hand).
+"""Put the figures of real runs into `docs/explanation/benchmarks.md` (never typed by hand).
 
-::
+```text
+python benchmarks/run.py --out benchmarks/results/a
+python benchmarks/run.py --out benchmarks/results/b
+python benchmarks/docs_figures.py benchmarks/results/a/latest.json benchmarks/results/b/latest.json
+```
 
-    python benchmarks/run.py --out benchmarks/results/a
-    python benchmarks/run.py --out benchmarks/results/b
-    python benchmarks/docs_figures.py benchmarks/results/a/latest.json benchmarks/results/b/latest.json
-
-Replaces what lies between the ``<!-- figures: start -->`` and ``<!-- figures: end -->``
+Replaces what lies between the `<!-- figures: start -->` and `<!-- figures: end -->`
 markers with each run's machine, tables and target verdicts, and copies the
-last run's plot to ``docs/explanation/img/benchmarks.png``.
+last run's plot to `docs/explanation/img/benchmarks.png`.
 """
 
 from __future__ import annotations

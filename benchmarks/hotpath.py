@@ -1,10 +1,10 @@
-"""A steady loop of one client against nginx ``return 200``, to profile with py-spy.
+"""A steady loop of one client against nginx `return 200`, to profile with py-spy.
 
-::
-
-    py-spy record --rate 500 --format raw -o mesh.txt -- \\
-        python benchmarks/hotpath.py --client mesh --seconds 20
-    python benchmarks/hotpath.py --summarise mesh.txt     # top functions, self and total %
+```text
+py-spy record --rate 500 --format raw -o mesh.txt -- \\
+    python benchmarks/hotpath.py --client mesh --seconds 20
+python benchmarks/hotpath.py --summarise mesh.txt     # top functions, self and total %
+```
 
 Needs nginx (the cheap upstream); stops it by PID on the way out.
 """
@@ -83,7 +83,7 @@ def _in_loop(frames: list[str]) -> bool:
 
 
 def summarise(path: Path, top: int = 30) -> str:
-    """Self and inclusive share of samples per function, and per owner, from py-spy ``--format raw``."""
+    """Self and inclusive share of samples per function, and per owner, from py-spy `--format raw`."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     owners: Counter[str] = Counter()

@@ -1,11 +1,13 @@
 """One round of load on one path: sequential (sync), N-in-flight or fixed-rate (async); bounded.
 
 A round returns per-request latencies plus the round's wall time and the client
-process's CPU time (``time.process_time``: every thread of this process, so
-the event loop and any telemetry thread are counted too)::
+process's CPU time (`time.process_time`: every thread of this process, so
+the event loop and any telemetry thread are counted too):
 
-    result = sync_round(opened.call, requests=500, time_limit=5.0)
-    result.latencies_us, result.cpu_s
+```python
+result = sync_round(opened.call, requests=500, time_limit=5.0)
+result.latencies_us, result.cpu_s
+```
 
 The N-in-flight round is a closed loop: a new call starts when one ends, so once
 the client is CPU-bound every latency is N ÷ throughput. The fixed-rate round is
@@ -46,7 +48,7 @@ class RoundResult:
 
 
 def sync_round(call: Callable[[], int], *, requests: int, time_limit: float) -> RoundResult:
-    """Call ``call()`` one after the other, at most ``requests`` times and ``time_limit`` seconds."""
+    """Call `call()` one after the other, at most `requests` times and `time_limit` seconds."""
     result = RoundResult()
     latencies = result.latencies_us
     perf = time.perf_counter_ns
@@ -86,7 +88,7 @@ async def _timed(call: Callable[[], Awaitable[int]], result: RoundResult) -> Non
 async def async_round(
     call: Callable[[], Awaitable[int]], *, requests: int, concurrency: int, time_limit: float
 ) -> RoundResult:
-    """Keep ``concurrency`` calls in flight until ``requests`` are done or ``time_limit`` passes."""
+    """Keep `concurrency` calls in flight until `requests` are done or `time_limit` passes."""
     result = RoundResult()
     perf = time.perf_counter_ns
     stop = perf() + int(time_limit * 1e9)
@@ -116,10 +118,10 @@ async def rate_round(
     time_limit: float,
     seed: int = 9,
 ) -> RoundResult:
-    """Start ``requests`` calls at Poisson arrival times of ``rate`` per second (open loop).
+    """Start `requests` calls at Poisson arrival times of `rate` per second (open loop).
 
-    Every round with the same ``seed`` follows the same schedule, so paths see the
-    same bursts. Latency runs from a call's start; at most ``concurrency`` are in
+    Every round with the same `seed` follows the same schedule, so paths see the
+    same bursts. Latency runs from a call's start; at most `concurrency` are in
     flight (an arrival past that waits, which shows as fewer requests per second).
     """
     result = RoundResult()

@@ -2,9 +2,11 @@
 
 Boxes span p25..p75 with the median marked, whiskers reach p1 and p99, and a
 dot marks p99.9; the x axis is logarithmic so a 100 µs path and a 5 ms one
-read on the same panel::
+read on the same panel:
 
-    plot_latencies({"seq/nginx-200": {"httpx": [...], "mesh": [...]}}, Path("latency.png"), title)
+```python
+plot_latencies({"seq/nginx-200": {"httpx": [...], "mesh": [...]}}, Path("latency.png"), title)
+```
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ __all__ = ["plot_latencies"]
 def plot_latencies(
     tables: dict[str, dict[str, list[float]]], path: Path, title: str
 ) -> Path | None:
-    """Draw one horizontal box plot panel per table; return ``path``, or None without matplotlib."""
+    """Draw one horizontal box plot panel per table; return `path`, or None without matplotlib."""
     try:
         import matplotlib
 

@@ -1,17 +1,19 @@
 """Processes the bench starts: started by command, stopped by PID, always.
 
-Every process goes into one :class:`ProcessSet`; ``stop_all()`` runs from a
-``finally`` and from ``atexit``, so an exception or Ctrl-C leaves nothing behind::
+Every process goes into one `ProcessSet`; `stop_all()` runs from a
+`finally` and from `atexit`, so an exception or Ctrl-C leaves nothing behind:
 
-    procs = ProcessSet()
-    try:
-        proc = procs.start("nginx-up", ["nginx", "-c", conf], port=8080)
-        cpu = cpu_seconds(proc.pid)
-    finally:
-        procs.stop_all()
+```python
+procs = ProcessSet()
+try:
+    proc = procs.start("nginx-up", ["nginx", "-c", conf], port=8080)
+    cpu = cpu_seconds(proc.pid)
+finally:
+    procs.stop_all()
+```
 
-CPU time of a process tree is read from ``/proc/<pid>/task/*/schedstat``
-(nanoseconds) and falls back to ``/proc/<pid>/stat`` (clock ticks).
+CPU time of a process tree is read from `/proc/<pid>/task/*/schedstat`
+(nanoseconds) and falls back to `/proc/<pid>/stat` (clock ticks).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def free_port() -> int:
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
-    """Wait until 127.0.0.1:``port`` accepts connections; fail if ``proc`` dies or time runs out."""
+    """Wait until 127.0.0.1:`port` accepts connections; fail if `proc` dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -90,7 +92,7 @@ def _own_cpu(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` and its descendants (nginx master + workers)."""
+    """CPU seconds used so far by `pid` and its descendants (nginx master + workers)."""
     total = _own_cpu(pid)
     for kid in _children(pid):
         total += cpu_seconds(kid)
@@ -114,7 +116,7 @@ class Started:
 
 @dataclass
 class ProcessSet:
-    """Every process started for one run; ``stop_all()`` stops each by PID."""
+    """Every process started for one run; `stop_all()` stops each by PID."""
 
     workdir: Path
     started: list[Started] = field(default_factory=list)
@@ -123,7 +125,7 @@ class ProcessSet:
         atexit.register(self.stop_all)
 
     def start(self, name: str, argv: list[str], *, port: int, cwd: Path | None = None) -> Started:
-        """Start ``argv``, wait until it listens on ``port``, and remember it for stopping."""
+        """Start `argv`, wait until it listens on `port`, and remember it for stopping."""
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(

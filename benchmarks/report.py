@@ -1,10 +1,10 @@
 """What a run prints and writes: the machine it ran on, one table per (mode, upstream), the targets.
 
-::
-
-    meta = machine_info(tools)
-    print(format_table(table))
-    write_json(out_dir, {"meta": meta, "tables": tables})
+```python
+meta = machine_info(tools)
+print(format_table(table))
+write_json(out_dir, {"meta": meta, "tables": tables})
+```
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(out_dir: Path, document: dict[str, Any]) -> Path:
-    """Write ``bench-<UTC time>.json`` and ``latest.json`` under ``out_dir``; return the first."""
+    """Write `bench-<UTC time>.json` and `latest.json` under `out_dir`; return the first."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(_clean(document), indent=2, ensure_ascii=False)

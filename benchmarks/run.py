@@ -1,4 +1,4 @@
-"""Run the meshlib benchmarks: ``python benchmarks/run.py [--quick] [--rounds N] [--out DIR]``.
+"""Run the meshlib benchmarks: `python benchmarks/run.py [--quick] [--rounds N] [--out DIR]`.
 
 Compares, against the same upstream and through the same client API: bare
 httpx, httpx through an nginx and an HAProxy sidecar pair, the naive
@@ -8,8 +8,8 @@ flight (aiohttp for reference), and async at a fixed Poisson arrival rate
 below saturation (open loop, the latency comparison for async callers).
 Prints one table per (mode, upstream) with
 ratios against bare httpx from the same run, checks the targets, writes JSON
-and a latency plot under ``--out``. Loopback only; every process it starts is
-stopped by PID; the whole run is bounded by ``--budget`` seconds.
+and a latency plot under `--out`. Loopback only; every process it starts is
+stopped by PID; the whole run is bounded by `--budget` seconds.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ _QUICK = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; ``--quick`` changes the defaults of every unset sizing option."""
+    """The command line; `--quick` changes the defaults of every unset sizing option."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a pass well under a minute")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per table (7; quick 3)")

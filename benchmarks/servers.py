@@ -1,14 +1,16 @@
-"""Upstreams and sidecar pairs on loopback: nginx ``return 200``, uvicorn, nginx and HAProxy pairs.
+"""Upstreams and sidecar pairs on loopback: nginx `return 200`, uvicorn, nginx and HAProxy pairs.
 
 A sidecar pair is the seed's "solution 2": client -> egress proxy (its own
 sidecar) -> ingress proxy (the callee's sidecar) -> upstream, each proxy its own
 process with one worker, keep-alive pools between hops as a production sidecar
 keeps them. The mTLS pair speaks mutual TLS between the two proxies; its
-ingress also serves MeshClient's mTLS path directly::
+ingress also serves MeshClient's mTLS path directly:
 
-    tools = system_tools()
-    up = start_nginx_upstream(procs, tools)
-    egress, ingress = start_nginx_pair(procs, tools, up.port)
+```python
+tools = system_tools()
+up = start_nginx_upstream(procs, tools)
+egress, ingress = start_nginx_pair(procs, tools, up.port)
+```
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class SystemTools:
 
 @dataclass(frozen=True)
 class Pair:
-    """A sidecar pair: the client talks to ``egress``; ``ingress`` forwards to the upstream."""
+    """A sidecar pair: the client talks to `egress`; `ingress` forwards to the upstream."""
 
     egress: Started
     ingress: Started
@@ -118,7 +120,7 @@ def _start_nginx(
 
 
 def start_nginx_upstream(procs: ProcessSet, tools: SystemTools) -> Started:
-    """The cheap upstream: nginx answering ``200 ok`` without touching disk."""
+    """The cheap upstream: nginx answering `200 ok` without touching disk."""
     port = free_port()
     block = f"""    server {{
         listen 127.0.0.1:{port};
@@ -128,9 +130,9 @@ def start_nginx_upstream(procs: ProcessSet, tools: SystemTools) -> Started:
 
 
 def start_uvicorn_upstream(procs: ProcessSet, *, mesh: bool = False) -> Started:
-    """The realistic upstream: :mod:`benchmarks.upstream_app` under uvicorn, one worker.
+    """The realistic upstream: `benchmarks.upstream_app` under uvicorn, one worker.
 
-    ``mesh``: the same app behind ``MeshMiddleware`` (``upstream_app.mesh_app``).
+    `mesh`: the same app behind `MeshMiddleware` (`upstream_app.mesh_app`).
     """
     port = free_port()
     app = (
@@ -180,7 +182,7 @@ def _proxy_block(
 def start_nginx_pair(
     procs: ProcessSet, tools: SystemTools, upstream_port: int, *, label: str, pki: Pki | None = None
 ) -> Pair:
-    """Egress nginx -> ingress nginx -> upstream; with ``pki`` the middle hop is mutual TLS."""
+    """Egress nginx -> ingress nginx -> upstream; with `pki` the middle hop is mutual TLS."""
     in_port, out_port = free_port(), free_port()
     if pki is None:
         ingress_block = _proxy_block(f"127.0.0.1:{in_port}", f"127.0.0.1:{upstream_port}", "http")

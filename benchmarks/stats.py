@@ -1,11 +1,11 @@
 """Summaries of the rounds of one path, ratios within a table, and the targets the mesh must meet.
 
-::
-
-    totals = PathTotals("httpx")
-    totals.add(round_result, sidecar_cpu_s=0.0, upstream_cpu_s=0.004)
-    row = totals.summary()        # p50/p90/p99 µs, req/s, CPU µs per request
-    ratios(rows, base="httpx")    # each path ÷ the base, same run
+```python
+totals = PathTotals("httpx")
+totals.add(round_result, sidecar_cpu_s=0.0, upstream_cpu_s=0.004)
+row = totals.summary()        # p50/p90/p99 µs, req/s, CPU µs per request
+ratios(rows, base="httpx")    # each path ÷ the base, same run
+```
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = [
 
 
 def percentile(ordered: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of already sorted values, linearly interpolated."""
+    """The `q`-th percentile (0..100) of already sorted values, linearly interpolated."""
     if not ordered:
         return math.nan
     pos = (len(ordered) - 1) * q / 100
@@ -101,7 +101,7 @@ _RATIO_KEYS = {
 
 
 def ratios(rows: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str, float]]:
-    """Each path's figures divided by ``base``'s, from the same run (empty if base is missing)."""
+    """Each path's figures divided by `base`'s, from the same run (empty if base is missing)."""
     if base not in rows:
         return {}
     ref = rows[base]
@@ -144,9 +144,9 @@ def _figure(rows: dict[str, dict[str, Any]], mesh: str, httpx: str, key: str, ot
 def targets(
     rows: dict[str, dict[str, Any]], *, mesh: str, httpx: str, info: bool = False
 ) -> list[dict[str, Any]]:
-    """The issue's targets for ``mesh`` against the bare and nginx-pair paths of the same table.
+    """The issue's targets for `mesh` against the bare and nginx-pair paths of the same table.
 
-    ``info``: the same figures for a path that is not the one judged (all kind "info").
+    `info`: the same figures for a path that is not the one judged (all kind "info").
     """
     checks: list[dict[str, Any]] = []
     if mesh not in rows or httpx not in rows:
@@ -201,9 +201,9 @@ OWN_CPU_LIMIT_US = 25.0
 def throughput_targets(
     rows: dict[str, dict[str, Any]], *, mesh: str, transport: str
 ) -> list[dict[str, Any]]:
-    """Throughput and CPU of ``mesh`` against aiohttp and httpx-aiohttp; its own CPU above ``transport``.
+    """Throughput and CPU of `mesh` against aiohttp and httpx-aiohttp; its own CPU above `transport`.
 
-    ``transport`` is httpx over the same pool the mesh client drives, so the
+    `transport` is httpx over the same pool the mesh client drives, so the
     difference in client CPU per request is what meshlib itself adds.
     """
     checks: list[dict[str, Any]] = []
@@ -230,7 +230,7 @@ def throughput_targets(
 def own_cpu(
     rows: dict[str, dict[str, Any]], *, mesh: str, transport: str, info: bool = False
 ) -> list[dict[str, Any]]:
-    """``mesh``'s client CPU per request above httpx over the same ``transport`` (meshlib's own).
+    """`mesh`'s client CPU per request above httpx over the same `transport` (meshlib's own).
 
     The value is the median over rounds of the per-round difference (rounds
     are interleaved, so both paths of a round saw the same machine): CPU time

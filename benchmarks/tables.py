@@ -1,12 +1,14 @@
 """The paths under test, the routes they take to an upstream, and the interleaved rounds of a table.
 
 A *table* is one mode (sequential sync, or N-in-flight async) against one
-upstream (nginx ``return 200``, or uvicorn). Its paths run in interleaved
-rounds, ``A B C D, A B C D, ...``, so drift on a shared machine hits all of them
-alike, and every ratio is taken against the table's own bare-httpx path::
+upstream (nginx `return 200`, or uvicorn). Its paths run in interleaved
+rounds, `A B C D, A B C D, ...`, so drift on a shared machine hits all of them
+alike, and every ratio is taken against the table's own bare-httpx path:
 
-    topo = Topology(procs, tools, "nginx-200", pki)
-    result = run_sync_table(SYNC_PATHS, topo, settings, telemetry, deadline, None)
+```python
+topo = Topology(procs, tools, "nginx-200", pki)
+result = run_sync_table(SYNC_PATHS, topo, settings, telemetry, deadline, None)
+```
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ ASYNC_PATHS = (
     PathSpec("httpx-async[aiohttp]+nginx-pair-mtls", "httpx-aiotr", "nginx-pair-mtls"),
     PathSpec("mesh-async-mtls", "mesh", "mtls-direct"),
 )
-"""The 32-in-flight table: throughput and CPU per request (``mesh-async`` is aiohttp's pool)."""
+"""The 32-in-flight table: throughput and CPU per request (`mesh-async` is aiohttp's pool)."""
 RATE_PATHS = (
     PathSpec("httpx-async", "httpx", "direct"),
     PathSpec("httpx-async+nginx-pair", "httpx", "nginx-pair"),
@@ -137,7 +139,7 @@ class Topology:
         self._pairs: dict[str, Pair] = {}
 
     def missing(self, route: str) -> str | None:
-        """Why ``route`` cannot run here, or None."""
+        """Why `route` cannot run here, or None."""
         if route == "mesh-server" and self.upstream != "uvicorn":
             return "the server half of the mesh runs in a Python upstream (uvicorn only)"
         needs = UPSTREAM_NEEDS[self.upstream] + _ROUTE_NEEDS[route]
@@ -170,7 +172,7 @@ class Topology:
         return self._pairs[kind]
 
     def route(self, route: str) -> tuple[Target, tuple[int, ...], int]:
-        """The target for ``route``, the PIDs of the sidecars on it, and the upstream's PID."""
+        """The target for `route`, the PIDs of the sidecars on it, and the upstream's PID."""
         if route == "mesh-server":
             if self._mesh_upstream is None:
                 self._mesh_upstream = start_uvicorn_upstream(self.procs, mesh=True)
@@ -247,11 +249,11 @@ def _finish(
 def _targets(mode: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The targets judged in one table, and the figures shown beside them for information.
 
-    Sequential: ``mesh`` against bare httpx and the nginx pair. 32 in flight:
-    ``mesh-async``'s throughput and CPU against aiohttp and httpx over
+    Sequential: `mesh` against bare httpx and the nginx pair. 32 in flight:
+    `mesh-async`'s throughput and CPU against aiohttp and httpx over
     httpx-aiohttp, and meshlib's own CPU above the transport it drives. Fixed
-    rate (latency below saturation): ``mesh-async`` against httpx over the
-    same transport, bare and through the pair; against ``httpx.AsyncClient``'s
+    rate (latency below saturation): `mesh-async` against httpx over the
+    same transport, bare and through the pair; against `httpx.AsyncClient`'s
     default pool for information.
     """
     if mode == "seq":
@@ -316,7 +318,7 @@ def run_sync_table(
     deadline: float,
     mesh_reason: str | None,
 ) -> dict[str, Any]:
-    """Sequential rounds, one request in flight, interleaved across ``paths``."""
+    """Sequential rounds, one request in flight, interleaved across `paths`."""
     runnable, skipped = _plan(paths, topo, mesh_reason)
     live: list[_Live] = []
     opened: list[Opened] = []
@@ -354,7 +356,7 @@ def run_sync_table(
 
 
 _Load = Callable[[Callable[[], Awaitable[int]], int], Awaitable[RoundResult]]
-"""One async round: ``load(call, requests)``."""
+"""One async round: `load(call, requests)`."""
 
 
 async def _async_table(
@@ -409,8 +411,8 @@ def run_async_table(
     *,
     fixed_rate: bool = False,
 ) -> dict[str, Any]:
-    """Async rounds interleaved across ``paths``: ``cfg.concurrency`` requests in flight
-    (closed loop), or with ``fixed_rate`` arrivals at ``cfg.rate`` per second (open loop)."""
+    """Async rounds interleaved across `paths`: `cfg.concurrency` requests in flight
+    (closed loop), or with `fixed_rate` arrivals at `cfg.rate` per second (open loop)."""
 
     def load(call: Callable[[], Awaitable[int]], requests: int) -> Awaitable[RoundResult]:
         if fixed_rate:

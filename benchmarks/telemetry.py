@@ -1,19 +1,21 @@
 """OpenTelemetry as a production service configures it, with a switch for the sampled paths.
 
 The judged paths run what a production service runs: an SDK
-``TracerProvider`` sampling ``ParentBased(TraceIdRatioBased(0.01))`` (1% of
-new traces, as ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` and
-``OTEL_TRACES_SAMPLER_ARG=0.01`` set it up) with a ``BatchSpanProcessor``, and
-an SDK ``MeterProvider`` with a ``PeriodicExportingMetricReader``. The
+`TracerProvider` sampling `ParentBased(TraceIdRatioBased(0.01))` (1% of
+new traces, as `OTEL_TRACES_SAMPLER=parentbased_traceidratio` and
+`OTEL_TRACES_SAMPLER_ARG=0.01` set it up) with a `BatchSpanProcessor`, and
+an SDK `MeterProvider` with a `PeriodicExportingMetricReader`. The
 exporters only count what they are given, so the bench pays for recording,
-batching and collecting but not for a network export. The ``*-sampled`` paths
-flip the root sampler to ``ALWAYS_ON`` (every span recorded), to show what a
-recorded trace costs::
+batching and collecting but not for a network export. The `*-sampled` paths
+flip the root sampler to `ALWAYS_ON` (every span recorded), to show what a
+recorded trace costs:
 
-    tel = install()
-    with tel.sampling(True):
-        client.get(url)
-    tel.spans_exported
+```python
+tel = install()
+with tel.sampling(True):
+    client.get(url)
+tel.spans_exported
+```
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ METRIC_INTERVAL_S = 10.0
 
 
 class _SwitchSampler(ParentBased):
-    """``ParentBased`` with a root sampler the bench can swap (a plain SDK sampler otherwise)."""
+    """`ParentBased` with a root sampler the bench can swap (a plain SDK sampler otherwise)."""
 
     def __init__(self, production: Sampler) -> None:
         super().__init__(root=production)
@@ -111,7 +113,7 @@ class Telemetry:
 
     @contextmanager
     def sampling(self, on: bool) -> Iterator[None]:
-        """Sample every new trace inside the block (``on``), or the production 1%."""
+        """Sample every new trace inside the block (`on`), or the production 1%."""
         previous = self._sampler.current
         self._sampler.current = ALWAYS_ON if on else self._sampler.production
         try:

@@ -1,6 +1,6 @@
 """The realistic upstream: a small Starlette app under uvicorn, answering a JSON document.
 
-Started in its own process by the bench (``uvicorn benchmarks.upstream_app:app``),
+Started in its own process by the bench (`uvicorn benchmarks.upstream_app:app`),
 so its CPU never counts as the client's.
 """
 
@@ -36,7 +36,7 @@ app = Starlette(routes=[Route("/", order)])
 
 
 def mesh_app() -> Any:
-    """The same app behind ``MeshMiddleware``: the server half of the mesh (``uvicorn --factory``).
+    """The same app behind `MeshMiddleware`: the server half of the mesh (`uvicorn --factory`).
 
     Telemetry is set up as in a production service (SDK tracer and meter
     providers, traces sampled only when the caller's are), and the policy is

@@ -1,14 +1,16 @@
 """batch: a plain asyncio program, no web framework, that places orders through the mesh.
 
-It calls ``http://frontend/checkout`` by service name with an
-``AsyncMeshClient``, a few calls at a time, and gives the whole batch one
-deadline with ``meshlib.deadline.deadline_scope``: every call is capped by
+It calls `http://frontend/checkout` by service name with an
+`AsyncMeshClient`, a few calls at a time, and gives the whole batch one
+deadline with `meshlib.deadline.deadline_scope`: every call is capped by
 the time the batch has left, and frontend, orders and payments receive it as
-``x-mesh-deadline-ms``, so nothing keeps working for a batch that gave up::
+`x-mesh-deadline-ms`, so nothing keeps working for a batch that gave up:
 
-    python examples/batch.py --orders 50 --within 10
+```text
+python examples/batch.py --orders 50 --within 10
+```
 
-Like the services, it reads ``examples/mesh.yaml`` unless MESH_POLICY_FILE or
+Like the services, it reads `examples/mesh.yaml` unless MESH_POLICY_FILE or
 MESH_CONTROL_PLANE_URL says otherwise.
 """
 
@@ -43,9 +45,9 @@ async def _checkout(client: meshlib.AsyncMeshClient, gate: asyncio.Semaphore) ->
 async def place_orders(
     client: meshlib.AsyncMeshClient, count: int, *, within: float, concurrency: int = 5
 ) -> Counter[str]:
-    """Place ``count`` orders, at most ``concurrency`` at once, all within ``within`` seconds.
+    """Place `count` orders, at most `concurrency` at once, all within `within` seconds.
 
-    Returns how many ended which way: ``paid``, ``deadline``, an HTTP status, or an error name.
+    Returns how many ended which way: `paid`, `deadline`, an HTTP status, or an error name.
     """
     gate = asyncio.Semaphore(concurrency)
     with deadline_scope(Deadline.after(within, SYSTEM_CLOCK)):

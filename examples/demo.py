@@ -1,11 +1,11 @@
 """The meshlib demo: a control plane and three services on 127.0.0.1, driven through five phases.
 
-``python3 tools/nox.py -s demo`` runs ``python examples/demo.py``. It:
+`python3 tools/nox.py -s demo` runs `python examples/demo.py`. It:
 
-1. picks free ports and writes the policy (``examples/mesh.yaml`` with those
+1. picks free ports and writes the policy (`examples/mesh.yaml` with those
    ports) into a fresh policy directory;
-2. starts the control plane (``meshlib controlplane serve``) serving it, and the
-   services ``frontend`` (FastAPI), ``orders`` (FastAPI) and ``payments`` (Flask),
+2. starts the control plane (`meshlib controlplane serve`) serving it, and the
+   services `frontend` (FastAPI), `orders` (FastAPI) and `payments` (Flask),
    which fetch their policy from the control plane and report to it;
 3. sends checkouts to frontend while payments is healthy, flaky, slow, down,
    and healthy again, printing each circuit-breaker change as it happens;
@@ -13,10 +13,10 @@
    recoveries, deadlines, and the latency split per edge;
 5. stops every process it started (also on Ctrl-C), and removes its files.
 
-Options: ``--duration SECONDS`` (default 20) bounds the traffic;
-``--keep-running`` keeps the mesh up afterwards, for the dashboard, until Ctrl-C,
+Options: `--duration SECONDS` (default 20) bounds the traffic;
+`--keep-running` keeps the mesh up afterwards, for the dashboard, until Ctrl-C,
 and prints the demo's publish token (type it into the dashboard to publish or roll back);
-``--no-control-plane`` uses the policy file directly.
+`--no-control-plane` uses the policy file directly.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def write_policy(directory: Path, ports: dict[str, int]) -> Path:
-    """Write ``examples/mesh.yaml`` with each service's endpoint on its port; return the file."""
+    """Write `examples/mesh.yaml` with each service's endpoint on its port; return the file."""
     document: dict[str, Any] = yaml.safe_load((EXAMPLES / "mesh.yaml").read_text())
     for name, port in ports.items():
         document["services"][name]["endpoints"] = [f"http://127.0.0.1:{port}"]
@@ -193,7 +193,7 @@ class Demo:
             worker.join(timeout=10)
 
     def run_phases(self, duration: float, observer: Observer) -> None:
-        """Walk through the phases, each for its share of ``duration``."""
+        """Walk through the phases, each for its share of `duration`."""
         self.start_traffic(PACE)
         for number, phase in enumerate(PHASES, 1):
             self.set_fault(phase.fault)

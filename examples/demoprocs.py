@@ -1,12 +1,14 @@
 """The demo's child processes: started on free 127.0.0.1 ports, logged to files, stopped by PID.
 
-Every process the demo starts is tracked here and stopped in ``close()``:
+Every process the demo starts is tracked here and stopped in `close()`:
 all are sent SIGTERM first (so even a demo killed right after still stops
-them), then each is waited for, and killed if it does not exit in time::
+them), then each is waited for, and killed if it does not exit in time:
 
-    with Processes(workdir) as procs:
-        procs.start("orders", [sys.executable, "examples/orders.py", "--port", "8001"], env)
-        procs.wait_ready("orders", "http://127.0.0.1:8001/readyz")
+```python
+with Processes(workdir) as procs:
+    procs.start("orders", [sys.executable, "examples/orders.py", "--port", "8001"], env)
+    procs.wait_ready("orders", "http://127.0.0.1:8001/readyz")
+```
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def free_port() -> int:
 
 
 def child_environment(**settings: str) -> dict[str, str]:
-    """This environment without MESH_*, OTEL_* and proxy settings, plus ``settings``."""
+    """This environment without MESH_*, OTEL_* and proxy settings, plus `settings`."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -50,7 +52,7 @@ def child_environment(**settings: str) -> dict[str, str]:
 
 
 class Processes:
-    """The demo's child processes, by name; each writes to ``<workdir>/logs/<name>.log``."""
+    """The demo's child processes, by name; each writes to `<workdir>/logs/<name>.log`."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -75,7 +77,7 @@ class Processes:
         return {name: proc.pid for name, proc in self._procs.items()}
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        """Start ``argv`` as ``name``, in the work directory, logging to its own file."""
+        """Start `argv` as `name`, in the work directory, logging to its own file."""
         with (self.logs / f"{name}.log").open("wb") as log:
             self._procs[name] = subprocess.Popen(  # noqa: S603 - argv is built by the demo
                 argv,
@@ -87,13 +89,13 @@ class Processes:
             )
 
     def log_tail(self, name: str, lines: int = 25) -> str:
-        """The last ``lines`` lines of a process's log."""
+        """The last `lines` lines of a process's log."""
         path = self.logs / f"{name}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
     def wait_ready(self, name: str, url: str, timeout: float = 30.0) -> None:
-        """Poll ``url`` until it answers 200; raise StartupError if the process dies or times out."""
+        """Poll `url` until it answers 200; raise StartupError if the process dies or times out."""
         proc = self._procs[name]
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=1.0, trust_env=False) as client:

@@ -1,15 +1,17 @@
 """What the demo tells the user: breaker changes as they happen, and a summary at the end.
 
 The numbers come from the services' own telemetry: each example service
-answers ``GET /mesh/stats`` (see ``servicekit.py``). An :class:`Observer`
+answers `GET /mesh/stats` (see `servicekit.py`). An `Observer`
 polls those documents in a thread, prints each circuit-breaker change as it
-happens, and :func:`summary` turns the last documents into plain text::
+happens, and `summary` turns the last documents into plain text:
 
-    observer = Observer({"frontend": url, "orders": url, "payments": url}, time.monotonic())
-    observer.start()
-    ...
-    observer.stop()
-    print(summary(observer, traffic, elapsed=20.0))
+```python
+observer = Observer({"frontend": url, "orders": url, "payments": url}, time.monotonic())
+observer.start()
+...
+observer.stop()
+print(summary(observer, traffic, elapsed=20.0))
+```
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Traffic:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, phase: str, status: int) -> None:
-        """Count one checkout that ended with ``status`` (0: no answer at all)."""
+        """Count one checkout that ended with `status` (0: no answer at all)."""
         with self.lock:
             counts = self.by_phase.setdefault(phase, {})
             counts[status] = counts.get(status, 0) + 1
@@ -62,7 +64,7 @@ class Traffic:
 
 
 class Observer:
-    """Polls every service's ``/mesh/stats`` and notices breaker changes as they happen."""
+    """Polls every service's `/mesh/stats` and notices breaker changes as they happen."""
 
     def __init__(
         self,

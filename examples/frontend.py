@@ -1,14 +1,16 @@
 """frontend: the FastAPI service users call; it places orders through an AsyncMeshClient.
 
-``POST /checkout`` calls ``POST http://orders/v1/orders``. The policy gives
-that call a total deadline (``services.orders.timeouts.total``), which
-meshlib sends on as ``x-mesh-deadline-ms``: orders, and the payments call
-orders makes, give up when it runs out instead of working for nobody::
+`POST /checkout` calls `POST http://orders/v1/orders`. The policy gives
+that call a total deadline (`services.orders.timeouts.total`), which
+meshlib sends on as `x-mesh-deadline-ms`: orders, and the payments call
+orders makes, give up when it runs out instead of working for nobody:
 
-    curl -X POST localhost:8000/checkout -H 'content-type: application/json' \\
-         -d '{"item": "book", "amount_cents": 1200}'
+```text
+curl -X POST localhost:8000/checkout -H 'content-type: application/json' \\
+     -d '{"item": "book", "amount_cents": 1200}'
+```
 
-Run it with ``python examples/frontend.py`` (port 8000, policy ``examples/mesh.yaml``).
+Run it with `python examples/frontend.py` (port 8000, policy `examples/mesh.yaml`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class Checkout(BaseModel):
 
 
 def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None) -> FastAPI:
-    """The frontend app; ``policy`` as for AsyncMeshClient (None: MESH_POLICY_FILE or the control plane)."""
+    """The frontend app; `policy` as for AsyncMeshClient (None: MESH_POLICY_FILE or the control plane)."""
     counters = Counters()
     orders = AsyncMeshClient(policy, service_name="frontend")
 

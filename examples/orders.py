@@ -1,13 +1,13 @@
 """orders: a FastAPI service that charges payments through a synchronous MeshClient.
 
-``POST /v1/orders`` creates an order and captures its payment with
-``PUT http://payments/v1/charges/<order id>``: ``payments`` is a service name
+`POST /v1/orders` creates an order and captures its payment with
+`PUT http://payments/v1/charges/<order id>`: `payments` is a service name
 in the policy, so meshlib picks its endpoint, retries a 503 (the PUT is
 idempotent), keeps the breaker and the retry budget, and caps the call by the
-deadline ``frontend`` sent. The endpoint is a plain ``def``: FastAPI runs it
+deadline `frontend` sent. The endpoint is a plain `def`: FastAPI runs it
 in a worker thread, where the sync client is the natural choice.
 
-Run it with ``python examples/orders.py`` (port 8001, policy ``examples/mesh.yaml``).
+Run it with `python examples/orders.py` (port 8001, policy `examples/mesh.yaml`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Order(BaseModel):
 
 
 def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None) -> FastAPI:
-    """The orders app; ``policy`` as for MeshClient (None: MESH_POLICY_FILE or the control plane)."""
+    """The orders app; `policy` as for MeshClient (None: MESH_POLICY_FILE or the control plane)."""
     counters = Counters()
     payments = MeshClient(policy, service_name="orders")
 

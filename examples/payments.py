@@ -1,18 +1,20 @@
 """payments: a Flask service behind MeshWSGIMiddleware, flaky on demand.
 
-It captures charges with an idempotent ``PUT /v1/charges/<id>`` (a retried
-charge is answered from memory, never charged twice). ``PUT /admin/fault``
+It captures charges with an idempotent `PUT /v1/charges/<id>` (a retried
+charge is answered from memory, never charged twice). `PUT /admin/fault`
 makes it fail or slow down, so the callers' retries, breaker, retry budget
-and deadlines have something to do (``{"fail_next": 2}`` fails exactly the next
-two charges)::
+and deadlines have something to do (`{"fail_next": 2}` fails exactly the next
+two charges):
 
-    curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
-         -d '{"error_rate": 0.5}'           # half the charges answer 503
-    curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
-         -d '{"delay": 1.5, "delay_rate": 0.3}'   # 3 charges in 10 take 1.5 s
-    curl -X PUT localhost:8002/admin/fault -d '{}' -H 'content-type: application/json'   # healthy
+```text
+curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
+     -d '{"error_rate": 0.5}'           # half the charges answer 503
+curl -X PUT localhost:8002/admin/fault -H 'content-type: application/json' \\
+     -d '{"delay": 1.5, "delay_rate": 0.3}'   # 3 charges in 10 take 1.5 s
+curl -X PUT localhost:8002/admin/fault -d '{}' -H 'content-type: application/json'   # healthy
+```
 
-Run it with ``python examples/payments.py`` (port 8002, policy ``examples/mesh.yaml``).
+Run it with `python examples/payments.py` (port 8002, policy `examples/mesh.yaml`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class FaultSwitch:
     fail_next: int = 0
 
     def update(self, document: dict[str, Any]) -> None:
-        """Replace the fault with ``document``'s keys; a missing key means healthy."""
+        """Replace the fault with `document`'s keys; a missing key means healthy."""
         error_rate = float(document.get("error_rate", 0.0))
         status = int(document.get("status", 503))
         delay = float(document.get("delay", 0.0))
@@ -68,7 +70,7 @@ class FaultSwitch:
         self.fail_next = fail_next
 
     def fails(self) -> bool:
-        """Whether this charge should fail: one of the next ``fail_next``, or by chance."""
+        """Whether this charge should fail: one of the next `fail_next`, or by chance."""
         if self.fail_next > 0:
             self.fail_next -= 1
             return True
@@ -88,7 +90,7 @@ class FaultSwitch:
 def create_app(policy: meshlib.Policy | meshlib.PolicyStore | str | None = None) -> Flask:
     """The payments Flask app, wrapped in meshlib's WSGI middleware.
 
-    ``policy`` as for MeshWSGIMiddleware: None reads MESH_POLICY_FILE or the control plane.
+    `policy` as for MeshWSGIMiddleware: None reads MESH_POLICY_FILE or the control plane.
     """
     app = Flask("payments")
     fault = FaultSwitch()

@@ -1,20 +1,22 @@
-"""What the three example services share: counters, metrics and the ``/mesh/stats`` document.
+"""What the three example services share: counters, metrics and the `/mesh/stats` document.
 
-Each example service (``frontend``, ``orders``, ``payments``) answers
-``GET /mesh/stats`` with a JSON document built here from its own telemetry:
+Each example service (`frontend`, `orders`, `payments`) answers
+`GET /mesh/stats` with a JSON document built here from its own telemetry:
 
-* ``mesh``: meshlib's outbound state, ``meshlib.outbound.stats.snapshot()``
+* `mesh`: meshlib's outbound state, `meshlib.outbound.stats.snapshot()`
   (requests, errors, retries, budget refusals, latency percentiles and breaker
   state per destination and endpoint);
-* ``metrics``: meshlib's OpenTelemetry counters and the latency split
+* `metrics`: meshlib's OpenTelemetry counters and the latency split
   (service / network / meshlib) per edge, read from an in-memory metric reader;
-* ``app``: the service's own counters (orders placed, deadlines hit, ...).
+* `app`: the service's own counters (orders placed, deadlines hit, ...).
 
-The demo (``examples/demo.py``) polls these documents to tell what happened::
+The demo (`examples/demo.py`) polls these documents to tell what happened:
 
-    counters = Counters()
-    counters.add("charged")
-    stats_document("payments", counters)   # {"service": "payments", "app": {...}, ...}
+```python
+counters = Counters()
+counters.add("charged")
+stats_document("payments", counters)   # {"service": "payments", "app": {...}, ...}
+```
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ _reader: InMemoryMetricReader | None = None
 class Counters:
     """Named counters an example service keeps about its own work; safe across threads.
 
-    ``counters.add("deadline_exceeded")`` then ``counters.snapshot()`` ->
-    ``{"deadline_exceeded": 1}``.
+    `counters.add("deadline_exceeded")` then `counters.snapshot()` ->
+    `{"deadline_exceeded": 1}`.
     """
 
     def __init__(self) -> None:
@@ -76,7 +78,7 @@ class Counters:
         self._values: dict[str, int] = {}
 
     def add(self, name: str, amount: int = 1) -> None:
-        """Add ``amount`` to counter ``name`` (created at zero)."""
+        """Add `amount` to counter `name` (created at zero)."""
         with self._lock:
             self._values[name] = self._values.get(name, 0) + amount
 
@@ -87,10 +89,10 @@ class Counters:
 
 
 def fastapi_options() -> dict[str, Any]:
-    """``FastAPI(**fastapi_options())``: leave server spans and metrics to MeshMiddleware.
+    """`FastAPI(**fastapi_options())`: leave server spans and metrics to MeshMiddleware.
 
-    FastAPI releases with built-in OpenTelemetry (the ``telemetry=`` argument)
-    would record a second SERVER span and a second ``http.server.request.duration``
+    FastAPI releases with built-in OpenTelemetry (the `telemetry=` argument)
+    would record a second SERVER span and a second `http.server.request.duration`
     beside meshlib's; older releases record none and lack the argument.
     """
     from fastapi import FastAPI
@@ -115,7 +117,7 @@ def install_metrics() -> InMemoryMetricReader:
 
 
 def mesh_snapshot() -> dict[str, Any]:
-    """meshlib's outbound state for this process, or ``{}`` when this meshlib has none."""
+    """meshlib's outbound state for this process, or `{}` when this meshlib has none."""
     try:
         from meshlib.outbound.stats import snapshot
     except ImportError:
@@ -132,7 +134,7 @@ def metric_summary() -> dict[str, Any]:
 
     ``{"counters": {"meshlib.client.retries": {"meshlib.destination=payments,...": 7}},
     "latency_split": {"orders->payments": {"service_ms": 1.2, "network_ms": 0.4,
-    "meshlib_ms": 0.1, "calls": 50}}}``; empty without :func:`install_metrics`.
+    "meshlib_ms": 0.1, "calls": 50}}}``; empty without `install_metrics`.
     """
     reader = _reader
     counters: dict[str, dict[str, float]] = {}
@@ -172,7 +174,7 @@ def metric_summary() -> dict[str, Any]:
 
 
 def _split_from_snapshot(service: str, mesh: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Mean split per call from the snapshot's ``latency_split_s`` sums, where meshlib keeps them."""
+    """Mean split per call from the snapshot's `latency_split_s` sums, where meshlib keeps them."""
     split: dict[str, dict[str, float]] = {}
     for dest, row in (mesh.get("destinations") or {}).items():
         sums = row.get("latency_split_s") or {}
@@ -188,7 +190,7 @@ def _split_from_snapshot(service: str, mesh: dict[str, Any]) -> dict[str, dict[s
 
 
 def stats_document(service: str, counters: Counters) -> dict[str, Any]:
-    """The ``/mesh/stats`` document of ``service``.
+    """The `/mesh/stats` document of `service`.
 
     The latency split per edge comes from meshlib's outbound snapshot when it
     sums the split of every call, else from its split histograms.
@@ -209,10 +211,10 @@ def stats_document(service: str, counters: Counters) -> dict[str, Any]:
 
 
 def parse_args(service: str, default_port: int) -> argparse.Namespace:
-    """``--host``/``--port`` for a service, and the dev policy unless MESH_* says otherwise.
+    """`--host`/`--port` for a service, and the dev policy unless MESH_* says otherwise.
 
-    Without ``MESH_POLICY_FILE`` or ``MESH_CONTROL_PLANE_URL`` in the
-    environment, the service runs against ``examples/mesh.yaml``.
+    Without `MESH_POLICY_FILE` or `MESH_CONTROL_PLANE_URL` in the
+    environment, the service runs against `examples/mesh.yaml`.
     """
     parser = argparse.ArgumentParser(description=f"The {service} example service.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -225,9 +227,9 @@ def parse_args(service: str, default_port: int) -> argparse.Namespace:
 
 
 def serve(app: Any, args: argparse.Namespace, kind: Literal["asgi", "wsgi"], *, tls: bool) -> None:
-    """Serve ``app`` until interrupted: with mutual TLS when ``tls`` and MESH_TLS_CERT is set.
+    """Serve `app` until interrupted: with mutual TLS when `tls` and MESH_TLS_CERT is set.
 
-    Mutual TLS goes through ``meshlib.serve.serve()``, which takes the certificate, key
+    Mutual TLS goes through `meshlib.serve.serve()`, which takes the certificate, key
     and client CA from MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA and hands
     the caller's certificate to the middleware (its SPIFFE ID is the caller's
     identity for authz). Otherwise: plain HTTP, uvicorn or werkzeug.

@@ -89,7 +89,7 @@ print(json.dumps({
 
 
 def _closure(name: str) -> dict[str, metadata.Distribution]:
-    """Every installed distribution the core (no extras) of ``name`` needs, itself excluded."""
+    """Every installed distribution the core (no extras) of `name` needs, itself excluded."""
     found: dict[str, metadata.Distribution] = {}
     pending = [
         Requirement(r) for r in metadata.distribution(name).requires or () if _core(Requirement(r))
@@ -110,8 +110,8 @@ def _core(requirement: Requirement) -> bool:
 
 
 def _link(dist: metadata.Distribution, site: Path) -> None:
-    """Make ``dist``'s installed files visible in ``site``, file by file (namespace packages such
-    as ``opentelemetry`` are shared with distributions that must stay out, the SDK among them)."""
+    """Make `dist`'s installed files visible in `site`, file by file (namespace packages such
+    as `opentelemetry` are shared with distributions that must stay out, the SDK among them)."""
     base = Path(str(dist.locate_file("")))
     for file in dist.files or ():
         relative = Path(str(file))

@@ -1,4 +1,4 @@
-"""``python -m meshlib`` runs the CLI."""
+"""`python -m meshlib` runs the CLI."""
 
 import sys
 

@@ -1,12 +1,14 @@
 """Time and chance, injected into every decision object so tests never sleep.
 
 The breaker, the retry budget, outlier ejection, admission and deadlines all
-take a :class:`Clock`. Production code uses :data:`SYSTEM_CLOCK`; tests use
-:class:`FakeClock` and move time by hand::
+take a `Clock`. Production code uses `SYSTEM_CLOCK`; tests use
+`FakeClock` and move time by hand:
 
-    clock = FakeClock()
-    budget = RetryBudget(policy.retry.budget, clock=clock)
-    clock.advance(1.5)
+```python
+clock = FakeClock()
+budget = RetryBudget(policy.retry.budget, clock=clock)
+clock.advance(1.5)
+```
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ SYSTEM_CLOCK: Clock = SystemClock()
 class FakeClock:
     """A clock that moves only when told, with scripted or seeded randomness.
 
-    ``random_values`` are returned in order and then repeat the last one;
+    `random_values` are returned in order and then repeat the last one;
     without them a seeded PRNG is used so runs are repeatable.
     """
 
@@ -71,7 +73,7 @@ class FakeClock:
         return self._now
 
     def wall(self) -> float:
-        """Current fake wall time, moving with ``advance``."""
+        """Current fake wall time, moving with `advance`."""
         return self._now + self._wall_offset
 
     def random(self) -> float:

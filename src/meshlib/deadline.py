@@ -1,15 +1,17 @@
 """Deadlines: one absolute point in (monotonic) time by which a call must be done.
 
 A deadline is shared by both sides of a service. The inbound middleware turns
-an incoming ``x-mesh-deadline-ms`` header into a :class:`Deadline` and binds it
-with :func:`deadline_scope`; every outbound call made while serving that
-request reads :data:`current_deadline`, caps its own total timeout by it and
-sends what is left on as a *relative* header (no clock skew between hosts)::
+an incoming `x-mesh-deadline-ms` header into a [`Deadline`][meshlib.deadline.Deadline] and binds it
+with [`deadline_scope`][meshlib.deadline.deadline_scope]; every outbound call made while serving that
+request reads `current_deadline`, caps its own total timeout by it and
+sends what is left on as a *relative* header (no clock skew between hosts):
 
-    with deadline_scope(Deadline.after(0.250, SYSTEM_CLOCK)):
-        client.get("http://payments/v1/charges")   # at most ~250 ms, header says so
+```python
+with deadline_scope(Deadline.after(0.250, SYSTEM_CLOCK)):
+    client.get("http://payments/v1/charges")   # at most ~250 ms, header says so
+```
 
-Deadlines are values on the injected :class:`~meshlib.clock.Clock`, so tests
+Deadlines are values on the injected `Clock`, so tests
 move time by hand.
 """
 
@@ -40,11 +42,13 @@ DEADLINE_HEADER = "x-mesh-deadline-ms"
 class Deadline:
     """An absolute moment on a clock's monotonic timeline.
 
-    Build one relative to now and ask how much is left::
+    Build one relative to now and ask how much is left:
 
-        deadline = Deadline.after(2.0, clock)
-        deadline.remaining(clock)   # 2.0, shrinking as the clock moves
-        deadline.expired(clock)     # False until it runs out
+    ```python
+    deadline = Deadline.after(2.0, clock)
+    deadline.remaining(clock)   # 2.0, shrinking as the clock moves
+    deadline.expired(clock)     # False until it runs out
+    ```
     """
 
     at: float
@@ -52,7 +56,7 @@ class Deadline:
 
     @classmethod
     def after(cls, seconds: float, clock: Clock) -> Deadline:
-        """The deadline ``seconds`` from now on ``clock``."""
+        """The deadline `seconds` from now on `clock`."""
         return cls(clock.monotonic() + seconds)
 
     def remaining(self, clock: Clock) -> float:
@@ -65,7 +69,7 @@ class Deadline:
         return clock.monotonic() >= self.at
 
     def earliest(self, other: Deadline | None) -> Deadline:
-        """The sooner of this deadline and ``other`` (``None`` means no other deadline)."""
+        """The sooner of this deadline and `other` (`None` means no other deadline)."""
         if other is None or self.at <= other.at:
             return self
         return other
@@ -77,12 +81,14 @@ current_deadline: ContextVar[Deadline | None] = ContextVar("meshlib_deadline", d
 
 @contextmanager
 def deadline_scope(deadline: Deadline | None) -> Iterator[Deadline | None]:
-    """Bind ``deadline`` as :data:`current_deadline` for the block, then restore the previous one.
+    """Bind `deadline` as `current_deadline` for the block, then restore the previous one.
 
-    A nested scope never extends an outer deadline: the sooner one wins::
+    A nested scope never extends an outer deadline: the sooner one wins:
 
-        with deadline_scope(Deadline.after(1.0, SYSTEM_CLOCK)) as deadline:
-            ...
+    ```python
+    with deadline_scope(Deadline.after(1.0, SYSTEM_CLOCK)) as deadline:
+        ...
+    ```
     """
     outer = current_deadline.get()
     effective = deadline.earliest(outer) if deadline is not None else outer
@@ -96,16 +102,16 @@ def deadline_scope(deadline: Deadline | None) -> Iterator[Deadline | None]:
 def format_deadline_header(deadline: Deadline, clock: Clock) -> str:
     """The header value for the time left: whole milliseconds, rounded down, at least 0.
 
-    ``format_deadline_header(Deadline.after(0.25, clock), clock) == "250"``
+    `format_deadline_header(Deadline.after(0.25, clock), clock) == "250"`
     """
     return str(max(0, math.floor(deadline.remaining(clock) * 1000.0 + 1e-6)))
 
 
 def parse_deadline_header(value: str, clock: Clock) -> Deadline | None:
-    """The deadline a header value describes, or ``None`` when it is malformed.
+    """The deadline a header value describes, or `None` when it is malformed.
 
     A malformed header is ignored rather than failing the request:
-    ``parse_deadline_header("250", clock)`` is 250 ms from now; ``"soon"`` is ``None``.
+    `parse_deadline_header("250", clock)` is 250 ms from now; `"soon"` is `None`.
     """
     text = value.strip()
     if not text or len(text) > 15 or not text.isascii() or not text.isdigit():

@@ -1,29 +1,31 @@
 """meshlib's exceptions, which also plug into the trees users already catch.
 
 Runtime errors on the outbound path subclass the httpx exception a caller
-would already handle, so code written for plain httpx keeps working::
+would already handle, so code written for plain httpx keeps working:
 
-    MeshError
-    ├── PolicyError(ValueError)              a policy document is invalid (source, line, column, field)
-    ├── SettingsError(ValueError)            a MESH_* setting is invalid
-    ├── CertificateError(ValueError)         a certificate, key or CA file is unusable
-    ├── ControlPlaneError                    the control plane answered badly (never raised into requests)
-    │   ├── StoreUnavailableError            the control plane's store (files, etcd) cannot be reached
-    │   └── VersionConflictError             a compare-and-set publish lost: the version moved on
-    ├── CircuitOpenError(httpx.TransportError)   no endpoint can take the call: every breaker is open
-    ├── NoEndpointsError(httpx.TransportError)   the destination has no endpoints at all
-    ├── TLSRequiredError(httpx.UnsupportedProtocol)  a plaintext call where the policy promises TLS
-    ├── TLSVerificationError(httpx.ConnectError) the server's certificate failed verification
-    │   └── PeerIdentityError                    the server's SPIFFE identity is not the expected one
-    └── DeadlineExceeded(httpx.TimeoutException) the call's total deadline ran out
+```text
+MeshError
+├── PolicyError(ValueError)              a policy document is invalid (source, line, column, field)
+├── SettingsError(ValueError)            a MESH_* setting is invalid
+├── CertificateError(ValueError)         a certificate, key or CA file is unusable
+├── ControlPlaneError                    the control plane answered badly (never raised into requests)
+│   ├── StoreUnavailableError            the control plane's store (files, etcd) cannot be reached
+│   └── VersionConflictError             a compare-and-set publish lost: the version moved on
+├── CircuitOpenError(httpx.TransportError)   no endpoint can take the call: every breaker is open
+├── NoEndpointsError(httpx.TransportError)   the destination has no endpoints at all
+├── TLSRequiredError(httpx.UnsupportedProtocol)  a plaintext call where the policy promises TLS
+├── TLSVerificationError(httpx.ConnectError) the server's certificate failed verification
+│   └── PeerIdentityError                    the server's SPIFFE identity is not the expected one
+└── DeadlineExceeded(httpx.TimeoutException) the call's total deadline ran out
+```
 
 `TLSRequiredError` and `TLSVerificationError` are never retried: trying
 again, or another endpoint, would not change a policy or a certificate.
 
 When retries run out, meshlib re-raises the last real error (an
-``httpx.ConnectError``, say), not a wrapper; the attempts made are attached
-to it as ``exc.__meshlib_attempts__`` and to the returned response as
-``response.extensions["meshlib.attempts"]``. A call whose total time ran out
+`httpx.ConnectError`, say), not a wrapper; the attempts made are attached
+to it as `exc.__meshlib_attempts__` and to the returned response as
+`response.extensions["meshlib.attempts"]`. A call whose total time ran out
 always raises `DeadlineExceeded`, whether it ran out during an attempt,
 during a backoff or before the next attempt could start; the last real
 error is its `__cause__`.
@@ -62,8 +64,8 @@ class MeshError(Exception):
 class PolicyIssue:
     """One problem found in a policy document, located as precisely as the parser knows.
 
-    ``field`` is a dotted path (``services.payments.retry.attempts``); ``line`` and
-    ``column`` are 1-based and ``None`` when the format does not tell.
+    `field` is a dotted path (`services.payments.retry.attempts`); `line` and
+    `column` are 1-based and `None` when the format does not tell.
     """
 
     message: str
@@ -83,16 +85,18 @@ class PolicyIssue:
 
 
 class PolicyError(MeshError, ValueError):
-    """A policy document is invalid; every problem found is in ``issues``.
+    """A policy document is invalid; every problem found is in `issues`.
 
-    The attributes ``source``, ``line``, ``column`` and ``field`` describe the
-    first issue, for callers that only show one::
+    The attributes `source`, `line`, `column` and `field` describe the
+    first issue, for callers that only show one:
 
-        try:
-            meshlib.load_policy("mesh.yaml")
-        except meshlib.PolicyError as exc:
-            for issue in exc.issues:
-                print(issue)   # mesh.yaml:12:17 services.payments.retry.attempts: ...
+    ```python
+    try:
+        meshlib.load_policy("mesh.yaml")
+    except meshlib.PolicyError as exc:
+        for issue in exc.issues:
+            print(issue)   # mesh.yaml:12:17 services.payments.retry.attempts: ...
+    ```
     """
 
     def __init__(self, issues: Sequence[PolicyIssue]) -> None:
@@ -116,7 +120,7 @@ class PolicyError(MeshError, ValueError):
         line: int | None = None,
         column: int | None = None,
     ) -> PolicyError:
-        """Build a ``PolicyError`` holding one issue."""
+        """Build a `PolicyError` holding one issue."""
         return cls([PolicyIssue(message, field, source, line, column)])
 
     def __str__(self) -> str:
@@ -128,7 +132,7 @@ class PolicyError(MeshError, ValueError):
 
 
 class SettingsError(MeshError, ValueError):
-    """A ``MESH_*`` setting is missing or invalid."""
+    """A `MESH_*` setting is missing or invalid."""
 
 
 class CertificateError(MeshError, ValueError):
@@ -152,9 +156,9 @@ class StoreUnavailableError(ControlPlaneError):
 
 
 class VersionConflictError(ControlPlaneError):
-    """A conditional publish (``If-Match``) lost the race: another version is current now.
+    """A conditional publish (`If-Match`) lost the race: another version is current now.
 
-    ``current`` is the version in force (None when nothing was published yet),
+    `current` is the version in force (None when nothing was published yet),
     so the caller can read it, merge and try again.
     """
 

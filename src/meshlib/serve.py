@@ -1,27 +1,29 @@
-"""Run an ASGI or WSGI app with mutual TLS from ``MESH_TLS_*``, the peer certificate reaching the app.
+"""Run an ASGI or WSGI app with mutual TLS from `MESH_TLS_*`, the peer certificate reaching the app.
 
-::
-
-    import meshlib.serve
-    meshlib.serve.serve(app, host="0.0.0.0", port=8443)   # ASGI -> uvicorn, WSGI -> werkzeug
+```python
+import meshlib.serve
+meshlib.serve.serve(app, host="0.0.0.0", port=8443)   # ASGI -> uvicorn, WSGI -> werkzeug
+```
 
 Every launcher takes its certificate, key and client CA from
-:class:`~meshlib.settings.MeshSettings` (``MESH_TLS_CERT``, ``MESH_TLS_KEY``,
-``MESH_TLS_CA``), requires a client certificate signed by that CA, picks up
-rotated files for new connections (:mod:`meshlib.security.reload`), and
+[`MeshSettings`][meshlib.settings.MeshSettings] (`MESH_TLS_CERT`, `MESH_TLS_KEY`,
+`MESH_TLS_CA`), requires a client certificate signed by that CA, picks up
+rotated files for new connections (`meshlib.security.reload`), and
 hands the verified client certificate to the app where
-:class:`~meshlib.MeshMiddleware` looks for it:
+[`MeshMiddleware`][meshlib.MeshMiddleware] looks for it:
 
-- ASGI under uvicorn: ``scope["extensions"]["tls"]["client_cert_chain"][0]``
-  (:mod:`meshlib.security.asgi_bridge`; uvicorn does not fill it itself);
-- WSGI under werkzeug or gunicorn: ``environ["SSL_CLIENT_CERT"]``
-  (:mod:`meshlib.security.wsgi_bridge`).
+- ASGI under uvicorn: `scope["extensions"]["tls"]["client_cert_chain"][0]`
+  (`meshlib.security.asgi_bridge`; uvicorn does not fill it itself);
+- WSGI under werkzeug or gunicorn: `environ["SSL_CLIENT_CERT"]`
+  (`meshlib.security.wsgi_bridge`).
 
 The lower-level builders return the server object without running it, for
-tests and for processes that run several servers::
+tests and for processes that run several servers:
 
-    server = uvicorn_server(app, port=8443)      # a uvicorn.Server; server.run()
-    server = werkzeug_server(wsgi_app, port=8443)  # a werkzeug server; server.serve_forever()
+```python
+server = uvicorn_server(app, port=8443)      # a uvicorn.Server; server.run()
+server = werkzeug_server(wsgi_app, port=8443)  # a werkzeug server; server.serve_forever()
+```
 """
 
 from __future__ import annotations
@@ -69,15 +71,17 @@ def uvicorn_server(
     ssl_context: ssl.SSLContext | None = None,
     **config: Any,
 ) -> uvicorn.Server:
-    """A ``uvicorn.Server`` for ``app`` with mutual TLS and the ASGI ``tls`` extension filled.
+    """A `uvicorn.Server` for `app` with mutual TLS and the ASGI `tls` extension filled.
 
-    ``config`` goes to ``uvicorn.Config`` (``http="h11"``/``"httptools"``,
-    ``log_level``, ...); TLS comes from ``settings`` (or ``ssl_context``).
+    `config` goes to `uvicorn.Config` (`http="h11"`/`"httptools"`,
+    `log_level`, ...); TLS comes from `settings` (or `ssl_context`).
 
+    ```pycon
     >>> uvicorn_server(app, port=8443).run()   # doctest: +SKIP
+    ```
 
     Raises:
-        CertificateError: a ``MESH_TLS_*`` setting is missing or its file unusable.
+        CertificateError: a `MESH_TLS_*` setting is missing or its file unusable.
     """
     import uvicorn
     from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
@@ -119,11 +123,13 @@ def werkzeug_server(
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float = 10.0,
 ) -> MeshWSGIServer:
-    """Run werkzeug's threaded server for a WSGI ``app`` with mutual TLS; ``SSL_CLIENT_CERT`` set.
+    """Run werkzeug's threaded server for a WSGI `app` with mutual TLS; `SSL_CLIENT_CERT` set.
 
-    ``port=0`` picks a free port (``server.server_port``).
+    `port=0` picks a free port (`server.server_port`).
 
+    ```pycon
     >>> werkzeug_server(flask_app, port=8443).serve_forever()   # doctest: +SKIP
+    ```
     """
     from meshlib.security.wsgi_bridge import MeshWSGIServer
 
@@ -139,13 +145,15 @@ def gunicorn_application(
     require_client_cert: bool = True,
     **options: Any,
 ) -> Any:
-    """A gunicorn application serving ``app`` with mutual TLS; ``SSL_CLIENT_CERT`` set per request.
+    """A gunicorn application serving `app` with mutual TLS; `SSL_CLIENT_CERT` set per request.
 
-    ``options`` are gunicorn settings (``workers``, ``worker_class``, ...).
+    `options` are gunicorn settings (`workers`, `worker_class`, ...).
     Each worker builds its own rotating context after the fork, through
-    gunicorn's ``ssl_context`` hook.
+    gunicorn's `ssl_context` hook.
 
+    ```pycon
     >>> gunicorn_application(flask_app, bind="0.0.0.0:8443", workers=4).run()   # doctest: +SKIP
+    ```
     """
     from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
@@ -193,13 +201,15 @@ def serve(
     require_client_cert: bool = True,
     **options: Any,
 ) -> None:
-    """Serve ``app`` with mutual TLS until interrupted.
+    """Serve `app` with mutual TLS until interrupted.
 
     ASGI apps run under uvicorn, WSGI apps under werkzeug's threaded server
-    (or gunicorn with ``server="gunicorn"``); ``interface="auto"`` tells them
-    apart as uvicorn does. ``options`` go to the server.
+    (or gunicorn with `server="gunicorn"`); `interface="auto"` tells them
+    apart as uvicorn does. `options` go to the server.
 
+    ```pycon
     >>> serve(app, host="0.0.0.0", port=8443)   # doctest: +SKIP
+    ```
     """
     if interface == "auto":
         interface = "asgi" if _is_asgi(app) else "wsgi"

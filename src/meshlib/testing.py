@@ -1,16 +1,18 @@
 """Public helpers for testing code that uses meshlib.
 
-:func:`set_testing` turns backoff sleeps off and fixes the number of
-attempts, as stamina's ``set_testing`` does, so a test of retry behaviour
-runs in milliseconds::
+[`set_testing`][meshlib.testing.set_testing] turns backoff sleeps off and fixes the number of
+attempts, as stamina's `set_testing` does, so a test of retry behaviour
+runs in milliseconds:
 
-    from meshlib.testing import set_testing
+```python
+from meshlib.testing import set_testing
 
-    with set_testing(attempts=2):
-        client.get("http://payments/v1/charges")   # at most 2 tries, no sleeping
+with set_testing(attempts=2):
+    client.get("http://payments/v1/charges")   # at most 2 tries, no sleeping
+```
 
-It can also be called without ``with``; it then stays on until
-``set_testing(False)``. :class:`~meshlib.clock.FakeClock` is re-exported for
+It can also be called without `with`; it then stays on until
+`set_testing(False)`. `FakeClock` is re-exported for
 tests of decision objects.
 """
 
@@ -25,7 +27,7 @@ __all__ = ["FakeClock", "is_testing", "set_testing"]
 
 
 class _RestoreTesting:
-    """Returned by :func:`set_testing`; restores the previous mode when used as a context manager."""
+    """Returned by [`set_testing`][meshlib.testing.set_testing]; restores the previous mode when used as a context manager."""
 
     def __init__(self, previous: TestingMode | None) -> None:
         self._previous = previous
@@ -43,13 +45,15 @@ class _RestoreTesting:
 
 
 def set_testing(testing: bool = True, *, attempts: int = 1, cap: bool = False) -> _RestoreTesting:
-    """Turn test mode on (no backoff sleeps, ``attempts`` tries) or off.
+    """Turn test mode on (no backoff sleeps, `attempts` tries) or off.
 
-    With ``cap=True`` a policy's own ``attempts`` is kept when lower than
-    ``attempts``. Returns a context manager that restores the previous mode::
+    With `cap=True` a policy's own `attempts` is kept when lower than
+    `attempts`. Returns a context manager that restores the previous mode:
 
-        with set_testing(attempts=3, cap=True):
-            ...
+    ```python
+    with set_testing(attempts=3, cap=True):
+        ...
+    ```
     """
     if testing and attempts < 1:
         raise ValueError(f"attempts counts tries including the first; got {attempts}, need >= 1")

@@ -1,6 +1,6 @@
 """The benchmark harness still runs end to end: a tiny pass without system packages.
 
-Timings are never asserted (performance is measured by ``benchmarks/run.py``,
+Timings are never asserted (performance is measured by `benchmarks/run.py`,
 not judged by the test suite); only that every table, path and file appears.
 """
 

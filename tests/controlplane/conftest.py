@@ -149,13 +149,13 @@ class Applied:
             self._cond.notify_all()
 
     def wait_for(self, revision: str, timeout: float) -> bool:
-        """Whether ``revision`` was applied within ``timeout`` seconds."""
+        """Whether `revision` was applied within `timeout` seconds."""
         with self._cond:
             return self._cond.wait_for(lambda: revision in self.revisions, timeout)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` every 20 ms until it holds or ``timeout`` passes."""
+    """Poll `predicate` every 20 ms until it holds or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -12,7 +12,7 @@ from typing import Any
 
 
 def good(version: int, document: dict[str, Any]) -> bytes:
-    """A well-formed 200 answer carrying ``document`` as ``version``."""
+    """A well-formed 200 answer carrying `document` as `version`."""
     body = json.dumps(
         {"version": version, "hash": f"sha256:{version:064d}", "document": document}
     ).encode()
@@ -50,7 +50,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class RawServer(socketserver.ThreadingTCPServer):
-    """Answers every request with ``answer`` and closes the connection."""
+    """Answers every request with `answer` and closes the connection."""
 
     daemon_threads = True
     allow_reuse_address = True

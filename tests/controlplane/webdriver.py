@@ -39,19 +39,19 @@ class Browser:
         return payload["value"]
 
     def get(self, url: str) -> None:
-        """Navigate to ``url`` and wait for the load."""
+        """Navigate to `url` and wait for the load."""
         self._call("POST", "/url", {"url": url})
 
     def find(self, css: str) -> str:
-        """The element matching ``css`` (AssertionError if none)."""
+        """The element matching `css` (AssertionError if none)."""
         return str(self._call("POST", "/element", {"using": "css selector", "value": css})[ELEMENT])
 
     def click(self, css: str) -> None:
-        """Click the element matching ``css`` as a user would."""
+        """Click the element matching `css` as a user would."""
         self._call("POST", f"/element/{self.find(css)}/click", {})
 
     def type(self, css: str, text: str) -> None:
-        """Type ``text`` into the input matching ``css``."""
+        """Type `text` into the input matching `css`."""
         self._call("POST", f"/element/{self.find(css)}/value", {"text": text})
 
     def script(self, source: str, *args: Any) -> Any:
@@ -59,14 +59,14 @@ class Browser:
         return self._call("POST", "/execute/sync", {"script": source, "args": list(args)})
 
     def text(self, css: str) -> str:
-        """The text content of the first element matching ``css``, or '' if there is none."""
+        """The text content of the first element matching `css`, or '' if there is none."""
         result = self.script(
             "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';", css
         )
         return str(result)
 
     def wait_text(self, css: str, expected: str, timeout: float = 10.0) -> str:
-        """Wait until the element's text contains ``expected``; fail with what it showed."""
+        """Wait until the element's text contains `expected`; fail with what it showed."""
         deadline = time.monotonic() + timeout
         shown = ""
         while time.monotonic() < deadline:

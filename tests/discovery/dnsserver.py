@@ -17,8 +17,8 @@ from dnslib.server import BaseResolver, DNSLogger, DNSServer
 class Zone(BaseResolver):  # type: ignore[misc]
     """Records by (name, type); every query is logged with its time.
 
-    ``records[("api.test.", "A")] = [("127.0.0.1", 30)]`` holds (rdata text, TTL);
-    ``rcode[name] = "SERVFAIL"`` makes a name fail; ``additional`` holds glue for SRV.
+    `records[("api.test.", "A")] = [("127.0.0.1", 30)]` holds (rdata text, TTL);
+    `rcode[name] = "SERVFAIL"` makes a name fail; `additional` holds glue for SRV.
     """
 
     records: dict[tuple[str, str], list[tuple[str, int]]] = field(default_factory=dict)
@@ -63,7 +63,7 @@ class Zone(BaseResolver):  # type: ignore[misc]
 
 @contextmanager
 def serve_dns(zone: Zone) -> Iterator[int]:
-    """Serve ``zone`` over UDP on 127.0.0.1 until the block ends; yields the port."""
+    """Serve `zone` over UDP on 127.0.0.1 until the block ends; yields the port."""
     quiet = DNSLogger("-request,-reply,-truncated,-error", prefix=False)
     server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
     server.start_thread()

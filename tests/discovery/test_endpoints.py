@@ -11,7 +11,7 @@ from meshlib.policy.model import Discovery, Endpoint, HealthCheck, Locality
 
 
 def eps(*specs: str) -> list[Endpoint]:
-    """``"a@z1"`` -> Endpoint(url="http://a:80", zone="z1")."""
+    """`"a@z1"` -> Endpoint(url="http://a:80", zone="z1")."""
     out = []
     for spec in specs:
         host, _, zone = spec.partition("@")

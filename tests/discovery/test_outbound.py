@@ -25,7 +25,7 @@ from tests.support.servers import RunningServer, serve_asgi
 
 
 class Named:
-    """Answers its name; its /healthz answers ``health`` (200 or 503)."""
+    """Answers its name; its /healthz answers `health` (200 or 503)."""
 
     def __init__(self, name: str) -> None:
         self.name = name

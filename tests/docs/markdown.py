@@ -4,16 +4,16 @@ The conventions (also in docs/how-to and checked by tests/docs/test_docs.py):
 
 * every ```python block is parsed, and its imports are executed, so a renamed
   name fails the suite;
-* ``<!-- test -->`` before a python block: run it, in page order, in one
+* `<!-- test -->` before a python block: run it, in page order, in one
   namespace per page, in a fresh working directory;
-* ``<!-- file: NAME -->`` before any block: write its text to NAME there first;
-* ``<!-- test: background -->`` before a console block: start its ``$``
+* `<!-- file: NAME -->` before any block: write its text to NAME there first;
+* `<!-- test: background -->` before a console block: start its `$`
   commands in the background for the rest of the page;
-* ``<!-- test: run -->`` before a console block: run its ``$`` commands; every
-  output line shown after a command must appear in its output (``...`` is a wildcard);
-* ``<!-- test: background output -->`` before a block: each of its lines must appear
+* `<!-- test: run -->` before a console block: run its `$` commands; every
+  output line shown after a command must appear in its output (`...` is a wildcard);
+* `<!-- test: background output -->` before a block: each of its lines must appear
   in what the background commands have printed so far;
-* ``<!-- test: ports 8001 8002 -->`` in a page: those ports become free ones.
+* `<!-- test: ports 8001 8002 -->` in a page: those ports become free ones.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Page:
 
 @dataclass(frozen=True)
 class Command:
-    """A ``$ command`` of a console block and the output lines shown after it."""
+    """A `$ command` of a console block and the output lines shown after it."""
 
     command: str
     expected: tuple[str, ...]
@@ -83,7 +83,7 @@ def read_page(path: Path, text: str | None = None) -> Page:
 
 
 def commands(block: Block) -> list[Command]:
-    """The ``$ `` commands of a console block, each with the output lines shown after it."""
+    """The `$ ` commands of a console block, each with the output lines shown after it."""
     found: list[Command] = []
     current: str | None = None
     expected: list[str] = []
@@ -100,6 +100,6 @@ def commands(block: Block) -> list[Command]:
 
 
 def matches(expected: str, output: str) -> bool:
-    """Whether the shown line ``expected`` appears in ``output`` (``...`` matches anything)."""
+    """Whether the shown line `expected` appears in `output` (`...` matches anything)."""
     pattern = ".*?".join(re.escape(part.strip()) for part in expected.split("..."))
     return any(re.search(pattern, line) for line in output.splitlines())

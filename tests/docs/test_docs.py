@@ -1,10 +1,10 @@
 """The docs' code blocks run: every python block's imports, marked blocks in full, the tutorial for real.
 
-Conventions are in tests/docs/markdown.py: ``<!-- test -->`` runs a python
-block, ``<!-- file: NAME -->`` writes a block to a file, ``<!-- test: background -->``
-and ``<!-- test: run -->`` run a console block's commands, ``<!-- test: background
-output -->`` checks a block's lines against what the background commands printed,
-and ``<!-- test: ports ... -->`` swaps a page's ports for free ones.
+Conventions are in tests/docs/markdown.py: `<!-- test -->` runs a python
+block, `<!-- file: NAME -->` writes a block to a file, `<!-- test: background -->`
+and `<!-- test: run -->` run a console block's commands, `<!-- test: background
+output -->` checks a block's lines against what the background commands printed,
+and `<!-- test: ports ... -->` swaps a page's ports for free ones.
 """
 
 from __future__ import annotations

@@ -248,7 +248,6 @@ def test_the_policy_reference_shows_placeholders(site: Path) -> None:
     assert "spiffe://&lt;trust_domain&gt;/&lt;service&gt;" in text
 
 
-@pytest.mark.xfail(reason="docstrings still reST: tools/rest_to_markdown.py runs last", strict=True)
 def test_no_raw_restructuredtext_reaches_the_reader(site: Path) -> None:
     """No prose shows reST roles (:class:`...`), `Example::` literal markers or ``double backticks``."""
     raw = []

@@ -1,8 +1,8 @@
 """One small service as a Starlette, a FastAPI and a Flask app, over mutual TLS, behind the mesh.
 
-Handlers (same in all three): ``/v1`` and ``/v1/<anything>`` answer ``v1``,
-``/admin`` and ``/admin/<anything>`` answer ``admin``, and a catch-all
-answers ``other``; each counts its calls, so a test can prove which handler
+Handlers (same in all three): `/v1` and `/v1/<anything>` answer `v1`,
+`/admin` and `/admin/<anything>` answer `admin`, and a catch-all
+answers `other`; each counts its calls, so a test can prove which handler
 a hostile request reached. A raw TLS socket sends request lines exactly as
 written (httpx would resolve dot segments before sending).
 """
@@ -96,7 +96,7 @@ def _flask(hits: Counter[str]) -> Flask:
 def serve_service(
     framework: str, store: PolicyStore, ca: TestCA, server_cert: Issued, **options: Any
 ) -> Iterator[Service]:
-    """Serve `framework`'s app as service ``payments`` under `store`, over TLS on 127.0.0.1."""
+    """Serve `framework`'s app as service `payments` under `store`, over TLS on 127.0.0.1."""
     hits: Counter[str] = Counter()
     options = {"policy": store, "service_name": "payments", **options}
     if framework == "flask":

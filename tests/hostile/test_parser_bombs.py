@@ -61,7 +61,7 @@ def _why(name: str) -> str:
 
 
 def _explains(why: str, message: str) -> bool:
-    """Whether ``message`` gives the reason; libyaml's scanner words its own depth limit."""
+    """Whether `message` gives the reason; libyaml's scanner words its own depth limit."""
     return why in message or (why == "deep" and "maximum nesting depth" in message)
 
 

@@ -1,11 +1,11 @@
 """Authz decides on the path the app routes: hostile path forms through Starlette, FastAPI and Flask.
 
-The policy lets ``orders`` call only under ``/v1/`` (default deny). An
-attacker holding the ``orders`` certificate tries every way to spell a path
-outside ``/v1/`` that a cleaned-up decision would judge as inside it: dot
+The policy lets `orders` call only under `/v1/` (default deny). An
+attacker holding the `orders` certificate tries every way to spell a path
+outside `/v1/` that a cleaned-up decision would judge as inside it: dot
 segments plain and encoded, encoded slashes and backslashes, overlong UTF-8,
-NUL, ``;`` parameters, absolute-form targets. Each is either refused with
-400 before the app, or reaches the ``v1`` handler; the ``admin`` and
+NUL, `;` parameters, absolute-form targets. Each is either refused with
+400 before the app, or reaches the `v1` handler; the `admin` and
 catch-all handlers never run.
 """
 

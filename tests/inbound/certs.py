@@ -28,7 +28,7 @@ def _name(common: str) -> x509.Name:
 
 
 class TestCA:
-    """A self-signed CA in ``directory``; ``issue`` writes leaf certificates next to it."""
+    """A self-signed CA in `directory`; `issue` writes leaf certificates next to it."""
 
     __test__ = False
 
@@ -51,7 +51,7 @@ class TestCA:
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, *sans: x509.GeneralName) -> Issued:
-        """A leaf certificate for ``name`` with the given subject alternative names."""
+        """A leaf certificate for `name` with the given subject alternative names."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         builder = (
@@ -80,7 +80,7 @@ class TestCA:
         return Issued(cert_path, key_path, pem.decode("ascii"))
 
     def spiffe(self, service: str) -> Issued:
-        """A client certificate proving ``spiffe://example.org/<service>``."""
+        """A client certificate proving `spiffe://example.org/<service>`."""
         return self.issue(
             service, x509.UniformResourceIdentifier(f"spiffe://example.org/{service}")
         )
@@ -90,7 +90,7 @@ class TestCA:
         return self.issue("server", x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
 
     def client_context(self, client: Issued | None) -> ssl.SSLContext:
-        """A client context trusting this CA, presenting ``client`` if given."""
+        """A client context trusting this CA, presenting `client` if given."""
         ctx = ssl.create_default_context(cafile=str(self.path))
         if client is not None:
             ctx.load_cert_chain(str(client.cert), str(client.key))

@@ -28,7 +28,7 @@ class Telemetry:
         return list(self.exporter.get_finished_spans())
 
     def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
-        """(attributes, data point) of every point of the metric ``name``."""
+        """(attributes, data point) of every point of the metric `name`."""
         data = self.reader.get_metrics_data()
         found = []
         for resource in data.resource_metrics if data else ():

@@ -16,7 +16,7 @@ from meshlib.inbound.admission import (
 
 
 def test_bucket_starts_full_and_allows_a_burst() -> None:
-    """A new bucket admits ``burst`` requests at once, then refuses."""
+    """A new bucket admits `burst` requests at once, then refuses."""
     bucket = TokenBucket(rate=10.0, burst=3, clock=FakeClock())
     assert [bucket.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert bucket.try_acquire() > 0.0
@@ -35,7 +35,7 @@ def test_bucket_refills_at_rate_and_says_how_long_to_wait() -> None:
 
 
 def test_bucket_never_saves_more_than_burst() -> None:
-    """A long idle period refills only up to ``burst``."""
+    """A long idle period refills only up to `burst`."""
     clock = FakeClock()
     bucket = TokenBucket(rate=100.0, burst=2, clock=clock)
     clock.advance(3600)
@@ -52,7 +52,7 @@ def test_bucket_rejects_nonsense_settings() -> None:
 
 
 def test_bucket_is_exact_under_threads() -> None:
-    """Threads racing for tokens get exactly ``burst`` of them while time stands still."""
+    """Threads racing for tokens get exactly `burst` of them while time stands still."""
     bucket = TokenBucket(rate=1.0, burst=500, clock=FakeClock())
     admitted: list[int] = []
     lock = threading.Lock()

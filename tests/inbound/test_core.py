@@ -50,7 +50,7 @@ def run(core: InboundCore, info: RequestInfo, status: int = 200) -> int:
 
 
 def health_status(core: InboundCore, path: str) -> int | None:
-    """The status of the middleware's own answer for ``path``, or None if it does not answer."""
+    """The status of the middleware's own answer for `path`, or None if it does not answer."""
     reply = core.health(path)
     return None if reply is None else reply.status
 

@@ -64,7 +64,7 @@ def twin(kind: str, telemetry: Telemetry) -> Iterator[Twin]:
 
 
 def server_spans(telemetry: Telemetry, count: int) -> list[ReadableSpan]:
-    """The SERVER spans, once ``count`` have ended (a server may end one just after replying)."""
+    """The SERVER spans, once `count` have ended (a server may end one just after replying)."""
     deadline = time.monotonic() + 5
     while True:
         spans = [s for s in telemetry.spans() if s.kind is SpanKind.SERVER]

@@ -2,12 +2,12 @@
 
 Endpoints (identical behaviour in both):
 
-* ``GET /items/{item_id}``: the current trace id, span id and remaining deadline as JSON;
-* ``GET /call``: calls the downstream echo server through a MeshClient and returns what it saw;
-* ``GET /block``: signals ``entered`` and waits for ``gate`` (concurrency tests);
-* ``GET /boom``: raises.
+* `GET /items/{item_id}`: the current trace id, span id and remaining deadline as JSON;
+* `GET /call`: calls the downstream echo server through a MeshClient and returns what it saw;
+* `GET /block`: signals `entered` and waits for `gate` (concurrency tests);
+* `GET /boom`: raises.
 
-Every handler counts its calls in ``hits``, to prove when the app was not reached.
+Every handler counts its calls in `hits`, to prove when the app was not reached.
 """
 
 from __future__ import annotations
@@ -136,10 +136,10 @@ def serve_twin(
     tls: tuple[str, str, str] | None = None,
     wsgi_ssl: ssl.SSLContext | None = None,
 ) -> Iterator[Twin]:
-    """Serve the ``kind`` twin with ``store``'s policy as service ``payments``.
+    """Serve the `kind` twin with `store`'s policy as service `payments`.
 
-    ``tls`` = (cert, key, ca) files for uvicorn (client certificate optional,
-    bridged into the ASGI tls extension); ``wsgi_ssl`` the werkzeug context.
+    `tls` = (cert, key, ca) files for uvicorn (client certificate optional,
+    bridged into the ASGI tls extension); `wsgi_ssl` the werkzeug context.
     """
     state = State()
     options: dict[str, Any] = {

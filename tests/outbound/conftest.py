@@ -1,4 +1,4 @@
-"""Fixtures for outbound tests: scripted upstreams on 127.0.0.1 and a sync/async ``driver``."""
+"""Fixtures for outbound tests: scripted upstreams on 127.0.0.1 and a sync/async `driver`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from tests.support.servers import RunningServer, serve_asgi
 class Upstream:
     """A scripted ASGI app: behaviour chosen by path, every hit counted and its headers kept.
 
-    Paths: ``/ok``; ``/status/<code>``; ``/flaky/<n>/<key>`` (503 for the first n hits of
-    key, then 200); ``/sleep/<ms>`` (sleeps, then 200 with ``Server-Timing: app;dur=<ms>``);
-    ``/retry-after/<s>/<key>`` (503 + Retry-After once, then 200). ``broken=True`` makes
+    Paths: `/ok`; `/status/<code>`; `/flaky/<n>/<key>` (503 for the first n hits of
+    key, then 200); `/sleep/<ms>` (sleeps, then 200 with `Server-Timing: app;dur=<ms>`);
+    `/retry-after/<s>/<key>` (503 + Retry-After once, then 200). `broken=True` makes
     every path answer 500.
     """
 
@@ -103,7 +103,7 @@ def up2(
 
 
 def mesh_policy(endpoints: list[str], **service: Any) -> Policy:
-    """A policy with one service ``payments`` at ``endpoints``; fast backoff by default."""
+    """A policy with one service `payments` at `endpoints`; fast backoff by default."""
     defaults = service.pop("defaults", {})
     retry = service.pop("retry", {})
     retry.setdefault("backoff", {"base": "1ms", "max": "5ms"})
@@ -139,7 +139,7 @@ class Driver:
     def request(
         self, client: Any, method: str, url: str, *, deadline: float | None = None, **kwargs: Any
     ) -> httpx.Response:
-        """Send one request (body read), optionally under an incoming deadline of ``deadline`` s."""
+        """Send one request (body read), optionally under an incoming deadline of `deadline` s."""
         if not self.is_async:
             with deadline_scope(Deadline.after(deadline, _clock()) if deadline else None):
                 return client.request(method, url, **kwargs)  # type: ignore[no-any-return]
@@ -152,7 +152,7 @@ class Driver:
         return self.portal.call(go)
 
     def many(self, client: Any, url: str, count: int, concurrency: int) -> list[Any]:
-        """Send ``count`` GETs, ``concurrency`` at a time; responses or exceptions, in order."""
+        """Send `count` GETs, `concurrency` at a time; responses or exceptions, in order."""
         results: list[Any] = [None] * count
         if not self.is_async:
             index = iter(range(count))

@@ -14,7 +14,7 @@ from tests.support.servers import RunningServer, serve_asgi
 
 
 async def _cookie_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """``/set/<name>/<value>`` sets a cookie (header name spelled as in ``?case=``), ``/plain``
+    """`/set/<name>/<value>` sets a cookie (header name spelled as in `?case=`), `/plain`
     sets none, anything else echoes the Cookie header it received."""
     assert scope["type"] == "http"
     query = scope["query_string"].decode()

@@ -116,7 +116,7 @@ def _client_hop(driver: Driver, client: object, callee: Callee) -> float:
 
 
 class SleepLog:
-    """Records how long each of the drivers' backoff sleeps really took (the truth of ``waits``)."""
+    """Records how long each of the drivers' backoff sleeps really took (the truth of `waits`)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.slept: list[float] = []

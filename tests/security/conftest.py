@@ -43,7 +43,7 @@ class PKI:
         )
 
     def client_tls(self, client: IssuedCert | None = None, ca: Path | None = None) -> TLS:
-        """A mutual-TLS policy section for ``client``."""
+        """A mutual-TLS policy section for `client`."""
         client = client or self.client
         return TLS(
             mode="mutual",
@@ -59,7 +59,7 @@ def issue_server(ca: DevCA, name: str = "payments", **kwargs: Any) -> IssuedCert
 
 
 def past(days: float) -> dt.datetime:
-    """A moment ``days`` ago, in UTC."""
+    """A moment `days` ago, in UTC."""
     return dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
 
 
@@ -113,7 +113,7 @@ class Running:
 
 @contextmanager
 def run_uvicorn(app: Any, settings: MeshSettings, **kwargs: Any) -> Iterator[Running]:
-    """Run ``app`` under meshlib.serve's uvicorn with mTLS on a free port until the block ends."""
+    """Run `app` under meshlib.serve's uvicorn with mTLS on a free port until the block ends."""
     server = uvicorn_server(
         app, port=0, settings=settings, log_level="warning", lifespan="off", **kwargs
     )
@@ -134,7 +134,7 @@ def run_uvicorn(app: Any, settings: MeshSettings, **kwargs: Any) -> Iterator[Run
 
 @contextmanager
 def run_werkzeug(app: Any, settings: MeshSettings, **kwargs: Any) -> Iterator[Running]:
-    """Run a WSGI ``app`` under meshlib.serve's werkzeug server with mTLS until the block ends."""
+    """Run a WSGI `app` under meshlib.serve's werkzeug server with mTLS until the block ends."""
     server = werkzeug_server(app, port=0, settings=settings, **kwargs)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -160,7 +160,7 @@ def server_kind(request: pytest.FixtureRequest) -> str:
 
 @contextmanager
 def serve_identity(kind: str, settings: MeshSettings) -> Iterator[Running]:
-    """The identity-echo app of ``kind`` served with ``settings``."""
+    """The identity-echo app of `kind` served with `settings`."""
     runner, app = RUNNERS[kind]
     with runner(app, settings) as running:
         yield running

@@ -1,4 +1,4 @@
-"""The dev CA and ``meshlib ca``: SPIFFE leaves, safe file modes, no silent overwrite, clear errors."""
+"""The dev CA and `meshlib ca`: SPIFFE leaves, safe file modes, no silent overwrite, clear errors."""
 
 from __future__ import annotations
 

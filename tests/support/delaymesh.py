@@ -24,7 +24,7 @@ from tests.support.delayproxy import DelayProxy
 
 
 class Flaky:
-    """``/flaky/<n>/<key>`` sleeps the handler time, then 503 for the first n hits of key, else 200."""
+    """`/flaky/<n>/<key>` sleeps the handler time, then 503 for the first n hits of key, else 200."""
 
     def __init__(self, handler: float, proxy: DelayProxy) -> None:
         self.handler = handler

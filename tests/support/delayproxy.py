@@ -1,18 +1,20 @@
 """A TCP proxy on 127.0.0.1 that holds every chunk a known time in each direction: a slow network.
 
 `DelayProxy` runs its own asyncio loop in a thread; `DelayProxy.serve` runs
-inside a loop that is already running (``python -m tests.support.delaymesh``
+inside a loop that is already running (`python -m tests.support.delaymesh`
 puts the proxy and the server it fronts in one loop of a child process, so
 neither competes with the test's client for the GIL). Each chunk read from one side is
-written to the other no sooner than ``delay`` seconds after it arrived
+written to the other no sooner than `delay` seconds after it arrived
 (chunks keep their order; a chunk that arrives while another is held is not
-delayed twice). ``held`` keeps when each chunk arrived and when it was passed
-on (``time.monotonic()``, one clock for every process on Linux), so a test
-compares what meshlib measured with what the network really did::
+delayed twice). `held` keeps when each chunk arrived and when it was passed
+on (`time.monotonic()`, one clock for every process on Linux), so a test
+compares what meshlib measured with what the network really did:
 
-    with DelayProxy(upstream_port, delay=0.02) as proxy:
-        httpx.get(f"http://127.0.0.1:{proxy.port}/")
-        proxy.held    # [("up", 10.0000, 10.0201), ("down", 10.0352, 10.0553)]
+```python
+with DelayProxy(upstream_port, delay=0.02) as proxy:
+    httpx.get(f"http://127.0.0.1:{proxy.port}/")
+    proxy.held    # [("up", 10.0000, 10.0201), ("down", 10.0352, 10.0553)]
+```
 
 `freeze()` stops every connection open at that moment from passing anything
 on, without closing it (a half-open network path); later connections flow.
@@ -28,7 +30,7 @@ from typing import Any
 
 
 class DelayProxy:
-    """A delaying TCP proxy to ``127.0.0.1:<upstream_port>`` (see the module docstring)."""
+    """A delaying TCP proxy to `127.0.0.1:<upstream_port>` (see the module docstring)."""
 
     def __init__(self, upstream_port: int, delay: float) -> None:
         self.upstream_port = upstream_port

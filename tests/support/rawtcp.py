@@ -1,10 +1,12 @@
 """Raw TCP servers on 127.0.0.1 for transport tests: scripted bytes, stalls, resets and a forward proxy.
 
-Each connection runs ``handler(sock)`` in a daemon thread; the listener and
-every thread stop when the block ends::
+Each connection runs `handler(sock)` in a daemon thread; the listener and
+every thread stop when the block ends:
 
-    with raw_server(lambda sock: sock.close()) as port:
-        ...   # every connection is accepted and closed at once
+```python
+with raw_server(lambda sock: sock.close()) as port:
+    ...   # every connection is accepted and closed at once
+```
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def reset(sock: socket.socket) -> None:
 
 @contextmanager
 def raw_server(handler: Callable[[socket.socket], None]) -> Iterator[int]:
-    """Accept connections on a free port, each handled by ``handler`` in its own thread."""
+    """Accept connections on a free port, each handled by `handler` in its own thread."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)

@@ -1,9 +1,11 @@
 """Real servers on 127.0.0.1 for tests: uvicorn (ASGI) and werkzeug (WSGI) in a thread.
 
-After httpx's ``tests/conftest.py`` (``TestServer``, ``serve_in_thread``)::
+After httpx's `tests/conftest.py` (`TestServer`, `serve_in_thread`):
 
-    with serve_asgi(app) as server:
-        httpx.get(server.url + "/")
+```python
+with serve_asgi(app) as server:
+    httpx.get(server.url + "/")
+```
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class _ThreadedUvicorn(uvicorn.Server):
 
 @contextmanager
 def serve_asgi(app: Any, *, port: int | None = None, **config: Any) -> Iterator[RunningServer]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in a thread until the block ends."""
+    """Run `app` under uvicorn on 127.0.0.1 in a thread until the block ends."""
     port = port or free_port()
     server = _ThreadedUvicorn(
         uvicorn.Config(
@@ -75,7 +77,7 @@ def serve_asgi(app: Any, *, port: int | None = None, **config: Any) -> Iterator[
 def serve_wsgi(
     app: Callable[..., Any], *, port: int | None = None, ssl_context: ssl.SSLContext | None = None
 ) -> Iterator[RunningServer]:
-    """Run a WSGI ``app`` under werkzeug's threaded server on 127.0.0.1 until the block ends."""
+    """Run a WSGI `app` under werkzeug's threaded server on 127.0.0.1 until the block ends."""
     server = make_server("127.0.0.1", port or 0, app, threaded=True, ssl_context=ssl_context)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -1,8 +1,8 @@
 """Telemetry fixtures: local in-memory providers, and a subprocess for anything global.
 
 OpenTelemetry lets a process set its global providers once, so tests that
-need ``configure_telemetry`` or a global provider run their code in a fresh
-interpreter (``run_python``); everything else uses local providers.
+need `configure_telemetry` or a global provider run their code in a fresh
+interpreter (`run_python`); everything else uses local providers.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def run_snippet(
     cwd: Path | None = None,
     timeout: float = 60,
 ) -> dict[str, Any]:
-    """Run ``code`` in a fresh interpreter; its last stdout line is JSON, returned as ``result``.
+    """Run `code` in a fresh interpreter; its last stdout line is JSON, returned as `result`.
 
-    MESH_*/OTEL_* variables are dropped, then ``env`` is added; warnings are errors there too.
+    MESH_*/OTEL_* variables are dropped, then `env` is added; warnings are errors there too.
     """
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_"))}
     result = subprocess.run(

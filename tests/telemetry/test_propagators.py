@@ -2,7 +2,7 @@
 
 A service behind MeshMiddleware (uvicorn) calls a downstream echo with an
 AsyncMeshClient, in a fresh interpreter whose global propagator comes from
-``OTEL_PROPAGATORS`` (as ``opentelemetry-instrument`` or the SDK's
+`OTEL_PROPAGATORS` (as `opentelemetry-instrument` or the SDK's
 environment set it up). The caller speaks B3 only.
 """
 

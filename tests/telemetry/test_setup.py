@@ -1,7 +1,7 @@
 """configure_telemetry: providers from MeshSettings, or hands off when the application has its own.
 
 Global providers can be set once per process, so each case runs in a fresh
-interpreter (the ``run_python`` fixture) and prints what it saw as JSON.
+interpreter (the `run_python` fixture) and prints what it saw as JSON.
 """
 
 from __future__ import annotations

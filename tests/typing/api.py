@@ -1,6 +1,6 @@
 """Type-checked exercise of the outbound public API (run by mypy, never by pytest).
 
-If a signature silently degrades to ``Any`` or changes shape, mypy fails here.
+If a signature silently degrades to `Any` or changes shape, mypy fails here.
 """
 
 from __future__ import annotations

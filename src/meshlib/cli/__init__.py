@@ -1,4 +1,4 @@
-"""The ``meshlib`` command line: one small module per command group.
+"""The `meshlib` command line: one small module per command group.
 
 meshlib policy validate mesh.yaml
 meshlib policy explain --policy mesh.yaml --from orders GET http://payments/v1/charges

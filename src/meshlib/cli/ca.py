@@ -1,4 +1,4 @@
-"""``meshlib ca``: a development CA that issues SPIFFE certificates.
+"""`meshlib ca`: a development CA that issues SPIFFE certificates.
 
 meshlib ca init --trust-domain example.org --dir ./certs
 meshlib ca issue payments --dir ./certs --dns localhost --ip 127.0.0.1 --ip ::1 --ttl 24h
@@ -17,7 +17,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``meshlib ca {init,issue}``."""
+    """Add `meshlib ca {init,issue}`."""
     ca = subparsers.add_parser("ca", help="a development CA issuing SPIFFE certificates")
     commands = ca.add_subparsers(title="ca commands", metavar="COMMAND", required=True)
 

@@ -1,4 +1,4 @@
-"""``meshlib policy``: validate documents, explain the policy a call gets, print the JSON Schema."""
+"""`meshlib policy`: validate documents, explain the policy a call gets, print the JSON Schema."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ _PATH_HELP = (
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``meshlib policy {validate,explain,schema}``."""
+    """Add `meshlib policy {validate,explain,schema}`."""
     policy = subparsers.add_parser("policy", help="validate and explain policy documents")
     commands = policy.add_subparsers(title="policy commands", metavar="COMMAND", required=True)
 
@@ -89,7 +89,7 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
 
 
 def effective_rows(effective: EffectivePolicy) -> list[tuple[str, Any, str]]:
-    """``(setting, value as written in documents, layer that set it)`` for every leaf setting."""
+    """`(setting, value as written in documents, layer that set it)` for every leaf setting."""
     rows: list[tuple[str, Any, str]] = []
     for section in (
         "timeouts",

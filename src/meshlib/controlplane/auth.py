@@ -2,14 +2,16 @@
 
 Reading (policy, history, the dashboard's data, sending reports) and
 publishing (publish, rollback) are separate rights; a publisher may also
-read. Tokens are compared with :func:`hmac.compare_digest` against every
+read. Tokens are compared with `hmac.compare_digest` against every
 configured token, and no response ever contains one. A token may carry a
-name for the history (``deploy-bot=s3cret``); otherwise it is named
-``token-<n>``::
+name for the history (`deploy-bot=s3cret`); otherwise it is named
+`token-<n>`:
 
-    auth = Authenticator(read_tokens=["r3ad"], publish_tokens=["alice=s3cret"])
-    principal = auth.authenticate(headers={"authorization": "Bearer s3cret"}, tls=None)
-    principal.may(Right.PUBLISH)   # True; principal.name == "alice"
+```python
+auth = Authenticator(read_tokens=["r3ad"], publish_tokens=["alice=s3cret"])
+principal = auth.authenticate(headers={"authorization": "Bearer s3cret"}, tls=None)
+principal.may(Right.PUBLISH)   # True; principal.name == "alice"
+```
 
 Reading is open when no read token and no read identity is configured;
 publishing is refused unless a publish token or identity is configured.
@@ -47,7 +49,7 @@ class Principal:
     rights: frozenset[Right]
 
     def may(self, right: Right) -> bool:
-        """Whether this caller holds ``right``."""
+        """Whether this caller holds `right`."""
         return right in self.rights
 
 
@@ -55,7 +57,7 @@ ANONYMOUS = Principal("anonymous", frozenset())
 
 
 class Denied(Exception):
-    """A request lacks the right it needs; ``status`` is 401 (who are you?) or 403 (not you)."""
+    """A request lacks the right it needs; `status` is 401 (who are you?) or 403 (not you)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -64,7 +66,7 @@ class Denied(Exception):
 
 
 def parse_token(spec: str, index: int) -> tuple[str, bytes]:
-    """``"name=secret"`` or ``"secret"`` to ``(name, secret)``; a bare token is named ``token-<index>``."""
+    """`"name=secret"` or `"secret"` to `(name, secret)`; a bare token is named `token-<index>`."""
     name, sep, secret = spec.partition("=")
     if sep and secret.rstrip("=") and _NAME.match(name):  # base64 padding is not a name
         return name, secret.encode()
@@ -72,7 +74,7 @@ def parse_token(spec: str, index: int) -> tuple[str, bytes]:
 
 
 class Authenticator:
-    """Maps a request's bearer token or peer certificate to a :class:`Principal`."""
+    """Maps a request's bearer token or peer certificate to a `Principal`."""
 
     def __init__(
         self,
@@ -124,7 +126,7 @@ class Authenticator:
     def authenticate(
         self, headers: Mapping[str, str], tls: Mapping[str, Any] | None = None
     ) -> Principal:
-        """The caller behind these request headers and ASGI ``tls`` extension.
+        """The caller behind these request headers and ASGI `tls` extension.
 
         Raises:
             Denied: a bearer token was sent and matches no configured token (401).
@@ -141,7 +143,7 @@ class Authenticator:
         return self._from_tls(tls) or ANONYMOUS
 
     def require(self, principal: Principal, right: Right) -> None:
-        """Raise :class:`Denied` unless ``principal`` may do ``right``."""
+        """Raise `Denied` unless `principal` may do `right`."""
         if right is Right.READ and self.open_read:
             return
         if principal.may(right):

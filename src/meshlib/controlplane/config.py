@@ -1,11 +1,13 @@
-"""ControlPlaneSettings: the control plane server's own settings, from ``MESH_CONTROLPLANE_*``.
+"""ControlPlaneSettings: the control plane server's own settings, from `MESH_CONTROLPLANE_*`.
 
 Tokens belong in the environment (or a secrets manager feeding it), not on
-the command line where ``ps`` shows them; they are ``SecretStr`` so no repr
-or log line prints them::
+the command line where `ps` shows them; they are `SecretStr` so no repr
+or log line prints them:
 
-    settings = ControlPlaneSettings(policy="mesh/", publish_tokens=("alice=s3cret",))
-    # MESH_CONTROLPLANE_POLICY=mesh/ MESH_CONTROLPLANE_PUBLISH_TOKENS=alice=s3cret,bob=0ther
+```python
+settings = ControlPlaneSettings(policy="mesh/", publish_tokens=("alice=s3cret",))
+# MESH_CONTROLPLANE_POLICY=mesh/ MESH_CONTROLPLANE_PUBLISH_TOKENS=alice=s3cret,bob=0ther
+```
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _split(value: object) -> object:
 
 
 class ControlPlaneSettings(BaseSettings):
-    """Server settings; every field reads ``MESH_CONTROLPLANE_<FIELD>``."""
+    """Server settings; every field reads `MESH_CONTROLPLANE_<FIELD>`."""
 
     model_config = SettingsConfigDict(env_prefix="MESH_CONTROLPLANE_", extra="ignore", frozen=True)
 

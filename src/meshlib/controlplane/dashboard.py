@@ -1,14 +1,16 @@
-"""The dashboard: a static page plus small JS polling ``/v1/mesh`` and the policy endpoints.
+"""The dashboard: a static page plus small JS polling `/v1/mesh` and the policy endpoints.
 
-No front-end build step: ``static/`` holds the HTML, JS and CSS as written.
+No front-end build step: `static/` holds the HTML, JS and CSS as written.
 The page shows services and the edges between them (rates, errors, latency),
 endpoint breaker and ejection states, which instance runs which policy
 version, the instances registered in the service registry with their leases,
 the current policy with its history and diffs, and a rollback
 button (which needs a publish token, typed into the page and kept only in the
-tab's ``sessionStorage``). The data comes from :func:`mesh_view`::
+tab's `sessionStorage`). The data comes from `mesh_view`:
 
-    routes = dashboard_routes()   # mounted by create_app: /dashboard, /dashboard/app.js, /v1/mesh
+```python
+routes = dashboard_routes()   # mounted by create_app: /dashboard, /dashboard/app.js, /v1/mesh
+```
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _static(path: str, name: str, media_type: str) -> Route:
 
 
 def dashboard_routes() -> list[Route]:
-    """The page, its script and style, and ``GET /v1/mesh``."""
+    """The page, its script and style, and `GET /v1/mesh`."""
     routes = [_static(path, name, media) for path, (name, media) in _STATIC.items()]
     routes.append(Route("/v1/mesh", _mesh, methods=["GET"]))
     return routes

@@ -1,10 +1,12 @@
 """Crash-safe file writes shared by the control plane's storage and the client's disk cache.
 
 A reader never sees a half-written file: data goes to a temporary file in the
-same directory, is fsynced, and then takes the final name in one atomic step::
+same directory, is fsynced, and then takes the final name in one atomic step:
 
-    write_atomic(Path("policy.yaml"), b"version: 1")          # replaces
-    create_exclusive(Path("history/00000007.json"), b"{...}")   # FileExistsError if taken
+```python
+write_atomic(Path("policy.yaml"), b"version: 1")          # replaces
+create_exclusive(Path("history/00000007.json"), b"{...}")   # FileExistsError if taken
+```
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ __all__ = ["create_exclusive", "fsync_dir", "write_atomic"]
 
 
 def fsync_dir(directory: Path) -> None:
-    """Make a rename or link inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    """Make a rename or link inside `directory` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -47,9 +49,11 @@ def _write_temp(path: Path, data: bytes) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, ``os.replace``, fsync of the directory.
+    """Replace `path` with `data`: temp file, fsync, `os.replace`, fsync of the directory.
 
+    ```pycon
     >>> write_atomic(Path("cache/policy.json"), b"{}")  # doctest: +SKIP
+    ```
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _write_temp(path, data)
@@ -63,9 +67,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def create_exclusive(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data`` atomically, or raise FileExistsError if it exists.
+    """Create `path` with `data` atomically, or raise FileExistsError if it exists.
 
-    ``os.link`` fails when the name is taken, so two replicas racing for the
+    `os.link` fails when the name is taken, so two replicas racing for the
     same history number cannot overwrite each other.
     """
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,14 @@
 """The registry's state, without I/O: instances per service, their leases, and change events.
 
-Used by the control plane's registry routes (:mod:`meshlib.controlplane.registry`);
-tests drive it with a FakeClock::
+Used by the control plane's registry routes (`meshlib.controlplane.registry`);
+tests drive it with a FakeClock:
 
-    registry = InstanceRegistry(RegistryConfig(default_lease=10.0), clock)
-    registry.register("payments", Registration(instance="p-1", url="http://10.0.0.7:8080"))
-    clock.advance(11)
-    registry.expire()            # {"payments"}: the lease lapsed
+```python
+registry = InstanceRegistry(RegistryConfig(default_lease=10.0), clock)
+registry.register("payments", Registration(instance="p-1", url="http://10.0.0.7:8080"))
+clock.advance(11)
+registry.expire()            # {"payments"}: the lease lapsed
+```
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class RegistryConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> RegistryConfig:
-        """Take ``register_tokens`` / ``register_identities`` / ``registry_*`` from ``settings`` if set."""
+        """Take `register_tokens` / `register_identities` / `registry_*` from `settings` if set."""
         tokens = getattr(settings, "register_tokens", ())
         return cls(
             default_lease=getattr(settings, "registry_lease", 30.0),
@@ -65,7 +67,7 @@ Text = Annotated[str, StringConstraints(max_length=256)]
 
 
 class Registration(BaseModel):
-    """The body of ``POST /v1/registry/{service}/instances``."""
+    """The body of `POST /v1/registry/{service}/instances`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -109,7 +111,7 @@ class Instance:
     expires_at: float = 0.0
 
     def to_json(self, now: float) -> dict[str, Any]:
-        """The instance as watchers see it (``expires_in`` in seconds from now)."""
+        """The instance as watchers see it (`expires_in` in seconds from now)."""
         return {
             "instance": self.instance,
             "url": self.url,
@@ -224,7 +226,7 @@ class InstanceRegistry:
         return sum(len(s) for s in self.services.values())
 
     def listing(self, service: str) -> dict[str, Any]:
-        """What ``GET /v1/registry/{service}`` answers."""
+        """What `GET /v1/registry/{service}` answers."""
         now = self.clock.monotonic()
         instances = sorted(self.services.get(service, {}).values(), key=lambda i: i.instance)
         return {
@@ -235,7 +237,7 @@ class InstanceRegistry:
         }
 
     async def wait(self, service: str, etag: str, timeout: float) -> None:
-        """Wait until the service's list changes from ``etag`` or ``timeout`` passes; expires on the way."""
+        """Wait until the service's list changes from `etag` or `timeout` passes; expires on the way."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.etag(service) == etag:
@@ -317,7 +319,7 @@ class MemoryRegistryBackend:
 
 
 def expected_identity(policy_document: Any, service: str) -> str:
-    """The SPIFFE ID ``service`` must prove: its policy ``identity``, else ``spiffe://<trust_domain>/<service>``."""
+    """The SPIFFE ID `service` must prove: its policy `identity`, else `spiffe://<trust_domain>/<service>`."""
     doc = policy_document if isinstance(policy_document, Mapping) else {}
     svc = (doc.get("services") or {}).get(service) or {}
     if isinstance(svc, Mapping) and isinstance(svc.get("identity"), str):

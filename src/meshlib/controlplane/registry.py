@@ -1,24 +1,24 @@
 """The control plane's instance registry: self-registration with leases, and a long-poll watch.
 
-Instances of a service register themselves (``meshlib.discovery.registry``),
+Instances of a service register themselves (`meshlib.discovery.registry`),
 renew their lease with a heartbeat and deregister when they drain; an
 instance whose lease lapses is dropped, as in Eureka. Callers watch a
 service's live instances with the same long-poll as the policy
-(``If-None-Match`` + ``?wait=``); an expiry wakes watchers too.
+(`If-None-Match` + `?wait=`); an expiry wakes watchers too.
 
 =============================================  ==========  ==================================
-``GET    /v1/registry``                        read        services and their instance counts
-``GET    /v1/registry/{service}``              read        live instances, ``ETag``; long-poll
-``POST   /v1/registry/{service}/instances``    register    register (or replace) an instance
-``PUT    /v1/registry/{service}/instances/ID`` register    renew the lease; 404: register again
-``DELETE /v1/registry/{service}/instances/ID`` register    deregister (drain)
+`GET    /v1/registry`                        read        services and their instance counts
+`GET    /v1/registry/{service}`              read        live instances, `ETag`; long-poll
+`POST   /v1/registry/{service}/instances`    register    register (or replace) an instance
+`PUT    /v1/registry/{service}/instances/ID` register    renew the lease; 404: register again
+`DELETE /v1/registry/{service}/instances/ID` register    deregister (drain)
 =============================================  ==========  ==================================
 
-Registering needs a register token (``register_tokens``) or the publish
+Registering needs a register token (`register_tokens`) or the publish
 right. Under mTLS, a caller presenting a SPIFFE ID may only act for the
-service that identity belongs to (the policy's ``identity`` of that service,
-else ``spiffe://<trust_domain>/<service>``); a presented identity listed in
-``register_identities`` (or ``*``: any) needs no token.
+service that identity belongs to (the policy's `identity` of that service,
+else `spiffe://<trust_domain>/<service>`); a presented identity listed in
+`register_identities` (or `*`: any) needs no token.
 
 Registrations live in the replica's
 [`RegistryBackend`][meshlib.controlplane.backend.RegistryBackend]: in the
@@ -98,10 +98,10 @@ def _token_is(presented: str, tokens: Iterable[str]) -> str | None:
 
 
 def authorize_register(request: Request, registry: RegistryBackend, service: str) -> str:
-    """Who is registering for ``service``; raises Denied unless they may.
+    """Who is registering for `service`; raises Denied unless they may.
 
     A register token or the publish right allows it; a presented mTLS identity
-    must be the service's own (and, from ``register_identities``, suffices).
+    must be the service's own (and, from `register_identities`, suffices).
     """
     plane = request.app.state.plane
     config = _config(request, registry)
@@ -225,7 +225,7 @@ async def _wait_or_disconnect(request: Request, waiting: Coroutine[Any, Any, Non
 
 
 async def watch(request: Request) -> Response:
-    """A service's live instances; long-polls while ``If-None-Match`` matches and ``wait`` runs."""
+    """A service's live instances; long-polls while `If-None-Match` matches and `wait` runs."""
     plane = request.app.state.plane
     plane.principal(request, Right.READ)
     registry = _registry(request)
@@ -258,7 +258,7 @@ async def services(request: Request) -> Response:
 
 
 def registry_routes() -> list[Route]:
-    """The registry's routes, for ``Starlette(routes=[...])`` beside the policy's."""
+    """The registry's routes, for `Starlette(routes=[...])` beside the policy's."""
     instance = "/v1/registry/{service}/instances/{instance}"
     return [
         Route("/v1/registry", services, methods=["GET"]),

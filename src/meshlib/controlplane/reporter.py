@@ -57,7 +57,7 @@ def section_snapshot(name: str) -> dict[str, Any]:
 
 
 def outbound_snapshot() -> dict[str, Any]:
-    """``meshlib.outbound.stats.snapshot()``, or ``{}`` when it is not available or fails."""
+    """`meshlib.outbound.stats.snapshot()`, or `{}` when it is not available or fails."""
     try:
         from meshlib.outbound import stats
     except ImportError:
@@ -85,7 +85,7 @@ def _top(mapping: Any, limit: int) -> dict[str, Any]:
 
 
 class StateReporter:
-    """Builds and posts reports every ``interval`` seconds (with ±10% jitter, so a fleet spreads out)."""
+    """Builds and posts reports every `interval` seconds (with ±10% jitter, so a fleet spreads out)."""
 
     def __init__(
         self,
@@ -114,7 +114,7 @@ class StateReporter:
 
     @classmethod
     def from_settings(cls, settings: MeshSettings) -> StateReporter:
-        """A reporter for this process as ``MESH_SERVICE_NAME``/``MESH_INSTANCE_ID`` describe it."""
+        """A reporter for this process as `MESH_SERVICE_NAME`/`MESH_INSTANCE_ID` describe it."""
         return cls(
             service=settings.service_name,
             instance=settings.instance_id,
@@ -150,7 +150,7 @@ class StateReporter:
         *,
         extensions: dict[str, Any] | None = None,
     ) -> bool:
-        """Post one report to ``url``; False (logged at debug, counted) when it did not land."""
+        """Post one report to `url`; False (logged at debug, counted) when it did not land."""
         try:
             response = await client.post(
                 url + "/v1/reports",

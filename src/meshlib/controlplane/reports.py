@@ -1,14 +1,16 @@
 """Instance reports: validated, trimmed, kept in bounded memory, expired when an instance falls silent.
 
 Each instance of each service posts its counters every few seconds
-(:mod:`meshlib.controlplane.reporter`). The store keeps the latest report
+(`meshlib.controlplane.reporter`). The store keeps the latest report
 per instance, turns consecutive counters into rates, and aggregates them into
 the mesh the dashboard draws: services, edges, endpoint states, and the
-policy version each instance runs. It is sans-IO and takes a Clock::
+policy version each instance runs. It is sans-IO and takes a Clock:
 
-    reports = ReportStore(max_instances=1000, ttl=60.0, clock=clock)
-    reports.ingest(InstanceReport.model_validate(body))
-    view = reports.mesh_view()        # {"services": [...], "edges": [...]}
+```python
+reports = ReportStore(max_instances=1000, ttl=60.0, clock=clock)
+reports.ingest(InstanceReport.model_validate(body))
+view = reports.mesh_view()        # {"services": [...], "edges": [...]}
+```
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class DestinationReport(_Lenient):
 
 
 class DiscoveredEndpoint(_Lenient):
-    """One endpoint as one instance's discovery sees it (``meshlib.discovery``)."""
+    """One endpoint as one instance's discovery sees it (`meshlib.discovery`)."""
 
     zone: Annotated[str, StringConstraints(max_length=64)] | None = None
     health: Annotated[str, StringConstraints(max_length=16)] = "unknown"
@@ -110,7 +112,7 @@ class DiscoveryReport(_Lenient):
 
 
 class InstanceReport(_Lenient):
-    """What ``POST /v1/reports`` accepts: who is reporting, its policy version, its destinations."""
+    """What `POST /v1/reports` accepts: who is reporting, its policy version, its destinations."""
 
     service: Annotated[str, StringConstraints(min_length=1, max_length=63)]
     instance: Key
@@ -150,7 +152,7 @@ def _top(items: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 class ReportStore:
-    """The latest report per (service, instance), bounded in count and in size, expiring after ``ttl``."""
+    """The latest report per (service, instance), bounded in count and in size, expiring after `ttl`."""
 
     def __init__(
         self,
@@ -189,7 +191,7 @@ class ReportStore:
         return report.model_copy(update={"destinations": destinations, "discovery": discovery})
 
     def ingest(self, report: InstanceReport) -> None:
-        """Keep ``report`` as its instance's latest, computing rates from the previous one."""
+        """Keep `report` as its instance's latest, computing rates from the previous one."""
         now = self._clock.monotonic()
         report = self._trim(report)
         key = (report.service, report.instance)
@@ -213,7 +215,7 @@ class ReportStore:
         self._entries[key] = entry
 
     def expire(self) -> int:
-        """Forget instances silent for longer than ``ttl``; returns how many went."""
+        """Forget instances silent for longer than `ttl`; returns how many went."""
         cutoff = self._clock.monotonic() - self.ttl
         gone = 0
         while self._entries:

@@ -1,28 +1,32 @@
 """The policy repository: one policy file on disk plus a history directory of numbered versions.
 
 Everything the control plane knows about policy lives in files, so several
-replicas can serve the same directory. ``path`` is either a policy file or a
-directory holding ``policy.yaml`` (or ``.yml``/``.json``/``.toml``)::
+replicas can serve the same directory. `path` is either a policy file or a
+directory holding `policy.yaml` (or `.yml`/`.json`/`.toml`):
 
-    mesh/                       mesh.yaml            (a file works too:
-      policy.yaml               .mesh.yaml.history/   history sits next to it)
-      history/00000001.json       00000001.json
-      history/00000002.json
+```text
+mesh/                       mesh.yaml            (a file works too:
+  policy.yaml               .mesh.yaml.history/   history sits next to it)
+  history/00000001.json       00000001.json
+  history/00000002.json
+```
 
 A history entry is immutable JSON: version, content hash, who, when, comment
 and the document text. The highest number is the version in force. Publishing
 validates with meshlib's own model, writes the policy file atomically, then
 claims the next number with an exclusive create; an flock orders publishers
-across processes on one host, and a compare-and-set publish (``expected=``)
+across processes on one host, and a compare-and-set publish (`expected=`)
 checks its precondition under that lock, so of two publishers holding the
 same version exactly one wins. Editing the policy file by hand publishes too
-(``refresh``)::
+(`refresh`):
 
-    repo = PolicyRepository("mesh/")
-    repo.refresh()                                   # adopt history and hand edits
-    v = repo.publish(text, who="alice", comment="raise retries")   # PolicyError if invalid
-    repo.publish(text, who="bob", expected=v.version)  # VersionConflictError if v is not current
-    repo.rollback(3, who="alice")                    # a new version with version 3's content
+```python
+repo = PolicyRepository("mesh/")
+repo.refresh()                                   # adopt history and hand edits
+v = repo.publish(text, who="alice", comment="raise retries")   # PolicyError if invalid
+repo.publish(text, who="bob", expected=v.version)  # VersionConflictError if v is not current
+repo.rollback(3, who="alice")                    # a new version with version 3's content
+```
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ _CACHE_SIZE = 32
 
 
 def content_hash(text: str) -> str:
-    """``sha256:<hex>`` of a document's text: the content half of a version."""
+    """`sha256:<hex>` of a document's text: the content half of a version."""
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -93,7 +97,7 @@ class PolicyVersion:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """What ``GET /v1/policy`` answers: the summary, the parsed document, and the ETag."""
+        """What `GET /v1/policy` answers: the summary, the parsed document, and the ETag."""
         return {**self.summary(), "etag": self.etag, "document": self.data}
 
     def entry(self) -> dict[str, Any]:
@@ -129,7 +133,7 @@ class PolicyRepository:
 
     @property
     def current(self) -> PolicyVersion | None:
-        """The version in force as of the last ``refresh``/``publish``, or None before any."""
+        """The version in force as of the last `refresh`/`publish`, or None before any."""
         return self._current
 
     def _versions(self) -> list[int]:
@@ -145,7 +149,7 @@ class PolicyRepository:
         return self.history_dir / f"{version:08d}.json"
 
     def get(self, version: int) -> PolicyVersion:
-        """Version ``version`` from the history; KeyError if there is no such version."""
+        """Version `version` from the history; KeyError if there is no such version."""
         with self._lock:
             cached = self._cache.get(version)
             if cached is not None:
@@ -177,7 +181,7 @@ class PolicyRepository:
         return loaded
 
     def history(self, limit: int = 50) -> list[PolicyVersion]:
-        """The newest ``limit`` versions, newest first (unreadable entries are skipped)."""
+        """The newest `limit` versions, newest first (unreadable entries are skipped)."""
         out: list[PolicyVersion] = []
         for number in reversed(self._versions()):
             if len(out) >= limit:
@@ -222,7 +226,7 @@ class PolicyRepository:
         """Adopt versions published by other replicas and hand edits of the policy file.
 
         Returns the version in force. A hand edit that does not validate is
-        logged, kept in ``file_error``, and not published.
+        logged, kept in `file_error`, and not published.
         """
         self._adopt_latest()
         stat = self._file_stat()
@@ -272,7 +276,7 @@ class PolicyRepository:
         )
 
     def _check_expected(self, expected: int | None) -> None:
-        """Compare-and-set: raise unless ``expected`` is the version in force (0: none yet)."""
+        """Compare-and-set: raise unless `expected` is the version in force (0: none yet)."""
         current = self._current.version if self._current else 0
         if expected is not None and expected != current:
             raise VersionConflictError(
@@ -332,11 +336,11 @@ class PolicyRepository:
         comment: str = "",
         expected: int | None = None,
     ) -> PolicyVersion:
-        """Validate and publish ``text`` as the next version.
+        """Validate and publish `text` as the next version.
 
         Raises:
             PolicyError: the document is invalid; every problem is listed.
-            VersionConflictError: ``expected`` (0: no version yet) is not the version in
+            VersionConflictError: `expected` (0: no version yet) is not the version in
                 force, checked under the publish lock.
         """
         fmt = fmt or detect_format("", text)
@@ -344,7 +348,7 @@ class PolicyRepository:
             return self._publish_locked(text, fmt, who=who, comment=comment, expected=expected)
 
     def rollback(self, version: int, *, who: str, expected: int | None = None) -> PolicyVersion:
-        """Publish version ``version``'s content again as a new version; KeyError if unknown."""
+        """Publish version `version`'s content again as a new version; KeyError if unknown."""
         old = self.get(version)
         return self.publish(
             old.text,

@@ -1,14 +1,16 @@
 """Service discovery: endpoints from DNS and the control plane's registry, active health, locality.
 
-A service's ``discovery`` policy section turns it on; MeshClient then balances
-over what :class:`EndpointSet` selects (healthy endpoints, the caller's zone
+A service's `discovery` policy section turns it on; MeshClient then balances
+over what [`EndpointSet`][meshlib.discovery.EndpointSet] selects (healthy endpoints, the caller's zone
 first, every endpoint in panic). A service registers itself with a
-:class:`Registrar`::
+[`Registrar`][meshlib.discovery.Registrar]:
 
-    registrar = Registrar.from_settings(MeshSettings(), "http://10.0.0.7:8080")
-    registrar.start(wait=2.0)
-    ...
-    registrar.drain(delay=2.0)
+```python
+registrar = Registrar.from_settings(MeshSettings(), "http://10.0.0.7:8080")
+registrar.start(wait=2.0)
+...
+registrar.drain(delay=2.0)
+```
 """
 
 from __future__ import annotations

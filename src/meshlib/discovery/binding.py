@@ -1,23 +1,25 @@
 """The outbound Router's view of discovery: which endpoints a service's destination gets.
 
-The Router asks :meth:`DiscoveredEndpoints.endpoints` for each service when
-it syncs to a policy snapshot. A service without a ``discovery`` section (and
-no zones to prefer) gets its static ``endpoints`` back and nothing starts, so
+The Router asks `DiscoveredEndpoints.endpoints` for each service when
+it syncs to a policy snapshot. A service without a `discovery` section (and
+no zones to prefer) gets its static `endpoints` back and nothing starts, so
 the mesh costs nothing for what it does not use. Otherwise a
-:class:`~meshlib.discovery.manager.Discovery` is started on first need, and
+[`Discovery`][meshlib.discovery.manager.Discovery] is started on first need, and
 the answer is the service's current selection: healthy, in the caller's zone
 while it copes, every endpoint in panic.
 
 When a selection changes (a DNS answer, a registration, a health
-transition), :attr:`dirty` turns true; the Router re-syncs on its next call,
+transition), `dirty` turns true; the Router re-syncs on its next call,
 keeping the state of endpoints that stay. Nothing here blocks a request, and
-no Router lock is ever taken from a discovery thread::
+no Router lock is ever taken from a discovery thread:
 
-    discovered = DiscoveredEndpoints(store, settings=settings)
-    if snapshot is not router_synced or discovered.dirty:
-        discovered.begin(snapshot)                         # under the Router's lock
-        endpoints = discovered.endpoints("payments", snapshot.policy.services["payments"])
-    discovered.close()
+```python
+discovered = DiscoveredEndpoints(store, settings=settings)
+if snapshot is not router_synced or discovered.dirty:
+    discovered.begin(snapshot)                         # under the Router's lock
+    endpoints = discovered.endpoints("payments", snapshot.policy.services["payments"])
+discovered.close()
+```
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ FIRST_ANSWER_WAIT = 2.0
 
 
 def uses_discovery(service: Service, local_zone: str | None) -> bool:
-    """Whether a service's endpoints need discovery: a ``discovery`` section, or zones to prefer."""
+    """Whether a service's endpoints need discovery: a `discovery` section, or zones to prefer."""
     if service.discovery is not None:
         return True
     return local_zone is not None and any(e.zone is not None for e in service.endpoints)
@@ -59,7 +61,7 @@ class DiscoveredEndpoints:
         self.clock = clock
         self.local_zone = (settings or MeshSettings()).zone
         self.dirty = False
-        """True when a selection changed since the last :meth:`begin`: re-sync on the next call."""
+        """True when a selection changed since the last `begin`: re-sync on the next call."""
         self.discovery: Discovery | None = None
         self._snapshot: PolicySnapshot | None = None
         self._lock = threading.Lock()
@@ -69,7 +71,7 @@ class DiscoveredEndpoints:
         self.dirty = True
 
     def begin(self, snapshot: PolicySnapshot) -> None:
-        """Start a Router sync to ``snapshot``: bring discovery up to date, clear :attr:`dirty`."""
+        """Start a Router sync to `snapshot`: bring discovery up to date, clear `dirty`."""
         with self._lock:
             if self._closed:
                 return
@@ -94,7 +96,7 @@ class DiscoveredEndpoints:
             self.dirty = False
 
     def endpoints(self, name: str, service: Service) -> tuple[Endpoint, ...]:
-        """The endpoints the destination ``name`` should balance over now."""
+        """The endpoints the destination `name` should balance over now."""
         discovery = self.discovery
         if discovery is None or not uses_discovery(service, self.local_zone):
             return service.endpoints

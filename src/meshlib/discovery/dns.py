@@ -1,23 +1,25 @@
 """Endpoints from DNS: A/AAAA or SRV records, re-resolved in the background on their TTL.
 
-:class:`DnsTracker` is the sans-IO part: it holds the endpoints last known
+`DnsTracker` is the sans-IO part: it holds the endpoints last known
 and decides when to resolve next. The records' TTL is clamped to
-``[min_ttl, max_ttl]``; a failure keeps the last known endpoints, is counted,
-and is retried sooner (``min_ttl`` doubling up to ``max_ttl``). An empty answer
+`[min_ttl, max_ttl]`; a failure keeps the last known endpoints, is counted,
+and is retried sooner (`min_ttl` doubling up to `max_ttl`). An empty answer
 (NXDOMAIN, no records) is treated with care: while endpoints are known it is
-counted and ignored until it has persisted for ``max_ttl``, so one bad answer
-or a DNS server restarting cannot empty a service's endpoint list::
+counted and ignored until it has persisted for `max_ttl`, so one bad answer
+or a DNS server restarting cannot empty a service's endpoint list:
 
-    tracker = DnsTracker(dns_config, clock)
-    if tracker.due():
-        tracker.on_answer(resolver.resolve(dns_config))   # True when the endpoints changed
-    tracker.endpoints
+```python
+tracker = DnsTracker(dns_config, clock)
+if tracker.due():
+    tracker.on_answer(resolver.resolve(dns_config))   # True when the endpoints changed
+tracker.endpoints
+```
 
-:class:`DnsWatcher` is the driver: a daemon thread that resolves when the
+[`DnsWatcher`][meshlib.discovery.dns.DnsWatcher] is the driver: a daemon thread that resolves when the
 tracker says so and hands changes to a callback, so no request ever waits on
-DNS. Resolution uses dnspython (:class:`DnspythonResolver`: TTLs, SRV,
+DNS. Resolution uses dnspython ([`DnspythonResolver`][meshlib.discovery.dns.DnspythonResolver]: TTLs, SRV,
 a configurable nameserver and port); without it, A/AAAA fall back to the
-system resolver (:class:`SystemResolver`, no TTL: ``min_ttl`` is used).
+system resolver (`SystemResolver`, no TTL: `min_ttl` is used).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class DnsAnswer:
 
 
 class DnsResolver(Protocol):
-    """Resolves a ``dns`` policy section to endpoints; raises :class:`DnsError` on failure."""
+    """Resolves a `dns` policy section to endpoints; raises `DnsError` on failure."""
 
     def resolve(self, config: DnsDiscovery) -> DnsAnswer:
         """Resolve now (blocking, bounded by the resolver's own timeout)."""
@@ -83,10 +85,12 @@ def _unique(endpoints: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
 class DnspythonResolver:
     """A/AAAA and SRV through dnspython, with the records' TTL.
 
-    ``nameservers`` and ``port`` pick the DNS server (default: the system's
-    ``/etc/resolv.conf``); ``timeout`` bounds one whole resolution::
+    `nameservers` and `port` pick the DNS server (default: the system's
+    `/etc/resolv.conf`); `timeout` bounds one whole resolution:
 
-        DnspythonResolver(nameservers=["127.0.0.1"], port=5353).resolve(config)
+    ```python
+    DnspythonResolver(nameservers=["127.0.0.1"], port=5353).resolve(config)
+    ```
     """
 
     def __init__(
@@ -137,7 +141,7 @@ class DnspythonResolver:
         return addresses, min(ttls) if ttls else None
 
     def resolve(self, config: DnsDiscovery) -> DnsAnswer:
-        """Resolve ``config.name``: A and AAAA with ``config.port``, or SRV (lowest priority)."""
+        """Resolve `config.name`: A and AAAA with `config.port`, or SRV (lowest priority)."""
         if not config.srv:
             assert config.port is not None  # the model requires port without srv
             addresses, ttl = self._addresses(config.name)
@@ -166,10 +170,10 @@ class DnspythonResolver:
 
 
 class SystemResolver:
-    """A/AAAA through the system resolver (``getaddrinfo``): no TTL and no SRV."""
+    """A/AAAA through the system resolver (`getaddrinfo`): no TTL and no SRV."""
 
     def resolve(self, config: DnsDiscovery) -> DnsAnswer:
-        """Resolve ``config.name`` with ``getaddrinfo``; SRV needs dnspython."""
+        """Resolve `config.name` with `getaddrinfo`; SRV needs dnspython."""
         if config.srv or config.port is None:
             from meshlib.extras import install_hint
 
@@ -248,14 +252,14 @@ class DnsTracker:
 
 
 class DnsWatcher:
-    """Resolves one ``dns`` section in a daemon thread and calls ``on_change(endpoints)``.
+    """Resolves one `dns` section in a daemon thread and calls `on_change(endpoints)`.
 
-    ::
-
-        watcher = DnsWatcher("payments", config, on_change=lambda eps: print(eps))
-        watcher.start()
-        watcher.wait_resolved(1.0)    # optional: wait for the first answer
-        watcher.close()
+    ```python
+    watcher = DnsWatcher("payments", config, on_change=lambda eps: print(eps))
+    watcher.start()
+    watcher.wait_resolved(1.0)    # optional: wait for the first answer
+    watcher.close()
+    ```
     """
 
     def __init__(
@@ -317,7 +321,7 @@ class DnsWatcher:
             self._thread.start()
 
     def wait_resolved(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first usable answer; True if it came."""
+        """Wait up to `timeout` seconds for the first usable answer; True if it came."""
         return self._resolved.wait(timeout)
 
     def close(self) -> None:

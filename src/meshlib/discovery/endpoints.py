@@ -1,26 +1,28 @@
 """EndpointSet: one service's endpoints from every source, filtered by health and locality.
 
-Sources are merged by URL in precedence order ``static`` (the policy's
-``endpoints``), ``registry``, ``dns``: a URL found by several keeps the
-attributes (zone, weight) of the first. :func:`select_endpoints` then picks
+Sources are merged by URL in precedence order `static` (the policy's
+`endpoints`), `registry`, `dns`: a URL found by several keeps the
+attributes (zone, weight) of the first. [`select_endpoints`][meshlib.discovery.endpoints.select_endpoints] then picks
 what the balancer is offered, in Envoy's order:
 
-1. **Panic**: when fewer than ``panic_threshold`` percent of the endpoints are
+1. **Panic**: when fewer than `panic_threshold` percent of the endpoints are
    healthy, offer all of them: spreading load over a half-dead fleet beats
    crushing the few survivors, and a health-check outage cannot take a
    service down.
 2. **Locality**: when the caller has a zone and at least
-   ``locality.min_healthy_percent`` of that zone's endpoints are healthy, offer
+   `locality.min_healthy_percent` of that zone's endpoints are healthy, offer
    only those; otherwise fail over to every zone's healthy endpoints.
 3. Otherwise, the healthy endpoints.
 
 The answer is recomputed when a source or a health state changes, never per
-request: readers take ``endpoint_set.selection``, a plain attribute::
+request: readers take `endpoint_set.selection`, a plain attribute:
 
-    endpoints = EndpointSet("payments", local_zone="eu-1")
-    endpoints.configure(policy.services["payments"].discovery)
-    endpoints.set_source("static", policy.services["payments"].endpoints)
-    endpoints.selection.endpoints      # what the balancer may pick from
+```python
+endpoints = EndpointSet("payments", local_zone="eu-1")
+endpoints.configure(policy.services["payments"].discovery)
+endpoints.set_source("static", policy.services["payments"].endpoints)
+endpoints.selection.endpoints      # what the balancer may pick from
+```
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ _DEFAULT_DISCOVERY = Discovery()
 class Selection:
     """The endpoints offered to the balancer, and why.
 
-    ``panic`` is True when too few were healthy and every endpoint is offered;
-    ``zone`` names the zone the choice was confined to, if any; ``healthy``
-    and ``total`` count the endpoints behind the decision.
+    `panic` is True when too few were healthy and every endpoint is offered;
+    `zone` names the zone the choice was confined to, if any; `healthy`
+    and `total` count the endpoints behind the decision.
     """
 
     endpoints: tuple[Endpoint, ...] = ()
@@ -61,7 +63,7 @@ class Selection:
 
     @property
     def urls(self) -> tuple[str, ...]:
-        """The URLs of :attr:`endpoints`."""
+        """The URLs of `endpoints`."""
         return tuple(e.url for e in self.endpoints)
 
 
@@ -75,9 +77,11 @@ def select_endpoints(
 ) -> Selection:
     """The endpoints to offer, by panic threshold, then locality, then health (pure).
 
+    ```pycon
     >>> eps = [Endpoint(url="http://a:1", zone="z1"), Endpoint(url="http://b:1", zone="z2")]
     >>> select_endpoints(eps, lambda url: True, local_zone="z1").urls
     ('http://a:1',)
+    ```
     """
     total = len(endpoints)
     if not total:
@@ -98,8 +102,8 @@ class EndpointSet:
     """A service's endpoints, merged from its sources and kept selected as health changes.
 
     Writers (policy reloads, the DNS and registry watchers, the health prober)
-    call :meth:`set_source` / :meth:`configure`; readers use :attr:`selection`
-    and may :meth:`subscribe` to changes of it.
+    call `set_source` / `configure`; readers use `selection`
+    and may `subscribe` to changes of it.
     """
 
     def __init__(
@@ -116,7 +120,7 @@ class EndpointSet:
         self.all: tuple[Endpoint, ...] = ()
         self.selection = Selection()
         self.changes = 0
-        """How often :attr:`selection` changed its endpoints."""
+        """How often `selection` changed its endpoints."""
         self.health: HealthMonitor | None = None
         self._listeners: list[Callable[[Selection], None]] = []
         self._lock = threading.RLock()
@@ -124,17 +128,17 @@ class EndpointSet:
             self.use_health(health)
 
     def subscribe(self, listener: Callable[[Selection], None]) -> None:
-        """Call ``listener(selection)`` whenever the offered endpoints change."""
+        """Call `listener(selection)` whenever the offered endpoints change."""
         self._listeners.append(listener)
 
     def configure(self, discovery: Discovery | None) -> None:
-        """Adopt a policy's ``discovery`` section (panic threshold, locality)."""
+        """Adopt a policy's `discovery` section (panic threshold, locality)."""
         with self._lock:
             self.discovery = discovery or _DEFAULT_DISCOVERY
             self._reselect()
 
     def use_health(self, monitor: HealthMonitor | None) -> None:
-        """Judge endpoints by ``monitor`` (None: every endpoint counts as healthy)."""
+        """Judge endpoints by `monitor` (None: every endpoint counts as healthy)."""
         with self._lock:
             self.health = monitor
             if monitor is not None:
@@ -143,7 +147,7 @@ class EndpointSet:
             self._reselect()
 
     def set_source(self, name: str, endpoints: Sequence[Endpoint]) -> None:
-        """Replace what source ``name`` (one of :data:`SOURCES`) says the endpoints are."""
+        """Replace what source `name` (one of `SOURCES`) says the endpoints are."""
         if name not in SOURCES:
             raise ValueError(f"unknown endpoint source {name!r}; use one of {', '.join(SOURCES)}")
         with self._lock:
@@ -158,12 +162,12 @@ class EndpointSet:
             self._reselect()
 
     def is_healthy(self, url: str) -> bool:
-        """Whether active health checks let ``url`` take traffic."""
+        """Whether active health checks let `url` take traffic."""
         health = self.health
         return health is None or health.is_healthy(url)
 
     def select(self, is_ejected: Callable[[str], bool] | None = None) -> Selection:
-        """A fresh selection that also counts ``is_ejected`` endpoints (outlier ejection) as unhealthy.
+        """A fresh selection that also counts `is_ejected` endpoints (outlier ejection) as unhealthy.
 
         Passive ejection and active checks then share one panic threshold, as
         in Envoy: when together they leave too few endpoints, all are offered.

@@ -1,21 +1,23 @@
 """Active health checking: a sans-IO state machine per endpoint, and a thin thread that probes.
 
-Each endpoint's :class:`ProbeState` counts passes and failures in a row and
-flips after ``unhealthy_threshold`` failures or ``healthy_threshold`` passes
+Each endpoint's `ProbeState` counts passes and failures in a row and
+flips after `unhealthy_threshold` failures or `healthy_threshold` passes
 (a new endpoint's first probe decides at once, so a dead instance is not
-called for ``unhealthy_threshold x interval`` after it appears). The next probe
-is due ``interval`` plus up to ``jitter`` after the last one started.
-:class:`HealthMonitor` keeps the states of one service's endpoints and tells
+called for `unhealthy_threshold x interval` after it appears). The next probe
+is due `interval` plus up to `jitter` after the last one started.
+[`HealthMonitor`][meshlib.discovery.health.HealthMonitor] keeps the states of one service's endpoints and tells
 listeners about transitions; it never does I/O, so tests drive it with a
-FakeClock::
+FakeClock:
 
-    monitor = HealthMonitor(policy_health_check, clock)
-    monitor.track(["http://10.0.0.1:8080", "http://10.0.0.2:8080"])
-    for url in monitor.due():
-        monitor.record(url, ok=probe(url))       # the driver's job
-    monitor.is_healthy("http://10.0.0.1:8080")
+```python
+monitor = HealthMonitor(policy_health_check, clock)
+monitor.track(["http://10.0.0.1:8080", "http://10.0.0.2:8080"])
+for url in monitor.due():
+    monitor.record(url, ok=probe(url))       # the driver's job
+monitor.is_healthy("http://10.0.0.1:8080")
+```
 
-:class:`HealthProber` is that driver: a daemon thread that sends ``GET path``
+[`HealthProber`][meshlib.discovery.health.HealthProber] is that driver: a daemon thread that sends `GET path`
 to every due endpoint (a few at a time) with the probe timeout, and sleeps
 until the next one is due.
 """
@@ -43,7 +45,7 @@ _MAX_PARALLEL_PROBES = 8
 
 
 class Health(enum.Enum):
-    """What active checks say of an endpoint; ``UNKNOWN`` (not probed yet) is routable."""
+    """What active checks say of an endpoint; `UNKNOWN` (not probed yet) is routable."""
 
     UNKNOWN = "unknown"
     HEALTHY = "healthy"
@@ -80,7 +82,7 @@ class ProbeState:
 
 
 class HealthMonitor:
-    """Health states of one service's endpoints under one ``HealthCheck`` config."""
+    """Health states of one service's endpoints under one `HealthCheck` config."""
 
     def __init__(self, config: HealthCheck, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
@@ -90,7 +92,7 @@ class HealthMonitor:
         self._lock = threading.Lock()
 
     def subscribe(self, listener: Callable[[Transition], None]) -> None:
-        """Call ``listener(transition)`` after every health change."""
+        """Call `listener(transition)` after every health change."""
         self._listeners.append(listener)
 
     def _jitter(self) -> float:
@@ -105,17 +107,17 @@ class HealthMonitor:
             }
 
     def is_healthy(self, url: str) -> bool:
-        """Whether ``url`` may take traffic as far as active checks know (untracked: yes)."""
+        """Whether `url` may take traffic as far as active checks know (untracked: yes)."""
         state = self.states.get(url)
         return state is None or state.health is not Health.UNHEALTHY
 
     def health(self, url: str) -> Health:
-        """The health of ``url`` (UNKNOWN when untracked or not probed yet)."""
+        """The health of `url` (UNKNOWN when untracked or not probed yet)."""
         state = self.states.get(url)
         return Health.UNKNOWN if state is None else state.health
 
     def due(self) -> list[str]:
-        """Endpoints whose probe is due now; each is marked in flight until :meth:`record`."""
+        """Endpoints whose probe is due now; each is marked in flight until `record`."""
         now = self.clock.monotonic()
         found: list[str] = []
         with self._lock:
@@ -169,21 +171,23 @@ class HealthMonitor:
         return transition
 
     def snapshot(self) -> dict[str, str]:
-        """``{url: "healthy" | "unhealthy" | "unknown"}`` for reports and the dashboard."""
+        """`{url: "healthy" | "unhealthy" | "unknown"}` for reports and the dashboard."""
         return {url: state.health.value for url, state in self.states.items()}
 
 
 class HealthProber:
-    """Runs a :class:`HealthMonitor`'s probes over HTTP in a daemon thread.
+    """Runs a [`HealthMonitor`][meshlib.discovery.health.HealthMonitor]'s probes over HTTP in a daemon thread.
 
-    ``client`` is the ``httpx.Client`` probes go through (give one with the
-    mesh's TLS context for https endpoints, and ``owns_client=True`` to have it
-    closed with the prober); the default is a plain client the prober owns::
+    `client` is the `httpx.Client` probes go through (give one with the
+    mesh's TLS context for https endpoints, and `owns_client=True` to have it
+    closed with the prober); the default is a plain client the prober owns:
 
-        prober = HealthProber(monitor, service="payments")
-        prober.start()
-        ...
-        prober.close()
+    ```python
+    prober = HealthProber(monitor, service="payments")
+    prober.start()
+    ...
+    prober.close()
+    ```
     """
 
     def __init__(
@@ -208,7 +212,7 @@ class HealthProber:
         )
 
     def probe(self, url: str) -> bool:
-        """One probe: ``GET url+path`` answered 2xx within the timeout."""
+        """One probe: `GET url+path` answered 2xx within the timeout."""
         config = self.monitor.config
         try:
             response = self._client.get(

@@ -1,19 +1,21 @@
 """Discovery driven by the policy: one EndpointSet per service, fed by the sources its policy names.
 
-For every service in the policy, :class:`Discovery` keeps an
-:class:`~meshlib.discovery.endpoints.EndpointSet` holding the static
-``endpoints``, and starts what the service's ``discovery`` section asks for:
-a :class:`~meshlib.discovery.dns.DnsWatcher`, a
-:class:`~meshlib.discovery.watch.RegistryWatcher` (the control plane from
-``MESH_CONTROL_PLANE_URL``) and a :class:`~meshlib.discovery.health.HealthProber`.
+For every service in the policy, [`Discovery`][meshlib.discovery.manager.Discovery] keeps an
+[`EndpointSet`][meshlib.discovery.endpoints.EndpointSet] holding the static
+`endpoints`, and starts what the service's `discovery` section asks for:
+a [`DnsWatcher`][meshlib.discovery.dns.DnsWatcher], a
+[`RegistryWatcher`][meshlib.discovery.watch.RegistryWatcher] (the control plane from
+`MESH_CONTROL_PLANE_URL`) and a [`HealthProber`][meshlib.discovery.health.HealthProber].
 A policy reload reconfigures them, keeping the state of what did not change;
-sets outlive reloads, so a reader may hold on to one::
+sets outlive reloads, so a reader may hold on to one:
 
-    discovery = Discovery(store, settings=MeshSettings(zone="eu-1"))   # follows the store
-    discovery.endpoint_set("payments").selection.endpoints
-    discovery.close()
+```python
+discovery = Discovery(store, settings=MeshSettings(zone="eu-1"))   # follows the store
+discovery.endpoint_set("payments").selection.endpoints
+discovery.close()
+```
 
-:func:`snapshot` reports every live Discovery's state (for reports and the
+`snapshot` reports every live Discovery's state (for reports and the
 dashboard).
 """
 
@@ -111,7 +113,7 @@ class Discovery:
         return None if running is None else running.endpoints
 
     def sync(self, snapshot: PolicySnapshot) -> None:
-        """Bring every service's discovery in line with ``snapshot`` (idempotent)."""
+        """Bring every service's discovery in line with `snapshot` (idempotent)."""
         with self._lock:
             if self._closed:
                 return
@@ -268,7 +270,7 @@ class Discovery:
 
 
 def snapshot() -> dict[str, Any]:
-    """Discovery state of every live :class:`Discovery` in the process, by service."""
+    """Discovery state of every live [`Discovery`][meshlib.discovery.manager.Discovery] in the process, by service."""
     out: dict[str, Any] = {}
     for discovery in list(_live):
         out.update(discovery.snapshot())

@@ -6,20 +6,22 @@ back off after errors (tenacity's exponential wait, capped at a sixth of the
 lease); a 404 on renewal means the control plane forgot us (lease lapsed, or
 it restarted) and we register again at once. `Registrar` does the HTTP calls
 as a task on the process's
-[`ControlPlaneLoop`][meshlib.controlplane.connection.ControlPlaneLoop]::
+[`ControlPlaneLoop`][meshlib.controlplane.connection.ControlPlaneLoop]:
 
-    registrar = Registrar(
-        InstanceInfo("payments", "http://10.0.0.7:8080", zone="eu-1"),
-        "http://controlplane:8700", token="r3gister", lease=10.0,
-    )
-    registrar.start(wait=2.0)
-    registrar.on_drain(mesh_middleware.drain)                      # /readyz turns 503
-    ...
-    registrar.drain(delay=2.0, in_flight=lambda: app_in_flight)   # on SIGTERM
+```python
+registrar = Registrar(
+    InstanceInfo("payments", "http://10.0.0.7:8080", zone="eu-1"),
+    "http://controlplane:8700", token="r3gister", lease=10.0,
+)
+registrar.start(wait=2.0)
+registrar.on_drain(mesh_middleware.drain)                      # /readyz turns 503
+...
+registrar.drain(delay=2.0, in_flight=lambda: app_in_flight)   # on SIGTERM
+```
 
-A graceful drain turns :attr:`Registrar.ready` false first (wire it to
-``/readyz``), deregisters so watching callers drop this instance, waits
-``delay`` for them to notice, then waits for in-flight requests to finish.
+A graceful drain turns [`Registrar.ready`][meshlib.discovery.registry.Registrar.ready] false first (wire it to
+`/readyz`), deregisters so watching callers drop this instance, waits
+`delay` for them to notice, then waits for in-flight requests to finish.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ class LeaseState:
         self.consecutive_failures = 0
 
     def next_action(self) -> str | None:
-        """``"register"`` or ``"renew"`` when one is due now, else None."""
+        """`"register"` or `"renew"` when one is due now, else None."""
         if self.clock.monotonic() < self.next_at:
             return None
         if self.phase is LeasePhase.UNREGISTERED:

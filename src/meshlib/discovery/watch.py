@@ -42,7 +42,7 @@ logger = logging.getLogger("meshlib.discovery")
 
 
 def endpoints_from_listing(listing: Any) -> tuple[Endpoint, ...]:
-    """Endpoints from a ``GET /v1/registry/<service>`` body; malformed instances are skipped."""
+    """Endpoints from a `GET /v1/registry/<service>` body; malformed instances are skipped."""
     found: list[Endpoint] = []
     for item in listing.get("instances", ()) if isinstance(listing, dict) else ():
         try:
@@ -53,12 +53,12 @@ def endpoints_from_listing(listing: Any) -> tuple[Endpoint, ...]:
 
 
 class RegistryWatcher:
-    """Follows one service's registered instances; ``on_change(endpoints)`` on every change.
+    """Follows one service's registered instances; `on_change(endpoints)` on every change.
 
-    ``verify`` is what httpx's ``verify=`` takes (an ``ssl.SSLContext`` for a
-    control plane behind mTLS). When the registry restarts (its ``boot`` id
+    `verify` is what httpx's `verify=` takes (an `ssl.SSLContext` for a
+    control plane behind mTLS). When the registry restarts (its `boot` id
     changes) it lists nobody until the instances' next heartbeats; the
-    instances known before are kept for ``grace`` seconds meanwhile, so a
+    instances known before are kept for `grace` seconds meanwhile, so a
     control-plane restart never empties a service.
     """
 
@@ -149,7 +149,7 @@ class RegistryWatcher:
         return self._publish()
 
     def _publish(self) -> bool:
-        """Tell ``on_change`` about the listed endpoints (plus those carried over a restart)."""
+        """Tell `on_change` about the listed endpoints (plus those carried over a restart)."""
         endpoints = self._listed
         if self._carried:
             if self.clock.monotonic() < self._carry_until:
@@ -231,7 +231,7 @@ class RegistryWatcher:
             )
 
     def wait_synced(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first answer; True if it came."""
+        """Wait up to `timeout` seconds for the first answer; True if it came."""
         return self._synced.wait(timeout)
 
     def close(self) -> None:

@@ -1,11 +1,13 @@
 """Inbound: the ASGI and WSGI middlewares around one framework-neutral core.
 
-``MeshMiddleware`` (ASGI) and ``MeshWSGIMiddleware`` (WSGI) give a service
+`MeshMiddleware` (ASGI) and `MeshWSGIMiddleware` (WSGI) give a service
 trace context, Server-Timing, deadlines, caller identity and authz,
 admission control and health endpoints, all from
-``services.<self>.inbound`` in the policy::
+`services.<self>.inbound` in the policy:
 
-    app.add_middleware(MeshMiddleware, service_name="payments")
+```python
+app.add_middleware(MeshMiddleware, service_name="payments")
+```
 """
 
 from __future__ import annotations

@@ -1,17 +1,19 @@
 """Admission control: a token-bucket rate limit and a concurrency limit, sans-IO.
 
-Both take a :class:`~meshlib.clock.Clock` and a short ``threading.Lock``
-held only for a few arithmetic operations, never across an ``await``, so one
-limiter is safe from asyncio tasks and from server threads alike::
+Both take a `Clock` and a short `threading.Lock`
+held only for a few arithmetic operations, never across an `await`, so one
+limiter is safe from asyncio tasks and from server threads alike:
 
-    bucket = TokenBucket(rate=100.0, burst=200, clock=clock)
-    wait = bucket.try_acquire()         # 0.0: admitted; > 0: seconds until a token frees up
-    limit = ConcurrencyLimiter(64)
-    if limit.try_acquire():
-        try: ...
-        finally: limit.release()
+```python
+bucket = TokenBucket(rate=100.0, burst=200, clock=clock)
+wait = bucket.try_acquire()         # 0.0: admitted; > 0: seconds until a token frees up
+limit = ConcurrencyLimiter(64)
+if limit.try_acquire():
+    try: ...
+    finally: limit.release()
+```
 
-:class:`LimiterRegistry` keeps limiter state across policy reloads while a
+`LimiterRegistry` keeps limiter state across policy reloads while a
 limit's settings do not change, so a reload does not refill every bucket.
 """
 
@@ -27,17 +29,19 @@ __all__ = ["ConcurrencyLimiter", "LimiterRegistry", "TokenBucket", "retry_after_
 
 
 def retry_after_header(seconds: float) -> str:
-    """A ``Retry-After`` value: whole seconds, rounded up, at least 1 (``0.2`` -> ``"1"``)."""
+    """A `Retry-After` value: whole seconds, rounded up, at least 1 (`0.2` -> `"1"`)."""
     return str(max(1, math.ceil(seconds)))
 
 
 class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; each request takes one.
+    """`rate` tokens a second, at most `burst` saved up; each request takes one.
 
-    Starts full, so a burst is allowed straight away::
+    Starts full, so a burst is allowed straight away:
 
-        bucket = TokenBucket(rate=2.0, burst=2, clock=FakeClock())
-        bucket.try_acquire(), bucket.try_acquire(), bucket.try_acquire()   # 0.0, 0.0, 0.5
+    ```python
+    bucket = TokenBucket(rate=2.0, burst=2, clock=FakeClock())
+    bucket.try_acquire(), bucket.try_acquire(), bucket.try_acquire()   # 0.0, 0.0, 0.5
+    ```
     """
 
     __slots__ = ("_clock", "_lock", "_stamp", "_tokens", "burst", "rate")
@@ -79,14 +83,16 @@ class TokenBucket:
 
 
 class ConcurrencyLimiter:
-    """At most ``limit`` requests in flight.
+    """At most `limit` requests in flight.
 
-    ``try_acquire`` takes a slot when one is free; ``force_acquire`` takes one
+    `try_acquire` takes a slot when one is free; `force_acquire` takes one
     regardless (shadow mode, so the count stays true); every acquire is paired
-    with one ``release``::
+    with one `release`:
 
-        limiter = ConcurrencyLimiter(1)
-        limiter.try_acquire(), limiter.try_acquire()   # True, False
+    ```python
+    limiter = ConcurrencyLimiter(1)
+    limiter.try_acquire(), limiter.try_acquire()   # True, False
+    ```
     """
 
     __slots__ = ("_lock", "in_flight", "limit")
@@ -122,7 +128,7 @@ class ConcurrencyLimiter:
 class LimiterRegistry:
     """Limiter objects keyed by (where in the policy, their settings), kept across reloads.
 
-    ``swap`` builds the set for a new policy: a key seen before keeps its
+    `swap` builds the set for a new policy: a key seen before keeps its
     limiter (and its tokens and in-flight count); a key no longer used is
     dropped (requests still holding it release into the old object, harmlessly).
     """
@@ -136,7 +142,7 @@ class LimiterRegistry:
     def bucket(
         self, key: Hashable, rate: float, burst: float, into: dict[Hashable, object]
     ) -> TokenBucket:
-        """The bucket for ``key``: the existing one, or a new full one; recorded into ``into``."""
+        """The bucket for `key`: the existing one, or a new full one; recorded into `into`."""
         found = self._current.get(key)
         if not isinstance(found, TokenBucket):
             found = TokenBucket(rate, burst, self._clock)
@@ -146,7 +152,7 @@ class LimiterRegistry:
     def concurrency(
         self, key: Hashable, limit: int, into: dict[Hashable, object]
     ) -> ConcurrencyLimiter:
-        """The concurrency limiter for ``key``, existing or new; recorded into ``into``."""
+        """The concurrency limiter for `key`, existing or new; recorded into `into`."""
         found = self._current.get(key)
         if not isinstance(found, ConcurrencyLimiter):
             found = ConcurrencyLimiter(limit)

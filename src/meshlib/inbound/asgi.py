@@ -1,23 +1,25 @@
 """MeshMiddleware: the pure ASGI driver of the inbound core (FastAPI, Starlette, any ASGI app).
 
-A plain ``(scope, receive, send)`` class rather than Starlette's
-``BaseHTTPMiddleware``, which stops ``ContextVar`` changes from reaching the
+A plain `(scope, receive, send)` class rather than Starlette's
+`BaseHTTPMiddleware`, which stops `ContextVar` changes from reaching the
 app and would lose the trace context and the deadline. Per-request state
-lives in ``__call__`` locals.
+lives in `__call__` locals.
 
-Every scope that carries a caller goes through the core: ``http`` and
-``websocket`` alike (identity, path, authz, rate and concurrency limits). A
+Every scope that carries a caller goes through the core: `http` and
+`websocket` alike (identity, path, authz, rate and concurrency limits). A
 refused WebSocket handshake is answered before the app sees it: with the
-HTTP status (403, 429, 503) through the ASGI ``websocket.http.response``
+HTTP status (403, 429, 503) through the ASGI `websocket.http.response`
 extension where the server offers it (uvicorn does), else by closing with
 1008 (policy violation) or 1013 (try again later), which the server turns
 into an HTTP 403. An accepted WebSocket holds its concurrency slot until the
-app returns, for the life of the connection. Other scopes (``lifespan``)
-pass through untouched::
+app returns, for the life of the connection. Other scopes (`lifespan`)
+pass through untouched:
 
-    app = FastAPI()
-    app.add_middleware(MeshMiddleware, service_name="payments", policy="mesh.yaml")
-    # or: app = MeshMiddleware(app, service_name="payments")
+```python
+app = FastAPI()
+app.add_middleware(MeshMiddleware, service_name="payments", policy="mesh.yaml")
+# or: app = MeshMiddleware(app, service_name="payments")
+```
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ _REQUEST_ID = REQUEST_ID_HEADER.encode()
 
 
 def request_info(scope: Scope) -> RequestInfo:
-    """A :class:`RequestInfo` from an ASGI ``http`` or ``websocket`` scope (a WebSocket is a GET)."""
+    """A `RequestInfo` from an ASGI `http` or `websocket` scope (a WebSocket is a GET)."""
     info = RequestInfo(scope.get("method", "GET"), scope["path"], scope.get("scheme") or "http")
     traceparent: list[str] = []
     tracestate: list[str] = []
@@ -96,9 +98,9 @@ def request_info(scope: Scope) -> RequestInfo:
 
 
 def route_template(scope: Scope, root_path: str) -> str | None:
-    """The route template Starlette/FastAPI matched (``scope["route"].path``), if known.
+    """The route template Starlette/FastAPI matched (`scope["route"].path`), if known.
 
-    Under a ``Mount`` only the inner route's template is known, which would
+    Under a `Mount` only the inner route's template is known, which would
     mislead, so no template is reported there.
     """
     route = scope.get("route")
@@ -136,13 +138,15 @@ async def _refuse_websocket(
 class MeshMiddleware(MiddlewareBase[ASGIApp]):
     """Trace context, Server-Timing, deadlines, authz, admission and health for an ASGI app.
 
-    Configured from ``services.<service_name>.inbound`` in the policy,
-    re-read on every request so policy reloads apply at once::
+    Configured from `services.<service_name>.inbound` in the policy,
+    re-read on every request so policy reloads apply at once:
 
-        app = MeshMiddleware(app, service_name="payments", policy=policy)
-        app.drain()   # /readyz answers 503 from now on
+    ```python
+    app = MeshMiddleware(app, service_name="payments", policy=policy)
+    app.drain()   # /readyz answers 503 from now on
+    ```
 
-    ``tracer_provider`` and ``meter_provider`` default to the global ones.
+    `tracer_provider` and `meter_provider` default to the global ones.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,20 +1,22 @@
-"""Who may call this service: the ``inbound.authz`` rules compiled once per policy snapshot.
+"""Who may call this service: the `inbound.authz` rules compiled once per policy snapshot.
 
 The first rule whose path and methods match decides; when none matches,
-``default`` decides. A rule allows the SPIFFE IDs it lists, or ``*`` for any
+`default` decides. A rule allows the SPIFFE IDs it lists, or `*` for any
 caller with a verified identity; a caller without one (no client
 certificate) is never allowed by a rule. Each decision names the rule that
-made it, for telemetry and ``policy explain``.
+made it, for telemetry and `policy explain`.
 
 Rules see the request as the app's router will: the path exactly as routed
 (the middleware refuses paths not in normal form first, see
-:mod:`meshlib.inbound.paths`), the method upper-cased (werkzeug routes
-``get`` as ``GET``), and a ``GET`` rule also covers ``HEAD``, which
-Starlette, FastAPI and Flask all answer with the ``GET`` handler::
+`meshlib.inbound.paths`), the method upper-cased (werkzeug routes
+`get` as `GET`), and a `GET` rule also covers `HEAD`, which
+Starlette, FastAPI and Flask all answer with the `GET` handler:
 
-    authz = CompiledAuthz.compile(policy.services["payments"].inbound.authz, "services.payments")
-    decision = authz.decide("POST", "/v1/charges", "spiffe://example.org/orders")
-    decision.allowed, decision.rule   # True, 'services.payments.inbound.authz.rules[0]'
+```python
+authz = CompiledAuthz.compile(policy.services["payments"].inbound.authz, "services.payments")
+decision = authz.decide("POST", "/v1/charges", "spiffe://example.org/orders")
+decision.allowed, decision.rule   # True, 'services.payments.inbound.authz.rules[0]'
+```
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class AuthzDecision:
 
     allowed: bool
     rule: str
-    """e.g. ``services.payments.inbound.authz.rules[0]`` or ``...authz.default``."""
+    """e.g. `services.payments.inbound.authz.rules[0]` or `...authz.default`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class CompiledAuthz:
 
     @classmethod
     def compile(cls, authz: Authz, where: str) -> CompiledAuthz:
-        """Compile ``authz`` found at ``where`` (e.g. ``services.payments``) in the policy."""
+        """Compile `authz` found at `where` (e.g. `services.payments`) in the policy."""
         base = f"{where}.inbound.authz"
         rules = []
         for index, rule in enumerate(authz.rules):
@@ -92,9 +94,9 @@ class CompiledAuthz:
         return cls(tuple(rules), default, authz.mode == "shadow")
 
     def decide(self, method: str, path: str, identity: str | None) -> AuthzDecision:
-        """The decision for a caller (``None``: no verified identity) on ``method path``.
+        """The decision for a caller (`None`: no verified identity) on `method path`.
 
-        ``path`` is judged as given: the middleware has refused it already
+        `path` is judged as given: the middleware has refused it already
         unless it is in normal form.
         """
         if self._rules:

@@ -1,12 +1,14 @@
-"""From the middleware's arguments to an :class:`~meshlib.inbound.core.InboundCore`.
+"""From the middleware's arguments to an `InboundCore`.
 
-``policy`` may be a :class:`~meshlib.policy.model.Policy`, a path to a policy
+`policy` may be a [`Policy`][meshlib.policy.model.Policy], a path to a policy
 file (loaded now and watched for changes), a
-:class:`~meshlib.policy.store.PolicyStore`, or ``None`` for the process-wide
-store that ``MeshSettings`` selects. The service whose ``inbound`` section
-applies is ``service_name``, else ``MESH_SERVICE_NAME``::
+[`PolicyStore`][meshlib.policy.store.PolicyStore], or `None` for the process-wide
+store that `MeshSettings` selects. The service whose `inbound` section
+applies is `service_name`, else `MESH_SERVICE_NAME`:
 
-    core = build_core(policy="mesh.yaml", service_name="payments")
+```python
+core = build_core(policy="mesh.yaml", service_name="payments")
+```
 """
 
 from __future__ import annotations

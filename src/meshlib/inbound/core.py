@@ -1,32 +1,34 @@
-"""The framework-neutral inbound core: a :class:`RequestInfo` in, an :class:`Exchange` out.
+"""The framework-neutral inbound core: a `RequestInfo` in, an `Exchange` out.
 
 The ASGI and WSGI middlewares are thin drivers around this module. Per
-request they build a ``RequestInfo`` from the scope or environ and call
-:meth:`InboundCore.begin`, which decides, in this order and without I/O:
+request they build a `RequestInfo` from the scope or environ and call
+`InboundCore.begin`, which decides, in this order and without I/O:
 
 1. no policy loaded yet: 503 (readiness says so too);
 2. a path not in normal form, when a rule or route depends on the path: 400
-   (:mod:`meshlib.inbound.paths`; the authz decision and the app's router
+   (`meshlib.inbound.paths`; the authz decision and the app's router
    must see the same path);
 3. authz from the caller's verified identity: 403 (shadow: record only);
 4. an incoming deadline already passed: 504 (shadow: count only);
 5. the rate limit: 429 + Retry-After; 6. the concurrency limit: 503 + Retry-After.
 
 Refusals of who or what a request is (2 and 3) are also logged, rate-limited,
-on the ``meshlib.access`` logger (:mod:`meshlib.inbound.accesslog`).
+on the `meshlib.access` logger (`meshlib.inbound.accesslog`).
 
-The returned :class:`Exchange` says whether to answer without the app
-(``exchange.reply``) and carries the SERVER span, the deadline and the
-concurrency slot; the driver calls ``enter``/``exit`` around the app,
-``server_timing`` when the response starts and ``finish`` at the end::
+The returned `Exchange` says whether to answer without the app
+(`exchange.reply`) and carries the SERVER span, the deadline and the
+concurrency slot; the driver calls `enter`/`exit` around the app,
+`server_timing` when the response starts and `finish` at the end:
 
-    core = InboundCore(store, "payments")
-    exchange = core.begin(RequestInfo("GET", "/v1/orders"))
-    if exchange.reply is None:
-        exchange.enter()
-        ...  # run the app; add ("server-timing", exchange.server_timing()) to its headers
-        exchange.exit()
-    exchange.finish(200, "/v1/orders", None)
+```python
+core = InboundCore(store, "payments")
+exchange = core.begin(RequestInfo("GET", "/v1/orders"))
+if exchange.reply is None:
+    exchange.enter()
+    ...  # run the app; add ("server-timing", exchange.server_timing()) to its headers
+    exchange.exit()
+exchange.finish(200, "/v1/orders", None)
+```
 """
 
 from __future__ import annotations
@@ -82,9 +84,11 @@ _LIVE: weakref.WeakSet[InboundCore] = weakref.WeakSet()
 def drain_all() -> int:
     """Drain every middleware in the process (e.g. from a SIGTERM handler); returns how many.
 
-    Handy when a framework built the middleware for you (``app.add_middleware``)::
+    Handy when a framework built the middleware for you (`app.add_middleware`):
 
-        signal.signal(signal.SIGTERM, lambda *_: meshlib.inbound.drain_all())
+    ```python
+    signal.signal(signal.SIGTERM, lambda *_: meshlib.inbound.drain_all())
+    ```
     """
     cores = list(_LIVE)
     for core in cores:
@@ -96,14 +100,16 @@ def drain_all() -> int:
 class RequestInfo:
     """What the core needs to know about a request, gathered by a driver.
 
-    Header values are raw strings (``None`` when absent); ``traceparent`` and
-    ``tracestate`` hold every field of that name in arrival order.
-    ``path`` is percent-decoded, as the app routes it; ``raw_path`` is the
+    Header values are raw strings (`None` when absent); `traceparent` and
+    `tracestate` hold every field of that name in arrival order.
+    `path` is percent-decoded, as the app routes it; `raw_path` is the
     path as sent, when the server tells it.
-    ``peer_cert`` is the PEM of a client certificate the server's TLS layer
-    verified, never anything taken from a header::
+    `peer_cert` is the PEM of a client certificate the server's TLS layer
+    verified, never anything taken from a header:
 
-        RequestInfo("GET", "/v1/orders", traceparent=["00-4bf9...-01"], deadline_ms="250")
+    ```python
+    RequestInfo("GET", "/v1/orders", traceparent=["00-4bf9...-01"], deadline_ms="250")
+    ```
     """
 
     method: str
@@ -121,7 +127,7 @@ class RequestInfo:
     headers: Any = None
     """Every header, as the driver holds them (ASGI list, WSGI environ), for non-default propagators."""
     getter: Any = None
-    """The OpenTelemetry ``Getter`` that reads ``headers``."""
+    """The OpenTelemetry `Getter` that reads `headers`."""
     deadline_ms: str | None = None
     grpc_timeout: str | None = None
     envoy_timeout_ms: str | None = None
@@ -131,7 +137,7 @@ class RequestInfo:
 
 
 class Exchange:
-    """One request's passage through the middleware; made by :meth:`InboundCore.begin`."""
+    """One request's passage through the middleware; made by `InboundCore.begin`."""
 
     __slots__ = (
         "_app_seconds",
@@ -166,7 +172,7 @@ class Exchange:
         self._otel_token: Token[Any] | None = None
         self._deadline_token: Token[Deadline | None] | None = None
         self.request_id, self.request_id_made = accept_request_id(info.request_id)
-        """The request's ``x-request-id``: the caller's, or one made here (``request_id_made``)."""
+        """The request's `x-request-id`: the caller's, or one made here (`request_id_made`)."""
         self._request_id_token: Token[str | None] | None = None
 
     def enter(self) -> None:
@@ -184,7 +190,7 @@ class Exchange:
         return server_timing(self._app_seconds)
 
     def exit(self) -> None:
-        """Undo :meth:`enter`; call in the same context once the app is done."""
+        """Undo `enter`; call in the same context once the app is done."""
         token, self._otel_token = self._otel_token, None
         if token is not None:
             otel_context.detach(token)
@@ -211,11 +217,13 @@ class Exchange:
 class InboundCore:
     """Everything the middlewares share: policy, plan cache, limiters, telemetry, health.
 
-    Drivers build it with :func:`meshlib.inbound.config.build_core`; tests may
-    build it directly from a store::
+    Drivers build it with `meshlib.inbound.config.build_core`; tests may
+    build it directly from a store:
 
-        core = InboundCore(PolicyStore(policy), "payments", clock=FakeClock())
-        core.health("/readyz").status   # 200
+    ```python
+    core = InboundCore(PolicyStore(policy), "payments", clock=FakeClock())
+    core.health("/readyz").status   # 200
+    ```
     """
 
     def __init__(
@@ -261,7 +269,7 @@ class InboundCore:
             source.close()
 
     def health(self, path: str) -> MeshResponse | None:
-        """The answer to a health probe, or ``None`` when ``path`` is not a health path."""
+        """The answer to a health probe, or `None` when `path` is not a health path."""
         paths = self.health_paths
         if path != paths.live and path != paths.ready:
             return None

@@ -1,18 +1,20 @@
-"""Incoming deadline headers to one :class:`~meshlib.deadline.Deadline`.
+"""Incoming deadline headers to one [`Deadline`][meshlib.deadline.Deadline].
 
 Three relative forms are understood; when several are sent the soonest wins,
-and ``inbound.deadline.max`` caps the result:
+and `inbound.deadline.max` caps the result:
 
-* ``x-mesh-deadline-ms: 250`` — meshlib's own, remaining milliseconds;
-* ``grpc-timeout: 100m`` — gRPC's: up to 8 digits and a unit ``H`` (hours),
-  ``M`` (minutes), ``S`` (seconds), ``m`` (milliseconds), ``u`` (microseconds)
-  or ``n`` (nanoseconds);
-* ``x-envoy-expected-rq-timeout-ms: 250`` — what an Envoy in front expects.
+* `x-mesh-deadline-ms: 250` — meshlib's own, remaining milliseconds;
+* `grpc-timeout: 100m` — gRPC's: up to 8 digits and a unit `H` (hours),
+  `M` (minutes), `S` (seconds), `m` (milliseconds), `u` (microseconds)
+  or `n` (nanoseconds);
+* `x-envoy-expected-rq-timeout-ms: 250` — what an Envoy in front expects.
 
-A malformed value is ignored, never an error to the caller::
+A malformed value is ignored, never an error to the caller:
 
-    incoming_deadline("250", None, None, max_seconds=None, clock=clock)   # 250 ms from now
-    grpc_timeout_seconds("2S")   # 2.0
+```python
+incoming_deadline("250", None, None, max_seconds=None, clock=clock)   # 250 ms from now
+grpc_timeout_seconds("2S")   # 2.0
+```
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9
 
 
 def grpc_timeout_seconds(value: str) -> float | None:
-    """Seconds in a ``grpc-timeout`` value, or ``None`` if it is malformed (``"100m"`` -> 0.1)."""
+    """Seconds in a `grpc-timeout` value, or `None` if it is malformed (`"100m"` -> 0.1)."""
     text = value.strip()
     digits, unit = text[:-1], text[-1:]
     scale = _GRPC_UNITS.get(unit)
@@ -36,7 +38,7 @@ def grpc_timeout_seconds(value: str) -> float | None:
 
 
 def milliseconds(value: str) -> float | None:
-    """Seconds in a whole-milliseconds value, or ``None`` if malformed (``"250"`` -> 0.25)."""
+    """Seconds in a whole-milliseconds value, or `None` if malformed (`"250"` -> 0.25)."""
     text = value.strip()
     if not text or len(text) > 15 or not text.isascii() or not text.isdigit():
         return None
@@ -51,9 +53,9 @@ def incoming_deadline(
     max_seconds: float | None,
     clock: Clock,
 ) -> Deadline | None:
-    """The request's deadline from its headers (raw values or ``None``), capped by ``max_seconds``.
+    """The request's deadline from its headers (raw values or `None`), capped by `max_seconds`.
 
-    ``None`` when no valid header was sent: the request has no deadline.
+    `None` when no valid header was sent: the request has no deadline.
     """
     deadline = parse_deadline_header(mesh_ms, clock) if mesh_ms is not None else None
     for seconds in (

@@ -1,13 +1,15 @@
 """Liveness and readiness answers, given by the middleware without reaching the app.
 
-``/healthz`` (``MeshSettings.health_path``) answers 200 while the process
-serves at all; ``/readyz`` (``MeshSettings.ready_path``) answers 200 only when
+`/healthz` (`MeshSettings.health_path`) answers 200 while the process
+serves at all; `/readyz` (`MeshSettings.ready_path`) answers 200 only when
 a policy is loaded and the service is not draining, so a load balancer
-stops sending traffic before shutdown::
+stops sending traffic before shutdown:
 
-    health = HealthPaths("/healthz", "/readyz")
-    health.answer("/readyz", ready=False).status   # 503
-    health.answer("/v1/orders", ready=True)        # None: not a health path
+```python
+health = HealthPaths("/healthz", "/readyz")
+health.answer("/readyz", ready=False).status   # 503
+health.answer("/v1/orders", ready=True)        # None: not a health path
+```
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["HealthPaths", "MeshResponse"]
 class MeshResponse:
     """A response the middleware sends itself: status, headers (lower-case names) and body.
 
-    ``MeshResponse.text(403, "Forbidden", "forbidden").status == 403``
+    `MeshResponse.text(403, "Forbidden", "forbidden").status == 403`
     """
 
     status: int
@@ -31,7 +33,7 @@ class MeshResponse:
 
     @classmethod
     def text(cls, status: int, reason: str, body: str, *extra: tuple[str, str]) -> MeshResponse:
-        """A small ``text/plain`` response."""
+        """A small `text/plain` response."""
         data = body.encode()
         headers = (
             ("content-type", "text/plain; charset=utf-8"),
@@ -61,7 +63,7 @@ class HealthPaths:
         self.ready = ready
 
     def answer(self, path: str, *, ready: bool) -> MeshResponse | None:
-        """The answer for ``path``, or ``None`` when it is not a health path."""
+        """The answer for `path`, or `None` when it is not a health path."""
         if path == self.live:
             return _LIVE
         if path == self.ready:

@@ -1,14 +1,16 @@
-"""``services.<self>.inbound`` compiled once per policy snapshot into fast matchers.
+"""`services.<self>.inbound` compiled once per policy snapshot into fast matchers.
 
-An :class:`InboundPlan` holds the compiled authz rules, the admission limits
-that apply to each inbound route (a route's own ``rate_limit`` or
-``concurrency_limit`` replaces the service-wide one for matching requests;
+An `InboundPlan` holds the compiled authz rules, the admission limits
+that apply to each inbound route (a route's own `rate_limit` or
+`concurrency_limit` replaces the service-wide one for matching requests;
 unset, the service-wide one applies) and the deadline settings. Requests
 read the plan of the snapshot in force, so a policy reload takes effect on
-the next request without a restart::
+the next request without a restart:
 
-    plan = InboundPlan.compile(snapshot.policy, "payments", registry)
-    limits = plan.limits_for("GET", "/v1/orders")
+```python
+plan = InboundPlan.compile(snapshot.policy, "payments", registry)
+limits = plan.limits_for("GET", "/v1/orders")
+```
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class InboundPlan:
 
     @classmethod
     def compile(cls, policy: Policy, service: str, registry: LimiterRegistry) -> InboundPlan:
-        """Compile ``services.<service>.inbound`` (defaults when the service is not listed)."""
+        """Compile `services.<service>.inbound` (defaults when the service is not listed)."""
         svc = policy.services.get(service)
         inbound = svc.inbound if svc is not None else Inbound()
         where = f"services.{service}.inbound"

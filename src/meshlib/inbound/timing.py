@@ -1,10 +1,12 @@
-"""The ``Server-Timing`` value a response carries: the app's own time.
+"""The `Server-Timing` value a response carries: the app's own time.
 
 Callers subtract it from what they measured to split a call into service
-time and network time. The metric name ``app`` is the contract with
-meshlib's outbound side, which reads exactly this entry::
+time and network time. The metric name `app` is the contract with
+meshlib's outbound side, which reads exactly this entry:
 
-    server_timing(0.0123)   # 'app;dur=12.3'
+```python
+server_timing(0.0123)   # 'app;dur=12.3'
+```
 """
 
 from __future__ import annotations
@@ -21,6 +23,6 @@ SERVER_TIMING_METRIC = names.SERVER_TIMING_APP
 
 
 def server_timing(app_seconds: float) -> str:
-    """``app;dur=<milliseconds>`` with 0.1 ms resolution, never negative."""
+    """`app;dur=<milliseconds>` with 0.1 ms resolution, never negative."""
     ms = app_seconds * 1000.0 if app_seconds > 0.0 else 0.0
     return f"app;dur={ms:.1f}"

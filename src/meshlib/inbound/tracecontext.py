@@ -1,23 +1,23 @@
 """Trace context intake: the caller's trace (and baggage) from a request, by the configured propagators.
 
-Extraction uses OpenTelemetry's global propagator (``OTEL_PROPAGATORS``: W3C
-``tracecontext`` and ``baggage`` by default, or ``b3``, ``b3multi``,
-``jaeger``, ... as configured), with its W3C Trace Context part replaced by
+Extraction uses OpenTelemetry's global propagator (`OTEL_PROPAGATORS`: W3C
+`tracecontext` and `baggage` by default, or `b3`, `b3multi`,
+`jaeger`, ... as configured), with its W3C Trace Context part replaced by
 [MeshTraceContextPropagator][meshlib.inbound.tracecontext.MeshTraceContextPropagator],
 which applies the rules the OpenTelemetry propagator leaves out. Per the W3C
 Trace Context Recommendation (Level 1) and Level 2, bad input never fails
 the request, it only starts a new trace:
 
-* **duplicated traceparent**: two ``traceparent`` fields are invalid and
-  start a new trace (the W3C test suite's ``test_traceparent_duplicated``);
+* **duplicated traceparent**: two `traceparent` fields are invalid and
+  start a new trace (the W3C test suite's `test_traceparent_duplicated`);
   the OpenTelemetry propagator would quietly take the first one.
-* **trace-flags**: ``sampled`` (``0x01``) and Level 2's ``random``
-  (``0x02``) are kept as the caller sent them; other bits are zeroed, as
+* **trace-flags**: `sampled` (`0x01`) and Level 2's `random`
+  (`0x02`) are kept as the caller sent them; other bits are zeroed, as
   the spec says vendors MUST.
 * **tracestate**: all fields are combined in order (RFC 9110 field order)
-  and parsed to the grammar (keys ``simple-key`` or
-  ``tenant-id@system-id``, lower case, at most 256/241/14 characters;
-  values of printable ASCII without ``,`` and ``=``, not ending in a space;
+  and parsed to the grammar (keys `simple-key` or
+  `tenant-id@system-id`, lower case, at most 256/241/14 characters;
+  values of printable ASCII without `,` and `=`, not ending in a space;
   empty members skipped); an invalid member, a duplicated key or more than
   32 members discards the whole tracestate but keeps the traceparent,
   without a log line per request (the input is the caller's). A valid
@@ -94,9 +94,9 @@ _MAX_MEMBERS = 32
 
 
 def parse_tracestate(fields: Sequence[str]) -> list[tuple[str, str]] | None:
-    """The members of the combined ``tracestate`` fields, or None when the header is invalid.
+    """The members of the combined `tracestate` fields, or None when the header is invalid.
 
-    Empty members (``a=1,,b=2``, optional whitespace around members) are
+    Empty members (`a=1,,b=2`, optional whitespace around members) are
     skipped; a member that breaks the grammar, a key seen twice, or more
     than 32 members make the whole header invalid.
 
@@ -146,9 +146,9 @@ def _size(entries: Sequence[tuple[str, str]]) -> int:
 def truncate_tracestate(
     entries: Sequence[tuple[str, str]], limit: int = TRACESTATE_LIMIT
 ) -> list[tuple[str, str]]:
-    """Drop whole entries until the header fits ``limit``: over-128-character ones first, from the end.
+    """Drop whole entries until the header fits `limit`: over-128-character ones first, from the end.
 
-    ``truncate_tracestate([("a", "1"), ("big", "x" * 200)], 10)`` -> ``[("a", "1")]``
+    `truncate_tracestate([("a", "1"), ("big", "x" * 200)], 10)` -> `[("a", "1")]`
     """
     kept = list(entries)
     for index in range(len(kept) - 1, -1, -1):
@@ -169,9 +169,9 @@ def _combined_length(fields: Sequence[str]) -> int:
 def parent_span_context(
     traceparent: Sequence[str], tracestate: Sequence[str] = ()
 ) -> trace.SpanContext | None:
-    """The caller's span context, or ``None`` when there is none or it is invalid.
+    """The caller's span context, or `None` when there is none or it is invalid.
 
-    ``traceparent`` and ``tracestate`` are every field of that name, in the
+    `traceparent` and `tracestate` are every field of that name, in the
     order received (header names are case-insensitive; the driver folds them).
 
     Example:
@@ -232,7 +232,7 @@ def extract_context(traceparent: Sequence[str], tracestate: Sequence[str] = ()) 
 class MeshTraceContextPropagator(TextMapPropagator):
     """OpenTelemetry's W3C Trace Context propagator with meshlib's stricter intake (see the module docstring).
 
-    Injection is OpenTelemetry's: ``00-<trace id>-<span id>-<flags>``, the
+    Injection is OpenTelemetry's: `00-<trace id>-<span id>-<flags>`, the
     flags as the span has them (Level 2's random flag included), and the
     span's tracestate.
 
@@ -248,7 +248,7 @@ class MeshTraceContextPropagator(TextMapPropagator):
         context: Context | None = None,
         getter: Getter[CarrierT] = default_getter,
     ) -> Context:
-        """The caller's span in ``context``; ``context`` unchanged when it sent none (or an invalid one)."""
+        """The caller's span in `context`; `context` unchanged when it sent none (or an invalid one)."""
         base = context if context is not None else Context()
         traceparent = getter.get(carrier, "traceparent") or ()
         if len(traceparent) == 1 and len(traceparent[0]) > 512:
@@ -264,12 +264,12 @@ class MeshTraceContextPropagator(TextMapPropagator):
         context: Context | None = None,
         setter: Setter[CarrierT] = default_setter,
     ) -> None:
-        """Write ``traceparent`` (and ``tracestate``) for the span in ``context``."""
+        """Write `traceparent` (and `tracestate`) for the span in `context`."""
         _PROPAGATOR.inject(carrier, context, setter)
 
     @property
     def fields(self) -> set[str]:
-        """``{"traceparent", "tracestate"}``."""
+        """`{"traceparent", "tracestate"}`."""
         return _PROPAGATOR.fields
 
 
@@ -322,8 +322,8 @@ def extract_with_propagators(
     """The caller's context from a request, by the configured propagators (never raises).
 
     With the default propagators the driver's already gathered
-    ``traceparent``/``tracestate``/``baggage`` fields are used directly;
-    otherwise the configured propagator reads ``carrier`` through ``getter``.
+    `traceparent`/`tracestate`/`baggage` fields are used directly;
+    otherwise the configured propagator reads `carrier` through `getter`.
 
     Example:
         ```python
@@ -346,10 +346,10 @@ def extract_with_propagators(
 
 
 class ASGIHeaders(Getter[Sequence[tuple[bytes, bytes]]]):
-    """Reads an ASGI scope's ``headers`` list (lower-case byte names) for a propagator, every field kept."""
+    """Reads an ASGI scope's `headers` list (lower-case byte names) for a propagator, every field kept."""
 
     def get(self, carrier: Sequence[tuple[bytes, bytes]], key: str) -> list[str] | None:
-        """Every value of header ``key``, in order; None when absent."""
+        """Every value of header `key`, in order; None when absent."""
         wanted = key.lower().encode("latin-1")
         found = [value.decode("latin-1") for name, value in carrier if name == wanted]
         return found or None
@@ -360,10 +360,10 @@ class ASGIHeaders(Getter[Sequence[tuple[bytes, bytes]]]):
 
 
 class EnvironHeaders(Getter[MutableMapping[str, Any]]):
-    """Reads a WSGI environ's ``HTTP_*`` entries for a propagator (servers join repeated fields)."""
+    """Reads a WSGI environ's `HTTP_*` entries for a propagator (servers join repeated fields)."""
 
     def get(self, carrier: MutableMapping[str, Any], key: str) -> list[str] | None:
-        """The value of header ``key`` as a one-item list; None when absent."""
+        """The value of header `key` as a one-item list; None when absent."""
         value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
         return None if value is None else [value]
 

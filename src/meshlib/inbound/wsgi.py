@@ -1,16 +1,18 @@
 """MeshWSGIMiddleware: the native WSGI driver of the inbound core (Flask, any WSGI app).
 
-The same :mod:`meshlib.inbound.core` as the ASGI middleware, driven through
-PEP 3333: ``start_response`` is wrapped to learn the status and add
-``Server-Timing``, and the response body is wrapped so the request ends (span,
-duration, concurrency slot) when the server closes it::
+The same `meshlib.inbound.core` as the ASGI middleware, driven through
+PEP 3333: `start_response` is wrapped to learn the status and add
+`Server-Timing`, and the response body is wrapped so the request ends (span,
+duration, concurrency slot) when the server closes it:
 
-    app = Flask(__name__)
-    app.wsgi_app = MeshWSGIMiddleware(app.wsgi_app, service_name="payments")
+```python
+app = Flask(__name__)
+app.wsgi_app = MeshWSGIMiddleware(app.wsgi_app, service_name="payments")
+```
 
-The caller's certificate is read from ``environ["SSL_CLIENT_CERT"]`` (PEM),
+The caller's certificate is read from `environ["SSL_CLIENT_CERT"]` (PEM),
 which werkzeug's server sets from the TLS socket; under gunicorn,
-``meshlib.serve`` bridges it. Request headers arrive as ``HTTP_*`` keys, so a
+`meshlib.serve` bridges it. Request headers arrive as `HTTP_*` keys, so a
 header cannot pose as it.
 """
 
@@ -39,10 +41,10 @@ _HEADERS = EnvironHeaders()
 
 
 def request_info(environ: Environ) -> RequestInfo:
-    """A :class:`RequestInfo` from a WSGI environ.
+    """A `RequestInfo` from a WSGI environ.
 
     Servers join repeated header fields with commas (werkzeug does), so a
-    duplicated ``traceparent`` arrives as one invalid value and starts a new
+    duplicated `traceparent` arrives as one invalid value and starts a new
     trace, as the W3C recommendation asks.
     """
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
@@ -86,7 +88,7 @@ def request_info(environ: Environ) -> RequestInfo:
 
 
 def route_template(environ: Environ) -> str | None:
-    """The URL rule Flask/werkzeug matched (``request.url_rule.rule``), if known."""
+    """The URL rule Flask/werkzeug matched (`request.url_rule.rule`), if known."""
     request = environ.get("werkzeug.request")
     rule = getattr(getattr(request, "url_rule", None), "rule", None)
     return rule if isinstance(rule, str) and rule else None
@@ -138,9 +140,11 @@ class _Body:
 class MeshWSGIMiddleware(MiddlewareBase[WSGIApp]):
     """Trace context, Server-Timing, deadlines, authz, admission and health for a WSGI app.
 
-    Same arguments and behaviour as :class:`meshlib.MeshMiddleware`::
+    Same arguments and behaviour as [`meshlib.MeshMiddleware`][meshlib.MeshMiddleware]:
 
-        app.wsgi_app = MeshWSGIMiddleware(app.wsgi_app, service_name="payments", policy=policy)
+    ```python
+    app.wsgi_app = MeshWSGIMiddleware(app.wsgi_app, service_name="payments", policy=policy)
+    ```
     """
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

@@ -1,7 +1,7 @@
 """The outbound data path: mesh clients, their transport, and the decisions behind each call.
 
-See :mod:`meshlib.outbound.flow` for the algorithm and
-:mod:`meshlib.outbound.transport` for the sync and async drivers.
+See `meshlib.outbound.flow` for the algorithm and
+`meshlib.outbound.transport` for the sync and async drivers.
 """
 
 from __future__ import annotations

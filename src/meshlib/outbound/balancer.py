@@ -1,14 +1,16 @@
 """Load balancing: which of the healthy endpoints takes the next attempt.
 
-``round_robin`` cycles through the candidates (each ``weight`` times per
-cycle); ``least_request`` is the
+`round_robin` cycles through the candidates (each `weight` times per
+cycle); `least_request` is the
 power of two random choices (P2C): pick two at random, take the one with
 fewer requests in flight, which tracks load nearly as well as scanning all
 endpoints, with none of the herding (load is compared per unit of weight). A retry passes the endpoints already
-tried so it prefers one it has not used::
+tried so it prefers one it has not used:
 
-    balancer = Balancer("least_request", clock)
-    endpoint = balancer.pick(candidates, tried=(first,))
+```python
+balancer = Balancer("least_request", clock)
+endpoint = balancer.pick(candidates, tried=(first,))
+```
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Balancer:
         self._counter = itertools.count()
 
     def pick(self, candidates: Sequence[E], tried: Collection[E] = ()) -> E:
-        """One endpoint from ``candidates`` (not empty), preferring ones not in ``tried``."""
+        """One endpoint from `candidates` (not empty), preferring ones not in `tried`."""
         if tried and len(candidates) > 1:
             fresh = [c for c in candidates if c not in tried]
             if fresh:

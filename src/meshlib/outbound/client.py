@@ -1,26 +1,28 @@
 """MeshClient and AsyncMeshClient: httpx clients with the mesh transport installed.
 
-They are ``httpx.Client`` / ``httpx.AsyncClient`` with every argument and
-method of those (base_url, headers, auth, hooks, streaming, ``with``
-blocks); only the transport differs. Built from a :class:`~meshlib.Policy`,
-a policy file path, a :class:`~meshlib.PolicyStore`, or nothing (the
-process-wide store from ``MESH_POLICY_FILE`` / the control plane)::
+They are `httpx.Client` / `httpx.AsyncClient` with every argument and
+method of those (base_url, headers, auth, hooks, streaming, `with`
+blocks); only the transport differs. Built from a [`Policy`][meshlib.Policy],
+a policy file path, a [`PolicyStore`][meshlib.PolicyStore], or nothing (the
+process-wide store from `MESH_POLICY_FILE` / the control plane):
 
-    with MeshClient("mesh.yaml", service_name="orders") as client:
-        client.get("http://payments/v1/charges")      # routed, retried, traced
+```python
+with MeshClient("mesh.yaml", service_name="orders") as client:
+    client.get("http://payments/v1/charges")      # routed, retried, traced
+```
 
-``transport=`` wraps an existing transport for URLs that are not mesh
+`transport=` wraps an existing transport for URLs that are not mesh
 services, so adopting meshlib is one line. Timeouts come from the policy; a
-``timeout=`` given here can only shorten them. TLS settings given here
-(``verify``, ``cert``) apply to non-mesh URLs and to mesh endpoints whose
-policy has ``tls: {mode: disabled}``. A ``proxy=`` given here carries the calls
+`timeout=` given here can only shorten them. TLS settings given here
+(`verify`, `cert`) apply to non-mesh URLs and to mesh endpoints whose
+policy has `tls: {mode: disabled}`. A `proxy=` given here carries the calls
 to non-mesh URLs only: mesh endpoints are always dialled directly, and the
 proxy environment variables are not read (as in httpx whenever a client is
-given a transport). ``mounts=`` likewise route only the URLs the mesh does
+given a transport). `mounts=` likewise route only the URLs the mesh does
 not: a call to a mesh service always goes through the mesh, whatever
-pattern matches it (:mod:`meshlib.outbound.mounts`). Their cookie jar is httpx's, minus the
-no-op pass httpx makes over every response without ``Set-Cookie``
-(:mod:`meshlib.outbound.cookies`).
+pattern matches it (`meshlib.outbound.mounts`). Their cookie jar is httpx's, minus the
+no-op pass httpx makes over every response without `Set-Cookie`
+(`meshlib.outbound.cookies`).
 
 The async client's endpoints use
 [`AiohttpTransport`][meshlib.outbound.aiohttp_transport.AiohttpTransport]
@@ -67,7 +69,7 @@ def _base_transport(
     factory: Callable[..., Any],
     kwargs: dict[str, Any],
 ) -> Any:
-    """The transport for non-mesh URLs: the user's, or a pool through ``proxy``, behind ``mounts``.
+    """The transport for non-mesh URLs: the user's, or a pool through `proxy`, behind `mounts`.
 
     httpx would consult the proxy and the mounts for every URL, mesh services
     included, and so bypass the mesh; here they only carry what the mesh does
@@ -112,14 +114,15 @@ def _pool_kwargs(
 
 
 class MeshClient(MeshCookiesMixin, httpx.Client):
-    """An ``httpx.Client`` whose calls go through the mesh (routing, retries, breakers, tracing).
+    """An `httpx.Client` whose calls go through the mesh (routing, retries, breakers, tracing).
 
-    Example::
-
+    Example:
+        ```python
         client = MeshClient(load_policy("mesh.yaml"), service_name="orders")
         response = client.post("http://payments/v1/charges", json={"amount": 5})
         response.extensions["meshlib.attempts"]      # every try, with outcomes
         client.close()
+        ```
     """
 
     def __init__(
@@ -180,7 +183,7 @@ class MeshClient(MeshCookiesMixin, httpx.Client):
 
 
 class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` whose calls go through the mesh; the twin of :class:`MeshClient`.
+    """An `httpx.AsyncClient` whose calls go through the mesh; the twin of [`MeshClient`][meshlib.outbound.client.MeshClient].
 
     Its connection pools are aiohttp's by default
     ([`AiohttpTransport`][meshlib.outbound.aiohttp_transport.AiohttpTransport]):
@@ -192,10 +195,11 @@ class AsyncMeshClient(MeshCookiesMixin, httpx.AsyncClient):
     example `httpx.AsyncHTTPTransport` for SOCKS proxies, `uds=` or httpx's
     full set of `trace` events.
 
-    Example::
-
+    Example:
+        ```python
         async with AsyncMeshClient(policy, service_name="orders") as client:
             response = await client.get("http://payments/v1/charges")
+        ```
     """
 
     def __init__(

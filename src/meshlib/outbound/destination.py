@@ -189,7 +189,7 @@ class Destination:
 
         Endpoints that are neither ejected nor breaker-open are preferred;
         if ejection left none, ejected ones with closed breakers are used
-        (better than failing everything). Raises :class:`CircuitOpenError`
+        (better than failing everything). Raises [`CircuitOpenError`][meshlib.outbound.destination.CircuitOpenError]
         when every endpoint's breaker is open.
         """
         endpoints = self.endpoints
@@ -249,7 +249,7 @@ class Destination:
         return transition, self.outlier is not None and self.outlier.record(endpoint.url, False)
 
     def stats(self) -> dict[str, Any]:
-        """This destination's counters and endpoint states (see :mod:`meshlib.outbound.stats`)."""
+        """This destination's counters and endpoint states (see `meshlib.outbound.stats`)."""
         outlier = self.outlier
         return {
             "requests": self.requests,

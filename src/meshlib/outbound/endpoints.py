@@ -1,16 +1,18 @@
 """Connection pools: one httpx transport per (endpoint, TLS settings), shared by every call to it.
 
-One factory serves both worlds: :class:`Pools` is given the transport class
-(``httpx.HTTPTransport`` or ``httpx.AsyncHTTPTransport``) and builds the same
-pools for either. TLS contexts come from :func:`meshlib.security.tls.client_context`,
-imported only when a destination's ``tls.mode`` is not ``disabled``, and the
-context verifies the peer's SPIFFE identity during the handshake::
+One factory serves both worlds: `Pools` is given the transport class
+(`httpx.HTTPTransport` or `httpx.AsyncHTTPTransport`) and builds the same
+pools for either. TLS contexts come from `meshlib.security.tls.client_context`,
+imported only when a destination's `tls.mode` is not `disabled`, and the
+context verifies the peer's SPIFFE identity during the handshake:
 
-    pools = Pools(httpx.HTTPTransport)
-    transport = pools.get("http://127.0.0.1:8001", tls, identity=None)
-    pools.keep_only([])        # the policy dropped it: retired, closed once idle
-    for pool in pools.idle_retired():
-        pool.close()
+```python
+pools = Pools(httpx.HTTPTransport)
+transport = pools.get("http://127.0.0.1:8001", tls, identity=None)
+pools.keep_only([])        # the policy dropped it: retired, closed once idle
+for pool in pools.idle_retired():
+    pool.close()
+```
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class Pools(Generic[T]):
         return self._context
 
     def keep_only(self, keys: Iterable[PoolKey]) -> None:
-        """Retire every pool whose key is not in ``keys``; kept pools keep their connections."""
+        """Retire every pool whose key is not in `keys`; kept pools keep their connections."""
         wanted = set(keys)
         with self._lock:
             for key in [k for k in self._pools if k not in wanted]:

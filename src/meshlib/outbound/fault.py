@@ -1,14 +1,16 @@
 """Fault injection: abort or delay a share of calls, decided by the calling side, for chaos tests.
 
-Decided once per call, before the first try, from the effective ``fault``
-section (destination, route)::
+Decided once per call, before the first try, from the effective `fault`
+section (destination, route):
 
-    decision = decide_fault(effective.fault, clock)
-    decision.delay    # seconds to wait first, or 0.0
-    decision.abort    # a status to answer without sending, or None
+```python
+decision = decide_fault(effective.fault, clock)
+decision.delay    # seconds to wait first, or 0.0
+decision.abort    # a status to answer without sending, or None
+```
 
 An aborted call is answered locally with that status and the header
-``x-meshlib-fault: abort``; it is not retried (a fault stands for the
+`x-meshlib-fault: abort`; it is not retried (a fault stands for the
 upstream's answer, not for a flaky attempt).
 """
 
@@ -25,7 +27,7 @@ FAULT_HEADER = "x-meshlib-fault"
 
 
 class FaultDecision(NamedTuple):
-    """What to do to one call: wait ``delay`` seconds first, then answer ``abort`` if set."""
+    """What to do to one call: wait `delay` seconds first, then answer `abort` if set."""
 
     delay: float
     abort: int | None
@@ -42,7 +44,7 @@ def has_fault(fault: Fault) -> bool:
 
 
 def decide_fault(fault: Fault, clock: Clock) -> FaultDecision:
-    """Roll the dice for one call: each of delay and abort hits ``percent`` % of calls."""
+    """Roll the dice for one call: each of delay and abort hits `percent` % of calls."""
     delay = 0.0
     abort = None
     if fault.delay is not None and clock.random() * 100.0 < fault.delay.percent:

@@ -1,19 +1,21 @@
-"""The outbound algorithm, written once, as a generator of I/O steps (after httpx's ``Auth.auth_flow``).
+"""The outbound algorithm, written once, as a generator of I/O steps (after httpx's `Auth.auth_flow`).
 
-``Outbound.flow(request)`` decides everything and yields only what needs
-I/O: :class:`Send` (run this request on that transport, send me the
-response or throw me the exception) and :class:`Sleep` (wait, after closing
+`Outbound.flow(request)` decides everything and yields only what needs
+I/O: `Send` (run this request on that transport, send me the
+response or throw me the exception) and `Sleep` (wait, after closing
 a discarded response). The generator's return value is the response.
-:mod:`meshlib.outbound.transport` drives it in ~40 lines, sync or async::
+`meshlib.outbound.transport` drives it in ~40 lines, sync or async:
 
-    deadline -> fault -> [ pick endpoint -> breaker -> Send -> classify -> record
-                           -> retry? (attempts, replayable, budget, deadline) -> Sleep ]
+```text
+deadline -> fault -> [ pick endpoint -> breaker -> Send -> classify -> record
+                       -> retry? (attempts, replayable, budget, deadline) -> Sleep ]
+```
 
 One call reads the policy snapshot once; the plan and destination it gets
 stay valid for the whole call even if the policy is swapped meanwhile.
 When retries run out the last real outcome is returned or raised, with the
-attempt history in ``response.extensions["meshlib.attempts"]`` or
-``exc.__meshlib_attempts__``; when the total time runs out first, the call
+attempt history in `response.extensions["meshlib.attempts"]` or
+`exc.__meshlib_attempts__`; when the total time runs out first, the call
 raises `DeadlineExceeded` from the last error. Each attempt carries its
 number in `x-mesh-attempt` (1 for the first). Outcomes that are not the
 endpoint's doing (the client's own pool full, the call's deadline cutting an
@@ -119,9 +121,9 @@ def _reason(response: httpx.Response | None) -> str:
 
 
 def _readdress(url: httpx.URL, endpoint: EndpointState) -> httpx.URL:
-    """``url`` aimed at ``endpoint``; path and query kept.
+    """`url` aimed at `endpoint`; path and query kept.
 
-    ``URL.copy_with`` re-parses the whole URL (~19 us here); building httpx's
+    `URL.copy_with` re-parses the whole URL (~19 us here); building httpx's
     parsed form (a NamedTuple: scheme, userinfo, host, port, path, query,
     fragment) with three fields replaced costs ~0.3 us, so we do that when it exists.
     """
@@ -402,9 +404,9 @@ class Outbound:
         deadline_at: float,
         dest: Destination,
     ) -> float | str:
-        """The backoff before try ``number + 1``, or a note saying why there is none.
+        """The backoff before try `number + 1`, or a note saying why there is none.
 
-        In order: the failure is not retryable (``""``), the attempts are used
+        In order: the failure is not retryable (`""`), the attempts are used
         up, the body cannot be replayed, Retry-After asks too much, the wait
         would end past the deadline, retries are in shadow mode, the budget
         refuses. Only the last takes a retry from the budget.

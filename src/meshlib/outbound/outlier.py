@@ -1,17 +1,19 @@
 """Outlier ejection: passive health checking from the outcomes of real calls.
 
-After Envoy's ``consecutive_5xx`` detector: an endpoint that fails
-``consecutive_failures`` times in a row is ejected (taken out of load
-balancing) for ``base_ejection_time x times ejected``, capped at
-``max_ejection_time``; never more than ``max_ejection_percent`` of a
+After Envoy's `consecutive_5xx` detector: an endpoint that fails
+`consecutive_failures` times in a row is ejected (taken out of load
+balancing) for `base_ejection_time x times ejected`, capped at
+`max_ejection_time`; never more than `max_ejection_percent` of a
 destination's endpoints are out at once. When its time is up it returns,
-and each base ejection time it then stays healthy forgives one ejection::
+and each base ejection time it then stays healthy forgives one ejection:
 
-    detector = OutlierDetector(policy.outlier_detection, clock)
-    detector.record(endpoint, success=False)
-    detector.is_ejected(endpoint)
+```python
+detector = OutlierDetector(policy.outlier_detection, clock)
+detector.record(endpoint, success=False)
+detector.is_ejected(endpoint)
+```
 
-In ``mode: shadow`` ejections are counted in ``shadow_ejections`` but the
+In `mode: shadow` ejections are counted in `shadow_ejections` but the
 endpoint keeps receiving traffic.
 """
 

@@ -1,22 +1,24 @@
 """Retry decisions: what failed, whether it may be tried again, and after how long.
 
-A failure is classified once (:func:`classify_exception`): was it known not to
+A failure is classified once (`classify_exception`): was it known not to
 reach the server (connect refused, connect or pool timeout), which is safe to
 retry for any method, or may the server have processed it (a reset, a read
-timeout, a 503), which is retried only for the policy's ``methods`` or a
-request carrying an ``Idempotency-Key``.
+timeout, a 503), which is retried only for the policy's `methods` or a
+request carrying an `Idempotency-Key`.
 
-:class:`RetryRules` is built once per effective policy, as stamina builds its
-tenacity keywords once: tenacity's ``stop_after_attempt`` and
-``wait_exponential`` give the attempt limit and the backoff ceiling, and full
-jitter draws from the injected clock::
+`RetryRules` is built once per effective policy, as stamina builds its
+tenacity keywords once: tenacity's `stop_after_attempt` and
+`wait_exponential` give the attempt limit and the backoff ceiling, and full
+jitter draws from the injected clock:
 
-    rules = RetryRules(effective.retry)
-    rules.retryable_status(503)            # True with the default retry_on
-    rules.backoff(1, clock)                # uniform(0, min(max, base * 2**0))
-    parse_retry_after("2", clock)          # 2.0
+```python
+rules = RetryRules(effective.retry)
+rules.retryable_status(503)            # True with the default retry_on
+rules.backoff(1, clock)                # uniform(0, min(max, base * 2**0))
+parse_retry_after("2", clock)          # 2.0
+```
 
-``attempts`` counts tries including the first (gRPC A6 ``maxAttempts``).
+`attempts` counts tries including the first (gRPC A6 `maxAttempts`).
 """
 
 from __future__ import annotations
@@ -50,13 +52,13 @@ _GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 @dataclass(frozen=True, slots=True)
 class TestingMode:
-    """Set by :func:`meshlib.testing.set_testing`: no backoff sleeps, a fixed number of attempts."""
+    """Set by [`meshlib.testing.set_testing`][meshlib.testing.set_testing]: no backoff sleeps, a fixed number of attempts."""
 
     attempts: int = 1
     cap: bool = False
 
     def attempts_for(self, configured: int) -> int:
-        """The attempts a test run makes instead of ``configured``."""
+        """The attempts a test run makes instead of `configured`."""
         return min(self.attempts, configured) if self.cap else self.attempts
 
 
@@ -69,14 +71,14 @@ def current_testing() -> TestingMode | None:
 
 
 def set_testing_mode(mode: TestingMode | None) -> TestingMode | None:
-    """Install ``mode`` (None: off) and return the previous one."""
+    """Install `mode` (None: off) and return the previous one."""
     global _testing
     previous, _testing = _testing, mode
     return previous
 
 
 def classify_exception(exc: BaseException) -> tuple[str | None, bool]:
-    """``(retry_on condition, may have reached the server)`` for a failed attempt.
+    """`(retry_on condition, may have reached the server)` for a failed attempt.
 
     The condition is None for errors no policy retries (an invalid URL, an
     unsupported protocol, a plaintext call refused under TLS, a certificate
@@ -139,7 +141,7 @@ def parse_retry_after(value: str, clock: Clock) -> float | None:
 
 
 class RetryRules:
-    """One effective ``retry`` section, compiled for the hot path."""
+    """One effective `retry` section, compiled for the hot path."""
 
     __slots__ = (
         "_stop",
@@ -188,23 +190,23 @@ class RetryRules:
         return method in self.methods or IDEMPOTENCY_HEADER in headers
 
     def max_attempts(self) -> int:
-        """Tries allowed, the first included (:func:`meshlib.testing.set_testing` may change it)."""
+        """Tries allowed, the first included ([`meshlib.testing.set_testing`][meshlib.testing.set_testing] may change it)."""
         testing = _testing
         return self.attempts if testing is None else testing.attempts_for(self.attempts)
 
     def exhausted(self, attempt_number: int) -> bool:
-        """True when ``attempt_number`` tries (1-based) use up the attempts."""
+        """True when `attempt_number` tries (1-based) use up the attempts."""
         testing = _testing
         if testing is not None:
             return attempt_number >= testing.attempts_for(self.attempts)
         return bool(self._stop(_state(attempt_number)))
 
     def honour_retry_after(self, asked: float) -> float:
-        """The wait a Retry-After of ``asked`` seconds (within ``retry_after_max``) turns into."""
+        """The wait a Retry-After of `asked` seconds (within `retry_after_max`) turns into."""
         return 0.0 if _testing is not None else asked
 
     def backoff(self, attempt_number: int, clock: Clock) -> float:
-        """Full-jitter backoff before try ``attempt_number + 1``: uniform(0, min(max, base * 2**(n-1)))."""
+        """Full-jitter backoff before try `attempt_number + 1`: uniform(0, min(max, base * 2**(n-1)))."""
         if _testing is not None:
             return 0.0
         return clock.random() * self._wait(_state(attempt_number))

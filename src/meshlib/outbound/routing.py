@@ -1,18 +1,20 @@
 """Routing: from a request and the policy snapshot to a compiled plan and a destination.
 
 A URL whose host is a service in the policy goes to that service's
-endpoints (a route's ``split`` may send it to another service's); any other
-URL goes where it says, under ``defaults``. Everything per call is a few
-dictionary look-ups: :class:`Plan` objects are compiled once per effective
-policy and :class:`Destination` state lives across snapshots::
+endpoints (a route's `split` may send it to another service's); any other
+URL goes where it says, under `defaults`. Everything per call is a few
+dictionary look-ups: `Plan` objects are compiled once per effective
+policy and `Destination` state lives across snapshots:
 
-    router = Router(store, pools, base_transport, clock)
-    plan, dest = router.route(snapshot, request)
+```python
+router = Router(store, pools, base_transport, clock)
+plan, dest = router.route(snapshot, request)
+```
 
-A policy swap (:meth:`Router.sync`, subscribed to the store) reconfigures
+A policy swap (`Router.sync`, subscribed to the store) reconfigures
 destinations, keeps the pools of kept endpoints and retires the others; so
 does a change of the endpoints discovery found (DNS, a registry, health,
-zones: :mod:`meshlib.discovery.binding`), on the next call.
+zones: `meshlib.discovery.binding`), on the next call.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Plan:
             "write": t.attempt,
             "pool": t.attempt,
         }
-        """The httpx ``timeout`` extension of an attempt with time to spare."""
+        """The httpx `timeout` extension of an attempt with time to spare."""
         self.retry = RetryRules(effective.retry)
         self.fault = effective.fault if has_fault(effective.fault) else None
         self.route = effective.route_name
@@ -93,10 +95,10 @@ class Router:
         self.pools = pools
         self.base = base
         self.discovered = discovered
-        """Where services with ``discovery`` (or zones to prefer) get their endpoints from."""
+        """Where services with `discovery` (or zones to prefer) get their endpoints from."""
         self.clock = clock
         self.caller: str | None = None
-        """The calling service (the transport's ``service_name``), for per-edge stats."""
+        """The calling service (the transport's `service_name`), for per-edge stats."""
         self.destinations: dict[str, Destination] = {}
         self.origins: dict[tuple[str, str, int | None], Destination] = {}
         self._default_plan: Plan | None = None
@@ -113,7 +115,7 @@ class Router:
         return plan
 
     def route(self, snapshot: PolicySnapshot, request: httpx.Request) -> tuple[Plan, Destination]:
-        """The plan and destination for ``request`` under ``snapshot``."""
+        """The plan and destination for `request` under `snapshot`."""
         discovered = self.discovered
         if (snapshot is not self._synced or (discovered is not None and discovered.dirty)) and (
             snapshot is self.store.peek()
@@ -148,7 +150,7 @@ class Router:
         return plan.split[-1][0]
 
     def _origin(self, key: tuple[str, str, int | None], url: httpx.URL, plan: Plan) -> Destination:
-        """The destination of a non-mesh origin, made (or reconfigured) under ``plan``."""
+        """The destination of a non-mesh origin, made (or reconfigured) under `plan`."""
         name = f"{url.scheme}://{url.host}:{url.port or _DEFAULT_PORTS.get(url.scheme, 0)}"
         with self._lock:
             dest = self.origins.get(key) or Destination(name, self.clock)
@@ -164,9 +166,9 @@ class Router:
         return dest
 
     def sync(self, snapshot: PolicySnapshot) -> None:
-        """Bring destinations and pools in line with ``snapshot`` (idempotent, thread-safe).
+        """Bring destinations and pools in line with `snapshot` (idempotent, thread-safe).
 
-        Also runs when discovery changed a service's endpoints (``discovered.dirty``).
+        Also runs when discovery changed a service's endpoints (`discovered.dirty`).
         """
         discovered = self.discovered
         with self._lock:

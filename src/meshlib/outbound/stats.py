@@ -1,23 +1,25 @@
 """Process-wide state of every live mesh transport, for the control plane's reports and dashboards.
 
 Each mesh transport registers its router here (weakly: a closed or
-collected client disappears from the report). :func:`snapshot` merges them
-into one JSON-able dict, per destination::
+collected client disappears from the report). `snapshot` merges them
+into one JSON-able dict, per destination:
 
-    {"destinations": {"payments": {
-        "requests": 120, "errors": 3, "retries": 4, "budget_refusals": 0,
-        "latency_ms": {"p50": 1.9, "p99": 7.5}, "deadlines_exceeded": 0,
-        "latency_split_s": {"calls": 120, "total": 0.9, "service": 0.6, "network": 0.2,
-                            "unknown": 0.0, "meshlib": 0.1, "waits": 0.0},
-        "latency_split_ms": {"service": {"p50": 4.1, "p99": 6.0}, "network": {...}, ...},
-        "endpoints": {"http://127.0.0.1:8001": {
-            "breaker": "closed", "ejected": False, "requests": 61, "errors": 2}}}}}
+```text
+{"destinations": {"payments": {
+    "requests": 120, "errors": 3, "retries": 4, "budget_refusals": 0,
+    "latency_ms": {"p50": 1.9, "p99": 7.5}, "deadlines_exceeded": 0,
+    "latency_split_s": {"calls": 120, "total": 0.9, "service": 0.6, "network": 0.2,
+                        "unknown": 0.0, "meshlib": 0.1, "waits": 0.0},
+    "latency_split_ms": {"service": {"p50": 4.1, "p99": 6.0}, "network": {...}, ...},
+    "endpoints": {"http://127.0.0.1:8001": {
+        "breaker": "closed", "ejected": False, "requests": 61, "errors": 2}}}}}
+```
 
 Latency percentiles come from the last 2048 calls of each destination.
-``latency_split_s`` sums the latency split (seconds) of every measured call
+`latency_split_s` sums the latency split (seconds) of every measured call
 to the destination since the process started, closed clients included, and
-``latency_split_ms`` gives p50/p99 of each part over the last 1024 measured
-calls (`meshlib.telemetry.latency.edge_latency`); :func:`split_by_edge` gives
+`latency_split_ms` gives p50/p99 of each part over the last 1024 measured
+calls (`meshlib.telemetry.latency.edge_latency`); `split_by_edge` gives
 the sums per caller -> destination edge.
 """
 
@@ -39,13 +41,13 @@ _routers: weakref.WeakSet[Router] = weakref.WeakSet()
 
 
 def register(router: Router) -> None:
-    """Include a transport's router in :func:`snapshot` until it is closed or collected."""
+    """Include a transport's router in `snapshot` until it is closed or collected."""
     with _lock:
         _routers.add(router)
 
 
 def unregister(router: Router) -> None:
-    """Leave a router out of :func:`snapshot` (its client was closed)."""
+    """Leave a router out of `snapshot` (its client was closed)."""
     with _lock:
         _routers.discard(router)
 
@@ -131,11 +133,11 @@ def _split_by_destination() -> dict[str, tuple[dict[str, float], dict[str, Any]]
 
 
 def split_by_edge() -> dict[tuple[str, str], dict[str, float]]:
-    """Latency split sums per ``(caller, destination)`` since the process started.
+    """Latency split sums per `(caller, destination)` since the process started.
 
-    The caller is the transport's ``service_name`` (``""`` when it has none).
+    The caller is the transport's `service_name` (`""` when it has none).
     Monotonic: clients that closed still count. Read at metric collection
-    time by ``meshlib.client.latency.*``; cheap enough to call often.
+    time by `meshlib.client.latency.*`; cheap enough to call often.
 
     Example:
         ```python

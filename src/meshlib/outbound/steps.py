@@ -1,9 +1,11 @@
 """The vocabulary between the outbound flow and its drivers: I/O steps and attempt records.
 
-The flow yields :class:`Send` and :class:`Sleep`; the drivers perform them.
-Each try of a call leaves an :class:`Attempt` in the call's history::
+The flow yields `Send` and `Sleep`; the drivers perform them.
+Each try of a call leaves an `Attempt` in the call's history:
 
-    response.extensions[ATTEMPTS_EXTENSION]   # (Attempt(1, 'http://...', 503, ...), ...)
+```python
+response.extensions[ATTEMPTS_EXTENSION]   # (Attempt(1, 'http://...', 503, ...), ...)
+```
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __all__ = ["ATTEMPTS_EXTENSION", "Attempt", "Flow", "Send", "Sleep", "Step"]
 
 
 class Send:
-    """Step: send ``request`` through ``transport``; resume with the response or throw the error."""
+    """Step: send `request` through `transport`; resume with the response or throw the error."""
 
     __slots__ = ("request", "transport")
 
@@ -35,7 +37,7 @@ class Send:
 
 
 class Sleep:
-    """Step: close ``discard`` (a response thrown away) if set, then wait ``seconds``."""
+    """Step: close `discard` (a response thrown away) if set, then wait `seconds`."""
 
     __slots__ = ("discard", "seconds")
 
@@ -51,9 +53,9 @@ Flow = Generator[Step, Any, httpx.Response]
 class Attempt(NamedTuple):
     """One try of a call, as recorded in its history (a named tuple: cheap to build per try).
 
-    ``outcome`` is the status code or the exception class name; ``backoff``
-    the wait before the next try (0.0 for the last); ``note`` why the call
-    went on or stopped (``retry``, ``budget``, ``deadline``, ...); `split`
+    `outcome` is the status code or the exception class name; `backoff`
+    the wait before the next try (0.0 for the last); `note` why the call
+    went on or stopped (`retry`, `budget`, `deadline`, ...); `split`
     the attempt's latency split (service, network, meshlib) when the call's
     latency was measured (see `meshlib.telemetry.latency`), else None.
     """

@@ -1,13 +1,15 @@
 """MeshTransport and AsyncMeshTransport: thin drivers of the outbound flow.
 
-Both run :meth:`meshlib.outbound.flow.Outbound.flow` and differ only in
-``await`` and in which sleep they call, as httpx's ``sync_auth_flow`` and
-``async_auth_flow`` do. They wrap one httpx transport per endpoint (and a
-base transport for URLs that are not mesh services) and pass ``close()`` on
-to all of them::
+Both run `meshlib.outbound.flow.Outbound.flow` and differ only in
+`await` and in which sleep they call, as httpx's `sync_auth_flow` and
+`async_auth_flow` do. They wrap one httpx transport per endpoint (and a
+base transport for URLs that are not mesh services) and pass `close()` on
+to all of them:
 
-    transport = MeshTransport(policy, service_name="orders")
-    client = httpx.Client(transport=transport)    # what MeshClient does for you
+```python
+transport = MeshTransport(policy, service_name="orders")
+client = httpx.Client(transport=transport)    # what MeshClient does for you
+```
 """
 
 from __future__ import annotations
@@ -111,10 +113,11 @@ class _MeshBase:
 class MeshTransport(_MeshBase, httpx.BaseTransport):
     """An httpx transport with the mesh's routing, resilience and telemetry.
 
-    Example::
-
+    Example:
+        ```python
         with httpx.Client(transport=MeshTransport("mesh.yaml")) as client:
             client.get("http://payments/v1/charges")
+        ```
     """
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -163,12 +166,13 @@ class MeshTransport(_MeshBase, httpx.BaseTransport):
 
 
 class AsyncMeshTransport(_MeshBase, httpx.AsyncBaseTransport):
-    """The asyncio (anyio) twin of :class:`MeshTransport`; same flow, awaited.
+    """The asyncio (anyio) twin of [`MeshTransport`][meshlib.outbound.transport.MeshTransport]; same flow, awaited.
 
-    Example::
-
+    Example:
+        ```python
         async with httpx.AsyncClient(transport=AsyncMeshTransport(policy)) as client:
             await client.get("http://payments/v1/charges")
+        ```
     """
 
     _pool_class = httpx.AsyncHTTPTransport

@@ -1,4 +1,4 @@
-"""The ``Duration`` type: ``250ms``, ``2s``, ``1.5s``, ``1m``, ``1h`` in documents, seconds in code."""
+"""The `Duration` type: `250ms`, `2s`, `1.5s`, `1m`, `1h` in documents, seconds in code."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
 
 
 def parse_duration(value: Any) -> float:
-    """Turn ``"250ms"`` into ``0.25``; a bare number is refused because its unit is a guess.
+    """Turn `"250ms"` into `0.25`; a bare number is refused because its unit is a guess.
 
+    ```pycon
     >>> parse_duration("1m")
     60.0
+    ```
     """
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as '250ms' or '2s', got {value!r}")
@@ -39,10 +41,12 @@ def parse_duration(value: Any) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of ``seconds`` in the document syntax.
+    """The shortest exact spelling of `seconds` in the document syntax.
 
+    ```pycon
     >>> format_duration(0.25)
     '250ms'
+    ```
     """
     for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if seconds >= size and (seconds / size).is_integer():
@@ -73,4 +77,4 @@ Duration = Annotated[
         }
     ),
 ]
-"""Seconds as a float once validated; a string with a unit (or a ``timedelta``) as input."""
+"""Seconds as a float once validated; a string with a unit (or a `timedelta`) as input."""

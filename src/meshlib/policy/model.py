@@ -1,12 +1,12 @@
 """The policy document as frozen pydantic models: the one source of the policy reference.
 
-One document describes the mesh. A client reads ``services.<destination>``
+One document describes the mesh. A client reads `services.<destination>`
 for how to call it; the middleware of a service enforces
-``services.<itself>.inbound``. Unknown keys are errors. Sections that layer
-(``timeouts``, ``retry``, ``fault``, ...) may be set under ``defaults``, under a
+`services.<itself>.inbound`. Unknown keys are errors. Sections that layer
+(`timeouts`, `retry`, `fault`, ...) may be set under `defaults`, under a
 service and (some) under a route; a layer overrides only the keys it spells
-out, so ``retry: {attempts: 2}`` under a service keeps the default backoff.
-See :mod:`meshlib.policy.resolve` for the merge rules.
+out, so `retry: {attempts: 2}` under a service keeps the default backoff.
+See `meshlib.policy.resolve` for the merge rules.
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ __all__ = [
 ]
 
 Mode = Literal["enforce", "shadow"]
-"""``enforce`` acts on a decision; ``shadow`` only counts what it would have done."""
+"""`enforce` acts on a decision; `shadow` only counts what it would have done."""
 
 LoadBalancer = Literal["round_robin", "least_request"]
-"""``round_robin`` cycles through endpoints; ``least_request`` picks the less busy of two at random (P2C)."""
+"""`round_robin` cycles through endpoints; `least_request` picks the less busy of two at random (P2C)."""
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH", "TRACE", "CONNECT"}
@@ -165,7 +165,7 @@ SpiffeId = Annotated[str, Field(description="A SPIFFE ID, spiffe://<trust-domain
 class Timeouts(_Model):
     """How long a call may take.
 
-    ``attempt`` bounds each try's waits; ``total`` bounds the whole call, retries,
+    `attempt` bounds each try's waits; `total` bounds the whole call, retries,
     backoff and the reading of the response body included (streamed too: the
     timer runs on while the caller reads), and is capped further by an incoming
     deadline.
@@ -190,18 +190,18 @@ class Timeouts(_Model):
 
 
 class Backoff(_Model):
-    """Exponential backoff with full jitter: a try waits ``random(0, min(max, base * 2**n))``."""
+    """Exponential backoff with full jitter: a try waits `random(0, min(max, base * 2**n))`."""
 
     base: Duration = Field(0.025, description="The first backoff's upper bound.")
     max: Duration = Field(1.0, description="No backoff is longer than this.")
 
 
 class RetryBudget(_Model):
-    """A retry is allowed only if, counting it, ``retries <= ratio * requests + min_per_second * window``.
+    """A retry is allowed only if, counting it, `retries <= ratio * requests + min_per_second * window`.
 
-    Both counted over the past ``window``, per destination, so a dead upstream
-    sees at most ``1 + ratio`` times the calls (plus the floor) in any window,
-    not ``attempts`` times. The bound is never exceeded: the budget may refuse
+    Both counted over the past `window`, per destination, so a dead upstream
+    sees at most `1 + ratio` times the calls (plus the floor) in any window,
+    not `attempts` times. The bound is never exceeded: the budget may refuse
     a retry up to one hundredth of a window early, never allow one late.
     """
 
@@ -292,9 +292,9 @@ class Retry(_Model):
 
 
 class CircuitBreaker(_Model):
-    """One breaker per endpoint: open after ``failure_threshold`` failures in a row.
+    """One breaker per endpoint: open after `failure_threshold` failures in a row.
 
-    While open the endpoint is skipped; after ``reset_timeout`` one probe is let
+    While open the endpoint is skipped; after `reset_timeout` one probe is let
     through (half-open), and its success closes the breaker.
     """
 
@@ -342,11 +342,11 @@ PlaintextOrigin = Annotated[str, AfterValidator(plaintext_origin)]
 class TLS(_Model):
     """Transport security towards a destination.
 
-    ``ca``, ``cert`` and ``key`` are file paths on the calling host; when left
-    out, the ``MESH_TLS_*`` settings of the process are used. Under ``tls``
-    and ``mutual`` no call goes out in plain HTTP: an ``http://`` endpoint is
-    a policy error and a direct ``http://`` URL is refused at run time, except
-    for the origins ``allow_plaintext`` names.
+    `ca`, `cert` and `key` are file paths on the calling host; when left
+    out, the `MESH_TLS_*` settings of the process are used. Under `tls`
+    and `mutual` no call goes out in plain HTTP: an `http://` endpoint is
+    a policy error and a direct `http://` URL is refused at run time, except
+    for the origins `allow_plaintext` names.
     """
 
     mode: Literal["disabled", "tls", "mutual"] = Field(
@@ -378,14 +378,14 @@ class TLS(_Model):
 
 
 class FaultAbort(_Model):
-    """Answer a share of calls with ``status`` without sending them."""
+    """Answer a share of calls with `status` without sending them."""
 
     status: int = Field(ge=100, le=599)
     percent: float = Field(ge=0.0, le=100.0)
 
 
 class FaultDelay(_Model):
-    """Delay a share of calls by ``duration`` before sending them."""
+    """Delay a share of calls by `duration` before sending them."""
 
     duration: Duration
     percent: float = Field(ge=0.0, le=100.0)
@@ -399,7 +399,7 @@ class Fault(_Model):
 
 
 class _Layered(_Model):
-    """Sections a service may set over ``defaults``; unset means inherit."""
+    """Sections a service may set over `defaults`; unset means inherit."""
 
     timeouts: Timeouts | None = None
     retry: Retry | None = None
@@ -426,7 +426,7 @@ class Defaults(_Model):
 
 
 class PathMatch(_Model):
-    """At most one of ``path_prefix``, ``path_exact`` and ``path_template``."""
+    """At most one of `path_prefix`, `path_exact` and `path_template`."""
 
     path_prefix: str | None = Field(
         None, description="Matches /v1/orders and /v1/orders/7 for /v1/orders."
@@ -522,7 +522,7 @@ class Route(_Model):
 
 
 class Endpoint(_Model):
-    """Where a service instance listens. A plain string is shorthand for ``{url: ...}``."""
+    """Where a service instance listens. A plain string is shorthand for `{url: ...}`."""
 
     url: str = Field(description="An absolute http:// or https:// URL with host and optional port.")
     zone: str | None = Field(None, description="Locality, for zone-aware routing.")
@@ -559,10 +559,10 @@ class Endpoint(_Model):
 
 
 class DnsDiscovery(_Model):
-    """Endpoints from DNS: A/AAAA records of ``name`` with ``port``, or SRV records (``srv: true``).
+    """Endpoints from DNS: A/AAAA records of `name` with `port`, or SRV records (`srv: true`).
 
     Re-resolved in the background when the answer's TTL runs out, the TTL held
-    between ``min_ttl`` and ``max_ttl``; a failed or empty answer keeps the
+    between `min_ttl` and `max_ttl`; a failed or empty answer keeps the
     endpoints last known.
     """
 
@@ -621,13 +621,13 @@ class DnsDiscovery(_Model):
 
 
 class HealthCheck(_Model):
-    """Active health checking: ``GET path`` on every endpoint every ``interval``.
+    """Active health checking: `GET path` on every endpoint every `interval`.
 
-    An endpoint turns unhealthy after ``unhealthy_threshold`` failed probes in a
+    An endpoint turns unhealthy after `unhealthy_threshold` failed probes in a
     row (an answer outside 2xx, a connection error or no answer within
-    ``timeout``) and healthy again after ``healthy_threshold`` passes in a row;
+    `timeout`) and healthy again after `healthy_threshold` passes in a row;
     a new endpoint's first probe decides at once. Unhealthy endpoints leave load
-    balancing unless too few are left (``panic_threshold``).
+    balancing unless too few are left (`panic_threshold`).
     """
 
     path: str = Field("/healthz", description="Path probed on each endpoint.")
@@ -664,7 +664,7 @@ class HealthCheck(_Model):
 
 
 class Locality(_Model):
-    """Zone-aware routing: prefer endpoints in the caller's zone (``MESH_ZONE``) while it copes."""
+    """Zone-aware routing: prefer endpoints in the caller's zone (`MESH_ZONE`) while it copes."""
 
     enabled: bool = Field(True, description="Prefer the caller's zone at all.")
     min_healthy_percent: float = Field(
@@ -676,7 +676,7 @@ class Locality(_Model):
 
 
 class Discovery(_Model):
-    """Where a service's endpoints come from beyond ``endpoints``, and how their health is judged."""
+    """Where a service's endpoints come from beyond `endpoints`, and how their health is judged."""
 
     dns: DnsDiscovery | None = Field(None, description="Endpoints from DNS records.")
     registry: bool = Field(
@@ -702,7 +702,7 @@ class AuthzRule(_Model):
     """Which caller identities may call the matching requests.
 
     Paths are matched as the app routes them; a request whose path is not in
-    normal form (dot segments, ``//``, ``%2F``) is refused with 400 first.
+    normal form (dot segments, `//`, `%2F`) is refused with 400 first.
     """
 
     path_prefix: str | None = Field(
@@ -741,7 +741,7 @@ class AuthzRule(_Model):
 
 
 class Authz(_Model):
-    """Who may call this service; the first matching rule decides, else ``default``."""
+    """Who may call this service; the first matching rule decides, else `default`."""
 
     default: Literal["allow", "deny"] = "allow"
     rules: tuple[AuthzRule, ...] = ()
@@ -749,7 +749,7 @@ class Authz(_Model):
 
 
 class RateLimit(_Model):
-    """A token bucket: ``requests_per_second`` on average, bursts up to ``burst``."""
+    """A token bucket: `requests_per_second` on average, bursts up to `burst`."""
 
     requests_per_second: float = Field(gt=0)
     burst: int | None = Field(
@@ -759,7 +759,7 @@ class RateLimit(_Model):
 
 
 class ConcurrencyLimit(_Model):
-    """At most ``limit`` requests in flight; more are shed with 503 + Retry-After."""
+    """At most `limit` requests in flight; more are shed with 503 + Retry-After."""
 
     limit: int = Field(ge=1)
     mode: Mode = "enforce"
@@ -886,7 +886,7 @@ class Policy(_Model):
     __hash__ = _Model.__hash__
 
     def service_identity(self, name: str) -> str:
-        """The SPIFFE ID a service proves: its ``identity`` or ``spiffe://<trust_domain>/<name>``."""
+        """The SPIFFE ID a service proves: its `identity` or `spiffe://<trust_domain>/<name>`."""
         service = self.services.get(name)
         if service is not None and service.identity:
             return service.identity

@@ -1,19 +1,21 @@
-"""Policy documents (YAML, JSON, TOML) to a validated :class:`Policy`, or a precise PolicyError.
+"""Policy documents (YAML, JSON, TOML) to a validated [`Policy`][meshlib.policy.parse.Policy], or a precise PolicyError.
 
 Every problem is reported with the file, line, column and dotted field
-where the format lets us know them, and all problems are reported at once::
+where the format lets us know them, and all problems are reported at once:
 
-    policy = load_policy("mesh.yaml")
-    policy = load_policy({"version": 1, "services": {...}})
-    policy = parse_policy(text, source="https://cp.internal/policy", fmt="json")
+```python
+policy = load_policy("mesh.yaml")
+policy = load_policy({"version": 1, "services": {...}})
+policy = parse_policy(text, source="https://cp.internal/policy", fmt="json")
+```
 
 YAML and JSON positions are exact. TOML positions come from a line scan of
-``[table]`` headers and ``key =`` lines, so a key inside an inline table is
+`[table]` headers and `key =` lines, so a key inside an inline table is
 reported at the line of its table.
 
 Every document, from a file, a publish or the network, is parsed within the
-bounds of :mod:`meshlib.policy.limits` (1 MiB, 32 levels, 200,000 values with
-YAML aliases expanded); YAML goes through :mod:`meshlib.policy.yamldoc`, on
+bounds of `meshlib.policy.limits` (1 MiB, 32 levels, 200,000 values with
+YAML aliases expanded); YAML goes through `meshlib.policy.yamldoc`, on
 libyaml's C parser where PyYAML has it.
 """
 
@@ -212,7 +214,7 @@ def parse_document(
 
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model class that holds the keys at ``loc`` (for 'did you mean' hints)."""
+    """The model class that holds the keys at `loc` (for 'did you mean' hints)."""
     current: Any = Policy
     for part in loc:
         if isinstance(current, type) and issubclass(current, BaseModel):
@@ -246,7 +248,7 @@ def _container_item(annotation: Any) -> Any:
 
 
 def _data_loc(data: Any, loc: Loc, keep_last: bool) -> Loc:
-    """Drop pydantic's type tags (``str``, ``function-after[...]``) that are not keys in the data."""
+    """Drop pydantic's type tags (`str`, `function-after[...]`) that are not keys in the data."""
     out: list[str | int] = []
     current = data
     for i, part in enumerate(loc):

@@ -1,8 +1,10 @@
 """Markdown reference pages generated from the models, so the docs never drift from the code.
 
-The docs build calls these (``docs/hooks.py``); a test checks every field appears::
+The docs build calls these (`docs/hooks.py`); a test checks every field appears:
 
-    print(render_policy_reference())
+```python
+print(render_policy_reference())
+```
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def render_policy_reference() -> str:
 
 
 def render_settings_reference() -> str:
-    """The ``MESH_*`` environment variables in Markdown, from MeshSettings."""
+    """The `MESH_*` environment variables in Markdown, from MeshSettings."""
     out = ["| variable | type | default | description |", "| --- | --- | --- | --- |"]
     for name, info in MeshSettings.model_fields.items():
         description = markdown_text(info.description or "")

@@ -1,23 +1,27 @@
 """From a policy and a call to the policy that applies to it, and which layer set each value.
 
-Merge rules, in order, each layer overriding only the keys it spells out::
+Merge rules, in order, each layer overriding only the keys it spells out:
 
-    defaults  <-  services.<dest>  <-  services.<dest>.routes[i]   (the first route that matches)
+```text
+defaults  <-  services.<dest>  <-  services.<dest>.routes[i]   (the first route that matches)
+```
 
-Nested sections merge key by key (a route's ``retry: {backoff: {max: 2s}}``
-keeps the service's ``attempts``); lists such as ``retry_on`` are replaced
-whole; ``null`` set explicitly (``fault: {abort: null}``) clears the value.
+Nested sections merge key by key (a route's `retry: {backoff: {max: 2s}}`
+keeps the service's `attempts`); lists such as `retry_on` are replaced
+whole; `null` set explicitly (`fault: {abort: null}`) clears the value.
 A route matches when its path rule, methods and headers all match:
-``path_prefix`` matches whole segments (``/v1/orders`` matches
-``/v1/orders/7`` but not ``/v1/ordersx``), ``path_template`` matches one
-segment per ``{name}``. Routes are tried in document order.
+`path_prefix` matches whole segments (`/v1/orders` matches
+`/v1/orders/7` but not `/v1/ordersx`), `path_template` matches one
+segment per `{name}`. Routes are tried in document order.
 
 The answer is memoised per policy snapshot and (destination, route), so the
-hot path does a dictionary look-up and a short route scan::
+hot path does a dictionary look-up and a short route scan:
 
-    effective = resolve(policy, "payments", "POST", "/v1/refunds")
-    effective.timeouts.total            # 30.0
-    effective.source_of("timeouts.total")  # 'services.payments.routes[0]'
+```python
+effective = resolve(policy, "payments", "POST", "/v1/refunds")
+effective.timeouts.total            # 30.0
+effective.source_of("timeouts.total")  # 'services.payments.routes[0]'
+```
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ _ROUTE_LAYERED = ("timeouts", "retry", "fault")
 
 
 def format_loc(loc: tuple[str | int, ...]) -> str:
-    """``("services", "a", "routes", 0, "retry")`` -> ``services.a.routes[0].retry``."""
+    """`("services", "a", "routes", 0, "retry")` -> `services.a.routes[0].retry`."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -103,7 +107,7 @@ class EffectivePolicy:
     route_index: int = -1
 
     def source_of(self, dotted: str) -> str:
-        """The layer that set a field, e.g. ``source_of("retry.attempts")`` -> ``services.payments``."""
+        """The layer that set a field, e.g. `source_of("retry.attempts")` -> `services.payments`."""
         probe = dotted
         while probe:
             layer = self.sources.get(probe)
@@ -113,7 +117,7 @@ class EffectivePolicy:
         return DEFAULTS_LAYER
 
     def leaves(self) -> Iterator[tuple[str, Any]]:
-        """Every leaf setting as ``(dotted name, value)``, for ``policy explain``."""
+        """Every leaf setting as `(dotted name, value)`, for `policy explain`."""
         for name in _LAYERED:
             yield from _leaves(name, getattr(self, name))
 
@@ -127,7 +131,7 @@ def _leaves(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _merge(base: Any, override: Any, layer: str, prefix: str, sources: dict[str, str]) -> Any:
-    """Overlay the keys ``override`` spells out onto ``base``, recording who set what."""
+    """Overlay the keys `override` spells out onto `base`, recording who set what."""
     if override is None:
         return base
     if not isinstance(override, BaseModel) or not isinstance(base, BaseModel):
@@ -215,7 +219,7 @@ class Resolver:
     def route_index(
         self, service: str, method: str, path: str, headers: Mapping[str, str] | None = None
     ) -> int:
-        """Index of the first matching route of ``service``, or -1."""
+        """Index of the first matching route of `service`, or -1."""
         for route in self._routes.get(service, ()):
             if route.matches(method, path, headers):
                 return route.index
@@ -228,9 +232,9 @@ class Resolver:
         path: str = "/",
         headers: Mapping[str, str] | None = None,
     ) -> EffectivePolicy:
-        """The effective policy of a call; ``service=None`` (or unknown) gives ``defaults``.
+        """The effective policy of a call; `service=None` (or unknown) gives `defaults`.
 
-        ``headers`` must have lower-case names (httpx.Headers qualifies).
+        `headers` must have lower-case names (httpx.Headers qualifies).
         """
         if service is not None and service not in self._policy.services:
             service = None
@@ -291,7 +295,7 @@ def resolve(
     path: str = "/",
     headers: Mapping[str, str] | None = None,
 ) -> EffectivePolicy:
-    """The policy that applies to ``method path`` on ``destination``; memoised per snapshot."""
+    """The policy that applies to `method path` on `destination`; memoised per snapshot."""
     return resolver_for(policy).resolve(destination, method.upper(), path, headers)
 
 

@@ -1,16 +1,18 @@
 """Where policy documents come from: a watched local file, or the control plane.
 
-A source only fetches documents and hands them to a :class:`PolicyStore`;
+A source only fetches documents and hands them to a [`PolicyStore`][meshlib.policy.sources.PolicyStore];
 validation, last-good bookkeeping and swapping are the store's. Like
 pydantic-settings' sources, precedence is explicit: the control plane when
-``MESH_CONTROL_PLANE_URL`` is set (with the policy file as bootstrap), else
-the policy file::
+`MESH_CONTROL_PLANE_URL` is set (with the policy file as bootstrap), else
+the policy file:
 
-    store = PolicyStore()
-    source = FileSource("mesh.yaml")
-    source.start(store)      # loads now (raises PolicyError if the file is bad), then watches
-    ...
-    source.close()
+```python
+store = PolicyStore()
+source = FileSource("mesh.yaml")
+source.start(store)      # loads now (raises PolicyError if the file is bad), then watches
+...
+source.close()
+```
 """
 
 from __future__ import annotations
@@ -58,11 +60,11 @@ class PolicySource(Protocol):
 
 
 class FileSource:
-    """A local policy file (or directory), polled for changes (mtime, size, inode) every ``poll_interval`` seconds.
+    """A local policy file (or directory), polled for changes (mtime, size, inode) every `poll_interval` seconds.
 
     Polling keeps this dependency-free and works on every filesystem, bind
     mounts and Kubernetes ConfigMap symlink swaps included. A bad edit is
-    logged with its precise error, counted in ``store.reload_failures``, and
+    logged with its precise error, counted in `store.reload_failures`, and
     the last good policy stays in force.
     """
 
@@ -193,7 +195,7 @@ _warned_names: set[str] = set()
 
 
 def shared_store(settings: MeshSettings | None = None) -> PolicyStore:
-    """The process-wide store fed by the sources ``MeshSettings`` selects, started on first use.
+    """The process-wide store fed by the sources `MeshSettings` selects, started on first use.
 
     Every MeshClient and MeshMiddleware built without an explicit policy
     shares it, so a process watches its policy once. With a control plane,
@@ -265,13 +267,13 @@ def store_for(
 ) -> tuple[PolicyStore, PolicySource | None]:
     """The store a client or middleware reads, and the source it started (to close with it).
 
-    A ``PolicyStore`` is used as is; a ``Policy`` gets a store of its own; a
+    A `PolicyStore` is used as is; a `Policy` gets a store of its own; a
     path (a file or a policy directory) gets the store its process-wide
-    watcher feeds (:func:`watch_file`); ``None`` means the
-    process-wide :func:`shared_store` from ``MeshSettings``. The revision and
+    watcher feeds (`watch_file`); `None` means the
+    process-wide `shared_store` from `MeshSettings`. The revision and
     reload failures of the stores built here from a file or settings are
     reported as metrics (once per store); a store or Policy passed in is the
-    caller's to observe (``meshlib.telemetry.policy_metrics.observe_policy``).
+    caller's to observe (`meshlib.telemetry.policy_metrics.observe_policy`).
     `service_name` (given in code) overrides the settings' `MESH_SERVICE_NAME`,
     so a process that follows the control plane reports under that name.
     """

@@ -2,13 +2,15 @@
 
 Sources (a local file, the control plane) hand documents to the store. A
 document that fails validation is rejected with its precise error, counted,
-and the last good snapshot stays in force. Requests read ``store.current``,
-a plain attribute read, and keep the snapshot they started with::
+and the last good snapshot stays in force. Requests read `store.current`,
+a plain attribute read, and keep the snapshot they started with:
 
-    store = PolicyStore(load_policy("mesh.yaml"))
-    snapshot = store.current          # PolicySnapshot(policy, revision, source)
-    store.subscribe(lambda old, new: print("now", new.revision))
-    store.update_from_text(text, source="mesh.yaml")   # raises PolicyError, keeps the old one
+```python
+store = PolicyStore(load_policy("mesh.yaml"))
+snapshot = store.current          # PolicySnapshot(policy, revision, source)
+store.subscribe(lambda old, new: print("now", new.revision))
+store.update_from_text(text, source="mesh.yaml")   # raises PolicyError, keeps the old one
+```
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class PolicyStore:
         return self._current
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback(old, new)`` after every swap; returns a function that unsubscribes."""
+        """Call `callback(old, new)` after every swap; returns a function that unsubscribes."""
         with self._lock:
             self._subscribers.append(callback)
 
@@ -107,7 +109,7 @@ class PolicyStore:
     def update(
         self, policy: Policy, *, revision: str | None = None, source: str = "<code>"
     ) -> bool:
-        """Make ``policy`` current. Returns False when it is the revision already in force."""
+        """Make `policy` current. Returns False when it is the revision already in force."""
         revision = revision or revision_of(policy)
         with self._lock:
             old = self._current
@@ -144,7 +146,7 @@ class PolicyStore:
         return self.update(policy, revision=revision, source=source)
 
     def update_from_data(self, data: Any, *, source: str, revision: str | None = None) -> bool:
-        """Validate and apply already-parsed data, as :meth:`update_from_text`."""
+        """Validate and apply already-parsed data, as `update_from_text`."""
         try:
             policy = validate_policy(data, source=source)
         except PolicyError as exc:

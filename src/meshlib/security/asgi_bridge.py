@@ -1,28 +1,30 @@
-"""Hand the verified client certificate to an ASGI app: the ``tls`` extension for uvicorn.
+"""Hand the verified client certificate to an ASGI app: the `tls` extension for uvicorn.
 
 uvicorn (up to at least 0.54) does not fill the ASGI TLS extension
-(``scope["extensions"]["tls"]``; upstream PRs Kludex/uvicorn#3132/#3133 are
+(`scope["extensions"]["tls"]`; upstream PRs Kludex/uvicorn#3132/#3133 are
 open). The smallest correct bridge is per connection, where the certificate
-is known: uvicorn's HTTP protocol gets ``connection_made(transport)`` after
-the TLS handshake, reads ``self.app`` for every request it parses, and the
-transport exposes the ``ssl_object``. :func:`bridged_protocol` subclasses
-uvicorn's protocol class (h11 or httptools) so that ``connection_made`` wraps
-``self.app``, for that connection only, in :class:`TLSExtensionApp`, which
-adds the extension to each HTTP scope::
+is known: uvicorn's HTTP protocol gets `connection_made(transport)` after
+the TLS handshake, reads `self.app` for every request it parses, and the
+transport exposes the `ssl_object`. `bridged_protocol` subclasses
+uvicorn's protocol class (h11 or httptools) so that `connection_made` wraps
+`self.app`, for that connection only, in `TLSExtensionApp`, which
+adds the extension to each HTTP scope:
 
-    config = uvicorn.Config(app, http=bridged_protocol(H11Protocol), ...)
+```text
+config = uvicorn.Config(app, http=bridged_protocol(H11Protocol), ...)
+```
 
-The extension follows the ASGI TLS spec (v0.2): ``client_cert_chain`` holds
+The extension follows the ASGI TLS spec (v0.2): `client_cert_chain` holds
 the client's certificate as PEM (only the leaf: Python before 3.13 cannot
-read the rest of the chain), ``tls_version`` the protocol number
-(``0x0304`` for TLS 1.3); ``server_cert``, ``client_cert_name``,
-``client_cert_error`` and ``cipher_suite`` are None. The certificate was
+read the rest of the chain), `tls_version` the protocol number
+(`0x0304` for TLS 1.3); `server_cert`, `client_cert_name`,
+`client_cert_error` and `cipher_suite` are None. The certificate was
 verified during the handshake; no header is ever read. A scope that already
-carries a ``tls`` extension (a server that fills it itself) is left alone.
+carries a `tls` extension (a server that fills it itself) is left alone.
 uvicorn hands an upgraded WebSocket connection to a separate protocol class
 that reads the app from its config, not from the HTTP protocol; the same
-mixin applies to it (``ws=bridged_protocol(WebSocketsSansIOProtocol)``), so
-``wss://`` callers carry their identity too (:func:`meshlib.serve.uvicorn_server`
+mixin applies to it (`ws=bridged_protocol(WebSocketsSansIOProtocol)`), so
+`wss://` callers carry their identity too ([`meshlib.serve.uvicorn_server`][meshlib.serve.uvicorn_server]
 bridges both).
 """
 
@@ -41,10 +43,12 @@ _TLS_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3
 
 
 def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
-    r"""The ASGI ``tls`` extension for an established TLS connection.
+    r"""The ASGI `tls` extension for an established TLS connection.
 
+    ```pycon
     >>> tls_extension(transport.get_extra_info("ssl_object"))["client_cert_chain"]  # doctest: +SKIP
     ('-----BEGIN CERTIFICATE-----\\n...',)
+    ```
     """
     der = ssl_object.getpeercert(binary_form=True)
     version = ssl_object.version()
@@ -59,9 +63,11 @@ def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
 
 
 class TLSExtensionApp:
-    """Wraps an ASGI app for one connection, adding ``extension`` as ``scope["extensions"]["tls"]``.
+    """Wraps an ASGI app for one connection, adding `extension` as `scope["extensions"]["tls"]`.
 
+    ```pycon
     >>> app = TLSExtensionApp(app, tls_extension(ssl_object))  # doctest: +SKIP
+    ```
     """
 
     __slots__ = ("app", "extension")
@@ -80,7 +86,7 @@ class TLSExtensionApp:
 
 
 class _PeerCertBridge:
-    """Mixin for uvicorn HTTP and WebSocket protocols: per-connection ``self.app`` carrying the tls extension."""
+    """Mixin for uvicorn HTTP and WebSocket protocols: per-connection `self.app` carrying the tls extension."""
 
     app: Any
 
@@ -95,10 +101,12 @@ _bridged: dict[type[Any], type[Any]] = {}
 
 
 def bridged_protocol(base: type[Any]) -> type[Any]:
-    """A subclass of the uvicorn HTTP or WebSocket protocol ``base`` that fills the ASGI tls extension.
+    """A subclass of the uvicorn HTTP or WebSocket protocol `base` that fills the ASGI tls extension.
 
+    ```pycon
     >>> from uvicorn.protocols.http.h11_impl import H11Protocol   # doctest: +SKIP
     >>> uvicorn.Config(app, http=bridged_protocol(H11Protocol))    # doctest: +SKIP
+    ```
     """
     cls = _bridged.get(base)
     if cls is None:

@@ -2,17 +2,19 @@
 
 For local meshes, examples and tests; production meshes take certificates
 from their own PKI (SPIRE, cert-manager, a cloud CA) and point the
-``MESH_TLS_*`` settings at the files. Keys are EC P-256: fast to make and
+`MESH_TLS_*` settings at the files. Keys are EC P-256: fast to make and
 accepted everywhere. Leaves are short-lived (24 hours by default) and carry
-the SAN URI ``spiffe://<trust-domain>/<service>`` plus any DNS and IP names::
+the SAN URI `spiffe://<trust-domain>/<service>` plus any DNS and IP names:
 
-    ca = DevCA.create("example.org", "certs")          # certs/ca.pem, certs/ca.key
-    issued = ca.issue("payments", dns=["localhost"], ips=["127.0.0.1"])
-    issued.cert_path, issued.key_path                  # certs/payments.pem, certs/payments.key
+```python
+ca = DevCA.create("example.org", "certs")          # certs/ca.pem, certs/ca.key
+issued = ca.issue("payments", dns=["localhost"], ips=["127.0.0.1"])
+issued.cert_path, issued.key_path                  # certs/payments.pem, certs/payments.key
+```
 
 Keys are written 0600 and certificates 0644, each atomically (a temporary
 file renamed into place), so a watcher never reads half a file. Existing
-files are kept unless ``force=True``.
+files are kept unless `force=True`.
 """
 
 from __future__ import annotations
@@ -94,9 +96,9 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 @dataclass(frozen=True)
 class IssuedCert:
-    """A leaf certificate written by :meth:`DevCA.issue`.
+    """A leaf certificate written by `DevCA.issue`.
 
-    ``chain`` is the PEM certificates in ``cert_path``, leaf first.
+    `chain` is the PEM certificates in `cert_path`, leaf first.
     """
 
     identity: str
@@ -108,11 +110,13 @@ class IssuedCert:
 
 
 class DevCA:
-    """A self-signed CA for one SPIFFE trust domain, kept as two files in ``directory``.
+    """A self-signed CA for one SPIFFE trust domain, kept as two files in `directory`.
 
+    ```pycon
     >>> ca = DevCA.create("example.org", tmp_dir)           # doctest: +SKIP
     >>> ca.issue("orders").identity                          # doctest: +SKIP
     'spiffe://example.org/orders'
+    ```
     """
 
     def __init__(
@@ -132,7 +136,7 @@ class DevCA:
 
     @property
     def cert_path(self) -> Path:
-        """The CA certificate: what every service trusts (``MESH_TLS_CA``)."""
+        """The CA certificate: what every service trusts (`MESH_TLS_CA`)."""
         return self.directory / CA_CERT
 
     @property
@@ -159,11 +163,11 @@ class DevCA:
         clock: Clock = SYSTEM_CLOCK,
         write: bool = True,
     ) -> DevCA:
-        """Make a new CA for ``trust_domain`` and write ``ca.pem`` and ``ca.key`` to ``directory``.
+        """Make a new CA for `trust_domain` and write `ca.pem` and `ca.key` to `directory`.
 
         Raises:
-            ValueError: ``trust_domain`` is not a valid SPIFFE trust domain.
-            FileExistsError: the files exist and ``force`` is false.
+            ValueError: `trust_domain` is not a valid SPIFFE trust domain.
+            FileExistsError: the files exist and `force` is false.
         """
         try:
             SpiffeID.parse(f"spiffe://{trust_domain}/ca")
@@ -229,7 +233,7 @@ class DevCA:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, clock: Clock = SYSTEM_CLOCK) -> DevCA:
-        """Load the CA that :meth:`create` wrote to ``directory``.
+        """Load the CA that `create` wrote to `directory`.
 
         Raises:
             CertificateError: the files are missing or unusable (the message names the file).
@@ -271,17 +275,17 @@ class DevCA:
         name: str | None = None,
         force: bool = False,
     ) -> IssuedCert:
-        """Issue a leaf for ``service`` and write ``<name>.pem`` and ``<name>.key``.
+        """Issue a leaf for `service` and write `<name>.pem` and `<name>.key`.
 
-        ``identity`` overrides the SPIFFE ID (default ``spiffe://<trust domain>/<service>``);
-        ``not_before`` (default: now, backdated five minutes) and ``ttl`` set the
-        validity window; ``name`` (default ``service``) names the files and
-        ``directory`` (default the CA's) holds them. The leaf is good for both
+        `identity` overrides the SPIFFE ID (default `spiffe://<trust domain>/<service>`);
+        `not_before` (default: now, backdated five minutes) and `ttl` set the
+        validity window; `name` (default `service`) names the files and
+        `directory` (default the CA's) holds them. The leaf is good for both
         server and client authentication.
 
         Raises:
             ValueError: a bad service name, SPIFFE ID or IP address.
-            FileExistsError: the files exist and ``force`` is false.
+            FileExistsError: the files exist and `force` is false.
         """
         spiffe = str(
             SpiffeID.parse(identity)

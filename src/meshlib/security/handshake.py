@@ -1,20 +1,20 @@
 """What happens at the end of every TLS handshake meshlib makes or accepts.
 
-:class:`MeshSSLContext` is an ``ssl.SSLContext`` whose ``sslsocket_class`` and
-``sslobject_class`` override ``do_handshake``. Every connection goes through
-one of them: blocking sockets (``wrap_socket``: httpcore's sync backend,
-werkzeug, gunicorn) and memory BIOs (``wrap_bio``: anyio, asyncio, uvloop,
+`MeshSSLContext` is an `ssl.SSLContext` whose `sslsocket_class` and
+`sslobject_class` override `do_handshake`. Every connection goes through
+one of them: blocking sockets (`wrap_socket`: httpcore's sync backend,
+werkzeug, gunicorn) and memory BIOs (`wrap_bio`: anyio, asyncio, uvloop,
 uvicorn). Right after the handshake, before the caller can send a byte:
 
 - a client with a pinned identity checks that the server's certificate
   carries exactly that SPIFFE URI SAN, else raises
-  :class:`~meshlib.errors.PeerIdentityError` naming the expected and the
+  [`PeerIdentityError`][meshlib.errors.PeerIdentityError] naming the expected and the
   presented identities;
 - a certificate the chain check rejected is re-raised with what it means
   for a mesh (expired, not yet valid, signed by another CA) and which CA
   bundle was used;
 - a server logs why it refused a client (no certificate, expired, wrong CA)
-  on the ``meshlib.security`` logger, since servers otherwise drop those
+  on the `meshlib.security` logger, since servers otherwise drop those
   handshakes silently.
 
 A failing handshake raises into the one connection attempt; the serving
@@ -51,11 +51,13 @@ _QUIET = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 class MeshSSLContext(ssl.SSLContext):
     """An SSLContext that checks the peer's SPIFFE identity at the end of each handshake.
 
-    ``expected_identity`` (client side) is the SPIFFE ID the server must
-    prove; ``ca_description`` names the CA bundle in error messages.
+    `expected_identity` (client side) is the SPIFFE ID the server must
+    prove; `ca_description` names the CA bundle in error messages.
 
+    ```pycon
     >>> ctx = MeshSSLContext(ssl.PROTOCOL_TLS_CLIENT)
     >>> ctx.expected_identity = "spiffe://example.org/payments"
+    ```
     """
 
     expected_identity: str | None = None
@@ -150,7 +152,7 @@ def _finished(conn: ssl.SSLSocket | ssl.SSLObject) -> None:
 
 
 class MeshSSLSocket(ssl.SSLSocket):
-    """The blocking-socket twin: ``wrap_socket`` connections run the mesh checks."""
+    """The blocking-socket twin: `wrap_socket` connections run the mesh checks."""
 
     def do_handshake(self, block: bool = False) -> None:
         """Handshake, then check the peer; on failure close the socket and raise."""
@@ -168,7 +170,7 @@ class MeshSSLSocket(ssl.SSLSocket):
 
 
 class MeshSSLObject(ssl.SSLObject):
-    """The memory-BIO twin: ``wrap_bio`` connections (asyncio, anyio, uvicorn) run the mesh checks."""
+    """The memory-BIO twin: `wrap_bio` connections (asyncio, anyio, uvicorn) run the mesh checks."""
 
     def do_handshake(self) -> None:
         """Handshake (called again after each want-read), then check the peer."""

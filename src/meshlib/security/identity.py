@@ -1,20 +1,22 @@
 """SPIFFE identities: parse and match them, and read a peer's identity from its certificate.
 
-A service's identity is the one ``spiffe://<trust-domain>/<path>`` URI in the
+A service's identity is the one `spiffe://<trust-domain>/<path>` URI in the
 subject alternative names of its X.509 certificate (an X509-SVID). meshlib
-compares identities as exact strings: ``spiffe://example.org/pay`` is not
-``spiffe://example.org/payments``, and a DNS name never stands in for one.
+compares identities as exact strings: `spiffe://example.org/pay` is not
+`spiffe://example.org/payments`, and a DNS name never stands in for one.
 IDs are validated per the SPIFFE ID specification
-(:func:`meshlib.policy.model.validate_spiffe_id`) wherever they come from: a
-certificate whose URI is not a valid SPIFFE ID (``/../``, ``%2e``, upper
-case, an empty segment) proves no identity at all::
+(`meshlib.policy.model.validate_spiffe_id`) wherever they come from: a
+certificate whose URI is not a valid SPIFFE ID (`/../`, `%2e`, upper
+case, an empty segment) proves no identity at all:
 
-    peer_identity_from_cert(ssl_sock.getpeercert())          # dict: stdlib only
-    peer_identity_from_cert(scope_tls["client_cert_chain"][0])  # PEM: needs cryptography
-    identity_from_scope(scope)                                # ASGI, via meshlib.serve's bridge
-    identity_from_environ(environ)                            # WSGI, environ["SSL_CLIENT_CERT"]
+```python
+peer_identity_from_cert(ssl_sock.getpeercert())          # dict: stdlib only
+peer_identity_from_cert(scope_tls["client_cert_chain"][0])  # PEM: needs cryptography
+identity_from_scope(scope)                                # ASGI, via meshlib.serve's bridge
+identity_from_environ(environ)                            # WSGI, environ["SSL_CLIENT_CERT"]
+```
 
-Parsing PEM or DER needs the ``cryptography`` package; results are cached per
+Parsing PEM or DER needs the `cryptography` package; results are cached per
 certificate, so the cost is paid once per peer certificate, not per request.
 The certificate handed to the app was verified by the server's TLS stack
 against the mesh CA during the handshake; nothing here trusts a header.
@@ -52,9 +54,11 @@ CertLike = Mapping[str, Any] | bytes | str
 class SpiffeID:
     """A parsed SPIFFE ID.
 
+    ```pycon
     >>> sid = SpiffeID.parse("spiffe://example.org/payments")
     >>> sid.trust_domain, sid.path, sid.service
     ('example.org', '/payments', 'payments')
+    ```
     """
 
     trust_domain: str
@@ -62,13 +66,13 @@ class SpiffeID:
 
     @classmethod
     def parse(cls, value: str) -> SpiffeID:
-        """Parse ``value``; raises ValueError naming what is wrong with it."""
+        """Parse `value`; raises ValueError naming what is wrong with it."""
         trust_domain, _, path = validate_spiffe_id(value)[len("spiffe://") :].partition("/")
         return cls(trust_domain, "/" + path)
 
     @classmethod
     def for_service(cls, trust_domain: str, service: str) -> SpiffeID:
-        """The conventional identity of ``service``: ``spiffe://<trust_domain>/<service>``."""
+        """The conventional identity of `service`: `spiffe://<trust_domain>/<service>`."""
         return cls.parse(f"spiffe://{trust_domain}/{service}")
 
     @property
@@ -110,13 +114,15 @@ def _uris_from_encoded(cert: bytes | str) -> tuple[str, ...]:
 
 
 def spiffe_ids(cert: CertLike) -> tuple[str, ...]:
-    """Every ``spiffe://`` URI SAN of ``cert``, in certificate order.
+    """Every `spiffe://` URI SAN of `cert`, in certificate order.
 
-    ``cert`` is a ``getpeercert()`` dict, DER bytes or a PEM string. An
+    `cert` is a `getpeercert()` dict, DER bytes or a PEM string. An
     X509-SVID carries exactly one; callers treat anything else as no identity.
 
+    ```pycon
     >>> spiffe_ids({"subjectAltName": (("URI", "spiffe://example.org/a"), ("DNS", "a"))})
     ('spiffe://example.org/a',)
+    ```
     """
     if isinstance(cert, Mapping):
         uris = _uris_from_dict(cert)
@@ -130,15 +136,17 @@ def spiffe_ids(cert: CertLike) -> tuple[str, ...]:
 def peer_identity_from_cert(cert: CertLike | None) -> str | None:
     """The SPIFFE ID a certificate proves, or None when it carries none, several or an invalid one.
 
-    Accepts ``SSLSocket.getpeercert()`` (a dict; empty when the peer was not
-    verified), DER bytes, or a PEM string (``SSL_CLIENT_CERT``, the ASGI
-    ``tls`` extension's ``client_cert_chain[0]``).
+    Accepts `SSLSocket.getpeercert()` (a dict; empty when the peer was not
+    verified), DER bytes, or a PEM string (`SSL_CLIENT_CERT`, the ASGI
+    `tls` extension's `client_cert_chain[0]`).
 
+    ```pycon
     >>> peer_identity_from_cert({"subjectAltName": (("URI", "spiffe://example.org/orders"),)})
     'spiffe://example.org/orders'
+    ```
 
     Raises:
-        CertificateError: ``cert`` is bytes or text that is not a certificate.
+        CertificateError: `cert` is bytes or text that is not a certificate.
     """
     if not cert:
         return None
@@ -175,14 +183,16 @@ def _safe_identity(pem: str | None, where: str) -> str | None:
 
 
 def identity_from_scope(scope: Mapping[str, Any]) -> str | None:
-    """The caller's SPIFFE ID from an ASGI scope's ``tls`` extension, or None.
+    """The caller's SPIFFE ID from an ASGI scope's `tls` extension, or None.
 
-    uvicorn fills the extension when run through :func:`meshlib.serve.serve`
-    (or its :func:`~meshlib.serve.uvicorn_server`); other servers that
+    uvicorn fills the extension when run through [`meshlib.serve.serve`][meshlib.serve.serve]
+    (or its [`uvicorn_server`][meshlib.serve.uvicorn_server]); other servers that
     implement the ASGI TLS extension work the same way.
 
+    ```pycon
     >>> identity_from_scope({"type": "http", "extensions": {}}) is None
     True
+    ```
     """
     tls = (scope.get("extensions") or {}).get("tls")
     if not tls:
@@ -191,13 +201,15 @@ def identity_from_scope(scope: Mapping[str, Any]) -> str | None:
 
 
 def identity_from_environ(environ: Mapping[str, Any]) -> str | None:
-    """The caller's SPIFFE ID from a WSGI environ's ``SSL_CLIENT_CERT`` (PEM), or None.
+    """The caller's SPIFFE ID from a WSGI environ's `SSL_CLIENT_CERT` (PEM), or None.
 
     werkzeug's server sets it from the TLS socket; under gunicorn,
-    :class:`meshlib.serve.PeerCertMiddleware` does. Client headers arrive
-    as ``HTTP_*`` keys, so a caller cannot forge this key.
+    `meshlib.serve.PeerCertMiddleware` does. Client headers arrive
+    as `HTTP_*` keys, so a caller cannot forge this key.
 
+    ```pycon
     >>> identity_from_environ({}) is None
     True
+    ```
     """
     return _safe_identity(environ.get(WSGI_CLIENT_CERT), f"environ[{WSGI_CLIENT_CERT!r}]")

@@ -1,21 +1,23 @@
 """Certificate rotation: material rebuilt from its files when they change, checked lazily.
 
-:class:`Reloading` holds a value built from a few files (an ``SSLContext``
+`Reloading` holds a value built from a few files (an `SSLContext`
 built from a CA bundle, a certificate and a key) and hands it out with
-:meth:`Reloading.current`. At most once per ``interval`` seconds that call
-stats the files (mtime, size, inode, as :class:`meshlib.policy.sources.FileSource`
+`Reloading.current`. At most once per `interval` seconds that call
+stats the files (mtime, size, inode, as [`meshlib.policy.sources.FileSource`][meshlib.policy.sources.FileSource]
 does, so symlink swaps of Kubernetes secrets count); when they changed it
 rebuilds the value. There is no watcher thread to start or stop: a process
 that makes no new connections does no work, and the check costs three
-``stat`` calls per second at most.
+`stat` calls per second at most.
 
 A rebuild that fails (a certificate written before its key, a half-copied
 bundle, a garbage file) keeps the previous value, logs the reason once per
 distinct file state, and is retried at the next check, so a botched
-rotation never takes a running service down::
+rotation never takes a running service down:
 
-    material = Reloading(build_context, [ca, cert, key])
-    ctx = material.current()      # the newest good SSLContext
+```python
+material = Reloading(build_context, [ca, cert, key])
+ctx = material.current()      # the newest good SSLContext
+```
 """
 
 from __future__ import annotations
@@ -53,14 +55,16 @@ def _signature(paths: Sequence[str]) -> Signature:
 
 
 class Reloading(Generic[T]):
-    """A value built from files, rebuilt when they change (checked at most every ``interval`` s).
+    """A value built from files, rebuilt when they change (checked at most every `interval` s).
 
     The first build happens in the constructor and its errors propagate:
-    there is nothing older to fall back on. ``generation`` counts successful
-    rebuilds and ``failures`` failed ones, for tests and health reports.
+    there is nothing older to fall back on. `generation` counts successful
+    rebuilds and `failures` failed ones, for tests and health reports.
 
+    ```pycon
     >>> material = Reloading(lambda: open("ca.pem").read(), ["ca.pem"])   # doctest: +SKIP
     >>> material.current()                                               # doctest: +SKIP
+    ```
     """
 
     def __init__(

@@ -1,51 +1,53 @@
 """SSLContexts for the mesh: clients from policy, servers from settings, both rotating.
 
-Client side, from a destination's policy ``tls`` section::
+Client side, from a destination's policy `tls` section:
 
-    ctx = client_context(policy.defaults.tls, identity="spiffe://example.org/payments")
-    httpx.Client(verify=ctx)           # None when tls.mode is "disabled"
+```python
+ctx = client_context(policy.defaults.tls, identity="spiffe://example.org/payments")
+httpx.Client(verify=ctx)           # None when tls.mode is "disabled"
+```
 
-- ``tls``: verify the server against ``tls.ca`` (else ``MESH_TLS_CA``, else
+- `tls`: verify the server against `tls.ca` (else `MESH_TLS_CA`, else
   certifi's bundle, as httpx does).
-- ``mutual``: also present our certificate (``tls.cert``/``tls.key``, else
-  ``MESH_TLS_CERT``/``MESH_TLS_KEY``).
+- `mutual`: also present our certificate (`tls.cert`/`tls.key`, else
+  `MESH_TLS_CERT`/`MESH_TLS_KEY`).
 
-**Identity and host names.** With an ``identity`` pinned, the server must
+**Identity and host names.** With an `identity` pinned, the server must
 prove exactly that SPIFFE ID (the one URI SAN of its certificate), checked at
 the end of the handshake, before a request byte is written (see
-:mod:`meshlib.security.handshake`), and host name checking is off: SPIFFE
+`meshlib.security.handshake`), and host name checking is off: SPIFFE
 certificates name a workload, not the address a client dials (an endpoint
 IP, a pod name), and the SPIFFE ID is the stronger statement. Without a
 pinned identity, the usual host name check applies.
 
-Server side, from ``MESH_TLS_*``: :func:`server_context` (used by
-:mod:`meshlib.serve`) requires and verifies client certificates.
+Server side, from `MESH_TLS_*`: `server_context` (used by
+[`meshlib.serve`][meshlib.serve]) requires and verifies client certificates.
 
 **Rotation: swap contexts, never reload one in place.** A context is handed
 out once and kept: httpx builds one transport per endpoint pool with
-``verify=<context>``, uvicorn and werkzeug keep theirs for the life of the
+`verify=<context>`, uvicorn and werkzeug keep theirs for the life of the
 server. Reloading files into that same context would be wrong twice over:
-``load_cert_chain`` sets the certificate and then the key without holding
+`load_cert_chain` sets the certificate and then the key without holding
 the GIL in between, so a handshake starting at that moment on another
-thread gets a certificate without its key; and ``load_verify_locations``
+thread gets a certificate without its key; and `load_verify_locations`
 only ever adds CAs, so a CA retired after an overlap would stay trusted.
-Instead the context handed out is a :class:`RotatingSSLContext`, a stable
-façade that creates each new connection (``wrap_socket``/``wrap_bio``) from
-the newest :class:`~meshlib.security.handshake.MeshSSLContext` built from
-the files (see :mod:`meshlib.security.reload`: a stat at most once per
+Instead the context handed out is a `RotatingSSLContext`, a stable
+façade that creates each new connection (`wrap_socket`/`wrap_bio`) from
+the newest `MeshSSLContext` built from
+the files (see `meshlib.security.reload`: a stat at most once per
 second, a failed rebuild keeps the previous material). New handshakes use
 new material; open connections finish on what they started with. Contexts
 are cached per (mode, ca, cert, key, identity), so every pool calling the
 same service shares one.
 
 The façade itself trusts nothing and holds no certificate, so code that
-bypassed ``wrap_socket``/``wrap_bio`` would fail closed. Only
-``set_alpn_protocols`` (which httpcore calls per connection) is carried over
+bypassed `wrap_socket`/`wrap_bio` would fail closed. Only
+`set_alpn_protocols` (which httpcore calls per connection) is carried over
 to rebuilt contexts; other settings made on the returned object are not.
 
 Cost: a stat of the files at most once per second per context, and, on the
 async path, one worker-thread hop per *new* connection, because anyio calls
-``wrap_bio`` of any ``SSLContext`` subclass through ``to_thread`` (pooled
+`wrap_bio` of any `SSLContext` subclass through `to_thread` (pooled
 connections pay nothing).
 """
 
@@ -176,13 +178,15 @@ def _build(files: TLSFiles, alpn: list[str] | None) -> MeshSSLContext:
 class RotatingSSLContext(MeshSSLContext):
     """A stable SSLContext whose connections use the newest certificate material.
 
-    Hand it to httpx (``verify=``), uvicorn, werkzeug or gunicorn; each new
-    connection is created by the current :class:`MeshSSLContext`, rebuilt when
+    Hand it to httpx (`verify=`), uvicorn, werkzeug or gunicorn; each new
+    connection is created by the current `MeshSSLContext`, rebuilt when
     the files change.
 
+    ```pycon
     >>> ctx = server_context(MeshSettings(tls_cert="s.pem", tls_key="s.key", tls_ca="ca.pem"))  # doctest: +SKIP
     >>> ctx.material.generation        # doctest: +SKIP
     0
+    ```
     """
 
     files: TLSFiles
@@ -214,7 +218,7 @@ class RotatingSSLContext(MeshSSLContext):
 
     @property
     def material(self) -> Reloading[MeshSSLContext]:
-        """The reloading material behind this context (``generation``, ``failures``)."""
+        """The reloading material behind this context (`generation`, `failures`)."""
         return self._material
 
     def current(self) -> MeshSSLContext:
@@ -230,7 +234,7 @@ class RotatingSSLContext(MeshSSLContext):
         server_hostname: str | bytes | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLSocket:
-        """Wrap ``sock`` with the current material."""
+        """Wrap `sock` with the current material."""
         return self.current().wrap_socket(
             sock,
             server_side,
@@ -274,14 +278,16 @@ def _pick(
 def client_context(
     tls: TLS, *, identity: str | None, settings: MeshSettings | None = None
 ) -> ssl.SSLContext | None:
-    """The shared client context for a destination's ``tls`` policy; None when TLS is disabled.
+    """The shared client context for a destination's `tls` policy; None when TLS is disabled.
 
-    ``identity`` (``services.<name>.identity``) pins the server's SPIFFE ID;
-    a mismatch raises :class:`~meshlib.errors.PeerIdentityError` from the
-    handshake. File paths in the policy win over ``MESH_TLS_*`` settings.
+    `identity` (`services.<name>.identity`) pins the server's SPIFFE ID;
+    a mismatch raises [`PeerIdentityError`][meshlib.errors.PeerIdentityError] from the
+    handshake. File paths in the policy win over `MESH_TLS_*` settings.
 
+    ```pycon
     >>> ctx = client_context(TLS(mode="mutual"), identity="spiffe://example.org/payments")  # doctest: +SKIP
     >>> httpx.Client(verify=ctx)                                                            # doctest: +SKIP
+    ```
 
     Raises:
         CertificateError: a needed setting is missing, or a file is missing or unusable.
@@ -327,13 +333,15 @@ def server_context(
     require_client_cert: bool = True,
     interval: float = DEFAULT_RELOAD_INTERVAL,
 ) -> RotatingSSLContext:
-    """A rotating server context from ``MESH_TLS_CERT``/``MESH_TLS_KEY``/``MESH_TLS_CA``.
+    """A rotating server context from `MESH_TLS_CERT`/`MESH_TLS_KEY`/`MESH_TLS_CA`.
 
-    With ``require_client_cert`` (mutual TLS, the default) every client must
-    present a certificate signed by a CA in ``MESH_TLS_CA``; without it, a
+    With `require_client_cert` (mutual TLS, the default) every client must
+    present a certificate signed by a CA in `MESH_TLS_CA`; without it, a
     certificate is verified when offered (so callers can move to mTLS one by one).
 
+    ```pycon
     >>> ctx = server_context(MeshSettings())   # doctest: +SKIP
+    ```
 
     Raises:
         CertificateError: a needed setting is missing, or a file is missing or unusable.

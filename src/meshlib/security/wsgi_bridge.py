@@ -1,14 +1,14 @@
-"""Hand the verified client certificate to a WSGI app as ``environ["SSL_CLIENT_CERT"]`` (PEM).
+"""Hand the verified client certificate to a WSGI app as `environ["SSL_CLIENT_CERT"]` (PEM).
 
-``SSL_CLIENT_CERT`` is the key Apache's mod_ssl, nginx and werkzeug's
-development server use; :func:`meshlib.security.identity.identity_from_environ`
+`SSL_CLIENT_CERT` is the key Apache's mod_ssl, nginx and werkzeug's
+development server use; `meshlib.security.identity.identity_from_environ`
 reads it. werkzeug sets it from its TLS socket; gunicorn does not, so
-:class:`PeerCertMiddleware` sets it from the socket gunicorn puts in the
-environ (``gunicorn.socket``, or ``werkzeug.socket``), and removes it when
-the connection is not TLS. Client headers arrive as ``HTTP_*`` keys, so a
+`PeerCertMiddleware` sets it from the socket gunicorn puts in the
+environ (`gunicorn.socket`, or `werkzeug.socket`), and removes it when
+the connection is not TLS. Client headers arrive as `HTTP_*` keys, so a
 caller cannot forge it.
 
-:class:`MeshWSGIServer` is werkzeug's threaded server with two changes: the
+`MeshWSGIServer` is werkzeug's threaded server with two changes: the
 listening socket stays plain and each accepted socket is wrapped with the
 server's *current* context (so rotated certificates apply to new
 connections), and the TLS handshake runs in the connection's own thread
@@ -36,9 +36,11 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class PeerCertMiddleware:
-    """Sets ``environ["SSL_CLIENT_CERT"]`` from the server's TLS socket, never from a header.
+    """Sets `environ["SSL_CLIENT_CERT"]` from the server's TLS socket, never from a header.
 
+    ```pycon
     >>> app = PeerCertMiddleware(flask_app.wsgi_app)   # doctest: +SKIP
+    ```
     """
 
     def __init__(self, app: WSGIApp) -> None:
@@ -79,10 +81,12 @@ class MeshRequestHandler(WSGIRequestHandler):
 
 
 class MeshWSGIServer(ThreadedWSGIServer):
-    """werkzeug's threaded server, wrapping each accepted connection with ``ssl_context``'s current material.
+    """werkzeug's threaded server, wrapping each accepted connection with `ssl_context`'s current material.
 
+    ```pycon
     >>> server = MeshWSGIServer("127.0.0.1", 8443, app, ssl_context=server_context())  # doctest: +SKIP
     >>> server.serve_forever()                                                         # doctest: +SKIP
+    ```
     """
 
     def __init__(

@@ -3,7 +3,7 @@
 Importing this package configures nothing. Modules:
 
 - `meshlib.telemetry.names`: every meshlib instrument, span event and attribute name.
-- `meshlib.telemetry.setup`: ``configure_telemetry(settings)``, providers from MeshSettings.
+- `meshlib.telemetry.setup`: `configure_telemetry(settings)`, providers from MeshSettings.
 - `meshlib.telemetry.client` / `meshlib.telemetry.server`: spans and metrics per call and request.
 - `meshlib.telemetry.quicktrace`: the trace context of an unsampled call or request without building a span.
 - `meshlib.telemetry.providers`: whether a real (SDK) tracer or meter provider is in place, asked cheaply.

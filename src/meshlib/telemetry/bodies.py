@@ -1,10 +1,12 @@
 """Response-body pass-throughs that report the body's end, and the raw Server-Timing read.
 
 A call's spans and its latency split end when the caller is done with the
-response body, streamed or read, so :class:`~meshlib.telemetry.client.CallTelemetry`
-puts one of these around the final response's stream::
+response body, streamed or read, so `CallTelemetry`
+puts one of these around the final response's stream:
 
-    response.stream = SyncBody(response.stream, call.finish_body)
+```python
+response.stream = SyncBody(response.stream, call.finish_body)
+```
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ __all__ = ["AsyncBody", "SyncBody", "server_timing"]
 
 
 def server_timing(response: httpx.Response) -> str | None:
-    """The Server-Timing header (repeats joined), or None; a third of ``headers.get``'s cost.
+    """The Server-Timing header (repeats joined), or None; a third of `headers.get`'s cost.
 
-    ``server_timing(httpx.Response(200, headers={"server-timing": "app;dur=2"})) == "app;dur=2"``
+    `server_timing(httpx.Response(200, headers={"server-timing": "app;dur=2"})) == "app;dur=2"`
     """
     found = [v for k, v in response.headers.raw if k.lower() == b"server-timing"]
     if not found:
@@ -28,11 +30,12 @@ def server_timing(response: httpx.Response) -> str | None:
 
 
 class SyncBody(httpx.SyncByteStream):
-    """Passes a response body through and calls ``done`` once when it is closed.
+    """Passes a response body through and calls `done` once when it is closed.
 
-    Example::
-
+    Example:
+        ```python
         response.stream = SyncBody(response.stream, on_body_done)
+        ```
     """
 
     def __init__(self, stream: httpx.SyncByteStream, done: Callable[[], None]) -> None:
@@ -52,7 +55,7 @@ class SyncBody(httpx.SyncByteStream):
 
 
 class AsyncBody(httpx.AsyncByteStream):
-    """The async twin of :class:`SyncBody`."""
+    """The async twin of `SyncBody`."""
 
     def __init__(self, stream: httpx.AsyncByteStream, done: Callable[[], None]) -> None:
         self._stream = stream

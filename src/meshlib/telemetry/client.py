@@ -2,32 +2,34 @@
 
 Per the OpenTelemetry HTTP semantic conventions ("HTTP request retries and
 redirects"), every attempt is its own CLIENT span carrying
-``http.request.resend_count`` (absent on the first, 1, 2, ... on resends),
-children of one INTERNAL span named ``meshlib.call <METHOD>`` that covers the
+`http.request.resend_count` (absent on the first, 1, 2, ... on resends),
+children of one INTERNAL span named `meshlib.call <METHOD>` that covers the
 whole call, retries and backoff included. Resilience decisions are events on
-the call span (names in :mod:`meshlib.telemetry.names`). Spans end when the
+the call span (names in `meshlib.telemetry.names`). Spans end when the
 response body is done, streamed bodies included. Trace context is injected
 into every attempt, each with its own parent span id, sampled or not.
 
-The latency split (:mod:`meshlib.telemetry.latency`) is measured per attempt
+The latency split (`meshlib.telemetry.latency`) is measured per attempt
 and per call whenever the call is sampled, a meter provider is in place,
 a control-plane reporter runs, or the request asks for it
-(``extensions={"meshlib.latency": True}``). It goes on the response
-(``response.extensions["meshlib.latency"]`` and each attempt's ``split``),
+(`extensions={"meshlib.latency": True}`). It goes on the response
+(`response.extensions["meshlib.latency"]` and each attempt's `split`),
 on the call and attempt spans of a sampled call, into the split histograms
 (sampled calls), and into the process-wide per-edge sums
-(:func:`~meshlib.telemetry.latency.edge_latency`) that the all-calls counters read.
+(`edge_latency`) that the all-calls counters read.
 
 The unsampled hot path with an SDK installed is kept to what it must do:
-the sampling decision and ``traceparent`` without building a span when the
+the sampling decision and `traceparent` without building a span when the
 sampler and propagator are the SDK's standard ones
-(:mod:`meshlib.telemetry.quicktrace`), one ``http.client.request.duration``
+(`meshlib.telemetry.quicktrace`), one `http.client.request.duration`
 point per attempt with an attribute dict reused per (endpoint, method,
-outcome), no httpcore ``trace`` hook, a few monotonic clock reads and float
+outcome), no httpcore `trace` hook, a few monotonic clock reads and float
 additions for the split. When no SDK provider is configured and no trace context came
-in, a call costs a cached provider check and one context look-up::
+in, a call costs a cached provider check and one context look-up:
 
-    telemetry = ClientTelemetry(tracer_provider=provider, meter_provider=meter_provider)
+```python
+telemetry = ClientTelemetry(tracer_provider=provider, meter_provider=meter_provider)
+```
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class ClientTelemetry:
         """Whether a real tracer provider is in place."""
         self.caller = caller
         self.endpoint_attribute = endpoint_attribute
-        """Whether ``http.client.request.duration`` and retries carry ``meshlib.endpoint`` (off: per-pod cardinality)."""
+        """Whether `http.client.request.duration` and retries carry `meshlib.endpoint` (off: per-pod cardinality)."""
         self._duration_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._edges: dict[str, EdgeLatency] = {}
         make = names.create_instrument
@@ -125,7 +127,7 @@ class ClientTelemetry:
         observe_mesh_state(meter_provider=meter_provider)
 
     def edge(self, destination: str) -> EdgeLatency:
-        """The process-wide split record of this caller's edge to ``destination``."""
+        """The process-wide split record of this caller's edge to `destination`."""
         found = self._edges.get(destination)
         if found is None:
             if len(self._edges) >= 1024:
@@ -134,14 +136,14 @@ class ClientTelemetry:
         return found
 
     def duration_attributes(self, call: CallTelemetry, outcome: int | str | None) -> dict[str, Any]:
-        """The ``http.client.request.duration`` attributes of an attempt, built once per key.
+        """The `http.client.request.duration` attributes of an attempt, built once per key.
 
-        ``server.address``/``server.port`` are the URL the caller wrote (the
-        logical destination, ``payments:80``), not the endpoint picked, and
-        ``meshlib.destination`` names the service: one series per
-        destination, not per pod. ``meshlib.endpoint`` is added only when
-        ``endpoint_attribute`` is on. ``outcome`` is the status code, an
-        ``error.type`` value, or None. The dict is shared: the SDK copies
+        `server.address`/`server.port` are the URL the caller wrote (the
+        logical destination, `payments:80`), not the endpoint picked, and
+        `meshlib.destination` names the service: one series per
+        destination, not per pod. `meshlib.endpoint` is added only when
+        `endpoint_attribute` is on. `outcome` is the status code, an
+        `error.type` value, or None. The dict is shared: the SDK copies
         what it keeps, nobody may change it.
         """
         endpoint = call.endpoint if self.endpoint_attribute else None
@@ -179,7 +181,7 @@ class ClientTelemetry:
     ) -> CallTelemetry | None:
         """Begin a call's telemetry; None when nothing records, measures or propagates.
 
-        ``request`` still has the URL the caller wrote (before an endpoint is picked).
+        `request` still has the URL the caller wrote (before an endpoint is picked).
         """
         traceparent: str | None = None
         tracestate: str | None = None
@@ -239,8 +241,8 @@ class ClientTelemetry:
 class CallTelemetry:
     """One call's spans and timings (only built when something records, measures or propagates).
 
-    ``recording``: the call span is sampled; attempts get CLIENT spans and
-    the httpcore ``trace`` hook marks each attempt's wire window. ``measure``:
+    `recording`: the call span is sampled; attempts get CLIENT spans and
+    the httpcore `trace` hook marks each attempt's wire window. `measure`:
     the latency split is computed (see the module docstring). The flow tells
     it where each attempt and each wait begins and ends; the attempts and
     waits tile the call, so the parts add up to its total.
@@ -419,7 +421,7 @@ class CallTelemetry:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
 
     def _close_attempt(self, now: float, body: float = 0.0) -> None:
-        """The open attempt ends at ``now``: split it, and end its span with the split on it."""
+        """The open attempt ends at `now`: split it, and end its span with the split on it."""
         if self._suppress_token is not None:
             otel_context.detach(self._suppress_token)  # type: ignore[arg-type]
             self._suppress_token = None
@@ -448,7 +450,7 @@ class CallTelemetry:
     def begin_wait(self, discard: httpx.Response | None = None) -> None:
         """A wait starts (backoff, Retry-After, injected delay): the attempt before it, if any, ends.
 
-        ``discard`` is the retried attempt's response, which the driver reads
+        `discard` is the retried attempt's response, which the driver reads
         and closes before it sleeps: that read is the attempt's wire time,
         and the wait starts when it is done.
         """
@@ -499,7 +501,7 @@ class CallTelemetry:
             response.stream = SyncBody(stream, self.finish_body)  # type: ignore[arg-type]
 
     def finish_error(self, error: BaseException) -> None:
-        """The call failed with ``error``: close its split and end its spans now."""
+        """The call failed with `error`: close its split and end its spans now."""
         if self.recording:
             self.span.set_attribute(ERROR_TYPE, names.error_type(error))
             self.span.set_status(Status(StatusCode.ERROR, str(error)))
@@ -531,7 +533,7 @@ class CallTelemetry:
         self.response = None
 
     def _finish(self, now: float, body: float) -> LatencySplit | None:
-        """Close the last attempt (its wire time includes ``body``), sum the call, end the call span."""
+        """Close the last attempt (its wire time includes `body`), sum the call, end the call span."""
         self._close_attempt(now, body)
         split: LatencySplit | None = None
         if self.measure:

@@ -4,25 +4,29 @@ One place for meshlib's instrument names, units and descriptions, its span
 event names and its own attribute keys, so that a dashboard or an alert
 written against one meshlib release keeps working, and so that the client,
 server and policy modules cannot drift apart. Standard names come from the
-``opentelemetry-semantic-conventions`` package (``opentelemetry.semconv``),
+`opentelemetry-semantic-conventions` package (`opentelemetry.semconv`),
 never from here and never hand-typed.
 
 Instruments are described by `Instrument` records and created with
-`create_instrument`, at use time, from whatever meter is current::
+`create_instrument`, at use time, from whatever meter is current:
 
-    from opentelemetry import metrics
-    from meshlib.telemetry import names
+```python
+from opentelemetry import metrics
+from meshlib.telemetry import names
 
-    meter = metrics.get_meter(names.SCOPE)
-    retries = names.create_instrument(meter, names.CLIENT_RETRIES)
-    retries.add(1, {names.ATTR_DESTINATION: "payments", names.ATTR_RETRY_REASON: "503"})
+meter = metrics.get_meter(names.SCOPE)
+retries = names.create_instrument(meter, names.CLIENT_RETRIES)
+retries.add(1, {names.ATTR_DESTINATION: "payments", names.ATTR_RETRY_REASON: "503"})
+```
 
-Span events carry the attribute keys below::
+Span events carry the attribute keys below:
 
-    span.add_event(names.EVENT_RETRY, {names.ATTR_RETRY_REASON: "503", names.ATTR_RETRY_BACKOFF: 0.025})
+```python
+span.add_event(names.EVENT_RETRY, {names.ATTR_RETRY_REASON: "503", names.ATTR_RETRY_BACKOFF: 0.025})
+```
 
-Units follow UCUM as OpenTelemetry asks: durations in seconds (``s``), counts
-as ``{thing}``. Duration *attributes* on spans are seconds too (floats).
+Units follow UCUM as OpenTelemetry asks: durations in seconds (`s`), counts
+as `{thing}`. Duration *attributes* on spans are seconds too (floats).
 """
 
 from __future__ import annotations
@@ -121,13 +125,13 @@ __all__ = [
 ]
 
 SCOPE: Final = "meshlib"
-"""Instrumentation scope of every meshlib tracer and meter: ``get_tracer(SCOPE, __version__)``."""
+"""Instrumentation scope of every meshlib tracer and meter: `get_tracer(SCOPE, __version__)`."""
 
 SERVER_TIMING_APP: Final = "app"
-"""The Server-Timing metric name the inbound middleware writes (``app;dur=12.3``) and callers read."""
+"""The Server-Timing metric name the inbound middleware writes (`app;dur=12.3`) and callers read."""
 
 SPAN_CALL_PREFIX: Final = "meshlib.call"
-"""Prefix of the logical (INTERNAL) span around one MeshClient call, e.g. ``meshlib.call GET``."""
+"""Prefix of the logical (INTERNAL) span around one MeshClient call, e.g. `meshlib.call GET`."""
 
 # --- span event names ---------------------------------------------------------
 
@@ -153,23 +157,23 @@ EVENT_REJECTED: Final = "meshlib.rejected"
 # --- meshlib's own attribute keys (standard ones come from opentelemetry.semconv) ---
 
 ATTR_DESTINATION: Final = "meshlib.destination"
-"""Destination service name from the policy (``payments``), or the host for non-mesh URLs."""
+"""Destination service name from the policy (`payments`), or the host for non-mesh URLs."""
 ATTR_CALLER: Final = "meshlib.caller"
-"""Calling service name: the client's ``service_name``, or the peer identity inbound."""
+"""Calling service name: the client's `service_name`, or the peer identity inbound."""
 ATTR_ENDPOINT: Final = "meshlib.endpoint"
-"""One endpoint of a destination, as written in the policy (``http://127.0.0.1:8001``)."""
+"""One endpoint of a destination, as written in the policy (`http://127.0.0.1:8001`)."""
 ATTR_ROUTE: Final = "meshlib.route"
-"""The policy route that matched (its path prefix), or ``default``."""
+"""The policy route that matched (its path prefix), or `default`."""
 ATTR_RETRY_REASON: Final = "meshlib.retry.reason"
-"""Why an attempt was retried: a status code (``503``) or a failure kind (``connect-failure``, ``reset``, ``timeout``)."""
+"""Why an attempt was retried: a status code (`503`) or a failure kind (`connect-failure`, `reset`, `timeout`)."""
 ATTR_RETRY_BACKOFF: Final = "meshlib.retry.backoff"
 """Seconds waited before the next attempt (float), Retry-After included."""
 ATTR_RETRY_ATTEMPT: Final = "meshlib.retry.attempt"
-"""Zero-based number of the attempt that failed (matches its span's ``http.request.resend_count``)."""
+"""Zero-based number of the attempt that failed (matches its span's `http.request.resend_count`)."""
 ATTR_ATTEMPT: Final = "meshlib.attempt"
-"""On a SERVER span: which try of its call a request is (1 for the first), from the caller's ``x-mesh-attempt`` (or Envoy's ``x-envoy-attempt-count``) header."""
+"""On a SERVER span: which try of its call a request is (1 for the first), from the caller's `x-mesh-attempt` (or Envoy's `x-envoy-attempt-count`) header."""
 ATTR_BREAKER_STATE: Final = "meshlib.breaker.state"
-"""A breaker state: ``closed``, ``open`` or ``half-open``."""
+"""A breaker state: `closed`, `open` or `half-open`."""
 ATTR_BREAKER_PREVIOUS_STATE: Final = "meshlib.breaker.previous_state"
 """The breaker state before a change."""
 ATTR_EJECTION_DURATION: Final = "meshlib.ejection.duration"
@@ -177,29 +181,29 @@ ATTR_EJECTION_DURATION: Final = "meshlib.ejection.duration"
 ATTR_DEADLINE_BUDGET: Final = "meshlib.deadline.budget"
 """Seconds the call had when it started (float): policy total capped by a propagated deadline."""
 ATTR_FAULT_KIND: Final = "meshlib.fault.kind"
-"""Injected fault kind: ``abort`` or ``delay``."""
+"""Injected fault kind: `abort` or `delay`."""
 ATTR_SHED_REASON: Final = "meshlib.shed.reason"
-"""Why a request was shed: ``rate_limit`` or ``concurrency_limit``."""
+"""Why a request was shed: `rate_limit` or `concurrency_limit`."""
 ATTR_REJECT_REASON: Final = "meshlib.reject.reason"
-"""Why a request was refused with 400 before the app: its path is not in normal form (``dot-segment``, ``empty-segment``, ``escaped-slash``, ``backslash``, ``control-character``, ``not-utf8``, ``not-absolute``)."""
+"""Why a request was refused with 400 before the app: its path is not in normal form (`dot-segment`, `empty-segment`, `escaped-slash`, `backslash`, `control-character`, `not-utf8`, `not-absolute`)."""
 ATTR_DENY_RULE: Final = "meshlib.authz.rule"
-"""The authz rule (or ``default``) that decided an inbound request."""
+"""The authz rule (or `default`) that decided an inbound request."""
 ATTR_AUTHZ_DECISION: Final = "meshlib.authz.decision"
-"""``allow`` or ``deny``: the authz decision on an inbound request (span attribute)."""
+"""`allow` or `deny`: the authz decision on an inbound request (span attribute)."""
 ATTR_LIMIT: Final = "meshlib.limit"
-"""Where in the policy the limit that shed a request is set, e.g. ``services.payments.inbound.rate_limit``."""
+"""Where in the policy the limit that shed a request is set, e.g. `services.payments.inbound.rate_limit`."""
 ATTR_RETRY_AFTER: Final = "meshlib.retry_after"
 """Seconds a shed caller was told to wait (float, span events only)."""
 ATTR_SERVICE: Final = "meshlib.service"
 """A service named in the policy whose endpoints discovery manages."""
 ATTR_HEALTH: Final = "meshlib.health"
-"""An endpoint's active health check state: ``healthy`` or ``unhealthy``."""
+"""An endpoint's active health check state: `healthy` or `unhealthy`."""
 ATTR_OUTCOME: Final = "meshlib.outcome"
-"""How a discovery operation ended, e.g. ``ok``, ``failed``, ``empty`` for a DNS resolution."""
+"""How a discovery operation ended, e.g. `ok`, `failed`, `empty` for a DNS resolution."""
 ATTR_ENDPOINT_COUNT: Final = "meshlib.endpoints"
 """How many endpoints a service's routable set holds after a change (int)."""
 ATTR_REGISTRATION_EVENT: Final = "meshlib.event"
-"""A registration lease event: ``registered``, ``renewed``, ``lost`` or ``deregistered``."""
+"""A registration lease event: `registered`, `renewed`, `lost` or `deregistered`."""
 ATTR_SHADOW: Final = "meshlib.shadow"
 """True when a policy in shadow mode only counted a decision without enforcing it."""
 ATTR_POLICY_REVISION: Final = "meshlib.policy.revision"
@@ -209,7 +213,7 @@ ATTR_POLICY_SOURCE: Final = "meshlib.policy.source"
 ATTR_LATENCY_TOTAL: Final = "meshlib.latency.total"
 """Seconds from the call's start to its response body's end, as the caller saw it (float)."""
 ATTR_LATENCY_SERVICE: Final = "meshlib.latency.service"
-"""Seconds the callee reported as its own (``Server-Timing: app;dur=``, else ``x-envoy-upstream-service-time``); absent when it reported none (float)."""
+"""Seconds the callee reported as its own (`Server-Timing: app;dur=`, else `x-envoy-upstream-service-time`); absent when it reported none (float)."""
 ATTR_LATENCY_NETWORK: Final = "meshlib.latency.network"
 """Seconds on the wire minus the service time, for attempts whose callee reported its time (float)."""
 ATTR_LATENCY_UNKNOWN: Final = "meshlib.latency.unknown"
@@ -219,7 +223,7 @@ ATTR_LATENCY_MESHLIB: Final = "meshlib.latency.meshlib"
 ATTR_LATENCY_WAITS: Final = "meshlib.latency.waits"
 """Seconds waited between attempts (backoff, Retry-After) and for injected fault delays (float)."""
 ATTR_LATENCY_PART: Final = "meshlib.latency.part"
-"""Which part of the latency split a ``meshlib.client.latency.time`` point sums: ``total``, ``service``, ``network``, ``unknown``, ``meshlib`` or ``waits``."""
+"""Which part of the latency split a `meshlib.client.latency.time` point sums: `total`, `service`, `network`, `unknown`, `meshlib` or `waits`."""
 
 BREAKER_STATE_VALUES: Final = {"closed": 0, "half-open": 1, "open": 2}
 """The numeric value `CLIENT_BREAKER_STATE` records for each state."""
@@ -244,9 +248,10 @@ InstrumentKind = Literal[
 class Instrument:
     """Name, kind, unit and description of one instrument.
 
-    Example::
-
+    Example:
+        ```python
         names.create_instrument(meter, names.CLIENT_RETRIES).add(1, attributes)
+        ```
     """
 
     name: str
@@ -459,10 +464,10 @@ INSTRUMENTS: Final = (
 
 
 def error_type(error: BaseException) -> str:
-    """The ``error.type`` of an exception: its fully qualified class name (builtins unqualified).
+    """The `error.type` of an exception: its fully qualified class name (builtins unqualified).
 
     One spelling for client and server spans and metrics, as the semantic
-    conventions ask: ``error_type(httpx.ConnectError("x")) == "httpx.ConnectError"``.
+    conventions ask: `error_type(httpx.ConnectError("x")) == "httpx.ConnectError"`.
     """
     cls = type(error)
     module = cls.__module__
@@ -479,15 +484,16 @@ def error_type(error: BaseException) -> str:
 
 
 def create_instrument(meter: Meter, spec: Instrument, callbacks: Any = None) -> Any:
-    """Create the synchronous or observable instrument ``spec`` describes on ``meter``.
+    """Create the synchronous or observable instrument `spec` describes on `meter`.
 
-    ``callbacks`` is required for observable kinds and refused for the others.
-    The result is typed ``Any`` because its type depends on ``spec.kind``.
+    `callbacks` is required for observable kinds and refused for the others.
+    The result is typed `Any` because its type depends on `spec.kind`.
 
-    Example::
-
+    Example:
+        ```python
         histogram = create_instrument(meter, CLIENT_LATENCY_SERVICE)
         histogram.record(0.012, {ATTR_DESTINATION: "payments"})
+        ```
     """
     observable = spec.kind.startswith("observable_")
     if observable != (callbacks is not None):

@@ -3,18 +3,18 @@
 Two instruments (names in `meshlib.telemetry.names`), read at collection time,
 so a request never pays for them:
 
-- ``meshlib.policy.revision``: an info gauge, always 1, whose attributes say
+- `meshlib.policy.revision`: an info gauge, always 1, whose attributes say
   which revision is in force and where it came from. Alert when instances
   disagree, or when a rollout has not reached one of them.
-- ``meshlib.policy.reload_failures``: documents rejected since start (the last
+- `meshlib.policy.reload_failures`: documents rejected since start (the last
   good policy stayed in force). Alert on any increase.
 
-::
+```python
+from meshlib.telemetry.policy_metrics import observe_policy
 
-    from meshlib.telemetry.policy_metrics import observe_policy
-
-    observe_policy(store)                       # global meter provider, now or later
-    observe_policy(store, meter_provider=provider, attributes={"service.name": "orders"})
+observe_policy(store)                       # global meter provider, now or later
+observe_policy(store, meter_provider=provider, attributes={"service.name": "orders"})
+```
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ class PolicyMetrics:
     OpenTelemetry has no way to remove an instrument, so a closed
     `PolicyMetrics` simply reports nothing.
 
-    Example::
-
+    Example:
+        ```python
         watched = PolicyMetrics(store, meter_provider=provider)
         ...
         watched.close()
+        ```
     """
 
     def __init__(
@@ -99,17 +100,18 @@ def observe_policy(
     meter_provider: MeterProvider | None = None,
     attributes: Mapping[str, str] | None = None,
 ) -> PolicyMetrics:
-    """Report ``store``'s revision and reload failures, once per (store, meter provider).
+    """Report `store`'s revision and reload failures, once per (store, meter provider).
 
     Asking again for the same store and provider returns the first
     `PolicyMetrics` (until it is closed) instead of registering duplicate
     instruments, so every client and middleware sharing a store may call it.
-    ``meter_provider=None`` means the global provider, through the API's
+    `meter_provider=None` means the global provider, through the API's
     proxy, so one configured later still receives the metrics.
 
-    Example::
-
+    Example:
+        ```python
         observe_policy(shared_store())
+        ```
     """
     with _observed_lock:
         if meter_provider is None:

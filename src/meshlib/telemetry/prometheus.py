@@ -1,22 +1,24 @@
-"""A Prometheus scrape endpoint for meshlib's metrics (the ``prometheus`` extra).
+"""A Prometheus scrape endpoint for meshlib's metrics (the `prometheus` extra).
 
-OpenTelemetry's ``PrometheusMetricReader`` turns the meter provider's metrics
-into a ``prometheus_client`` collector; this module serves that collector.
+OpenTelemetry's `PrometheusMetricReader` turns the meter provider's metrics
+into a `prometheus_client` collector; this module serves that collector.
 Three ways, from least to most integrated:
 
-- ``MESH_PROMETHEUS_PORT=9464``: ``configure_telemetry`` starts a server on
-  ``127.0.0.1:9464`` (loopback only: a scraper on the same host or a port
+- `MESH_PROMETHEUS_PORT=9464`: `configure_telemetry` starts a server on
+  `127.0.0.1:9464` (loopback only: a scraper on the same host or a port
   forward reaches it, the network does not).
-- ``start_prometheus_server(port)`` does the same by hand.
-- An application with its own ``MeterProvider`` adds a reader and mounts the
-  app into its own web server::
+- `start_prometheus_server(port)` does the same by hand.
+- An application with its own `MeterProvider` adds a reader and mounts the
+  app into its own web server:
 
-      endpoint = PrometheusEndpoint()
-      provider = MeterProvider(metric_readers=[endpoint.reader])
-      app.mount("/metrics", endpoint.asgi_app())      # or endpoint.wsgi_app()
+  ```python
+  endpoint = PrometheusEndpoint()
+  provider = MeterProvider(metric_readers=[endpoint.reader])
+  app.mount("/metrics", endpoint.asgi_app())      # or endpoint.wsgi_app()
+  ```
 
-Each endpoint has its own ``CollectorRegistry`` by default, so metrics from
-one provider are never exposed twice; pass ``registry=prometheus_client.REGISTRY``
+Each endpoint has its own `CollectorRegistry` by default, so metrics from
+one provider are never exposed twice; pass `registry=prometheus_client.REGISTRY`
 to share the process-wide registry with the application's own collectors.
 """
 
@@ -55,17 +57,18 @@ def _import() -> tuple[Any, Any]:
 class PrometheusEndpoint:
     """A metric reader and the Prometheus exposition of what it reads.
 
-    Give ``reader`` to a ``MeterProvider``, then serve with `serve` or mount
+    Give `reader` to a `MeterProvider`, then serve with `serve` or mount
     `wsgi_app` / `asgi_app`. `close` stops the server; the provider's own
     shutdown detaches the reader.
 
-    Example::
-
+    Example:
+        ```python
         endpoint = PrometheusEndpoint()
         provider = MeterProvider(metric_readers=[endpoint.reader])
         endpoint.serve(9464)         # http://127.0.0.1:9464/metrics
         ...
         endpoint.close()
+        ```
     """
 
     def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
@@ -81,7 +84,7 @@ class PrometheusEndpoint:
 
     @property
     def port(self) -> int | None:
-        """The port `serve` listens on (useful after ``serve(0)``), or None."""
+        """The port `serve` listens on (useful after `serve(0)`), or None."""
         return None if self._server is None else int(self._server.server_port)
 
     def wsgi_app(self) -> Callable[..., Any]:
@@ -97,7 +100,7 @@ class PrometheusEndpoint:
         return app
 
     def serve(self, port: int) -> None:
-        """Serve scrapes on ``127.0.0.1:port`` (``0`` picks a free port) in a daemon thread."""
+        """Serve scrapes on `127.0.0.1:port` (`0` picks a free port) in a daemon thread."""
         prometheus_client, _ = _import()
         if self._server is not None:
             raise RuntimeError(f"already serving on {_HOST}:{self.port}")
@@ -124,12 +127,13 @@ class PrometheusEndpoint:
 def start_prometheus_server(
     port: int, *, registry: CollectorRegistry | None = None
 ) -> PrometheusEndpoint:
-    """A `PrometheusEndpoint` already serving on ``127.0.0.1:port``.
+    """A `PrometheusEndpoint` already serving on `127.0.0.1:port`.
 
-    Example::
-
+    Example:
+        ```python
         endpoint = start_prometheus_server(9464)
         provider = MeterProvider(metric_readers=[endpoint.reader])
+        ```
     """
     endpoint = PrometheusEndpoint(registry=registry)
     endpoint.serve(port)

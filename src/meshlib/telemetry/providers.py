@@ -1,14 +1,16 @@
 """Whether a real OpenTelemetry provider is in place, asked cheaply on every call.
 
-``trace.get_tracer_provider()`` and ``metrics.get_meter_provider()`` read
+`trace.get_tracer_provider()` and `metrics.get_meter_provider()` read
 the environment on every call until a global provider is set (microseconds),
-so a mesh call asks a :class:`ProviderGate` instead: a provider given
+so a mesh call asks a `ProviderGate` instead: a provider given
 explicitly is taken as real; the global one is real once it is not the API's
-proxy or no-op default, and a "no" is asked again at most once a second::
+proxy or no-op default, and a "no" is asked again at most once a second:
 
-    metrics_on = ProviderGate(None, metrics.get_meter_provider)
-    if metrics_on(clock.monotonic()):
-        ...
+```python
+metrics_on = ProviderGate(None, metrics.get_meter_provider)
+if metrics_on(clock.monotonic()):
+    ...
+```
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _API_DEFAULTS = (
 
 
 def is_real_provider(provider: object) -> bool:
-    """Whether ``provider`` is a real one (an SDK's) rather than the API's proxy or no-op default."""
+    """Whether `provider` is a real one (an SDK's) rather than the API's proxy or no-op default."""
     return not isinstance(provider, _API_DEFAULTS)
 
 
@@ -49,7 +51,7 @@ class ProviderGate:
         self._get_global = get_global
 
     def __call__(self, now: float) -> bool:
-        """Whether a real provider is in place as of ``now`` (a monotonic clock reading)."""
+        """Whether a real provider is in place as of `now` (a monotonic clock reading)."""
         if self._on:
             return True
         if self._fixed or now < self._checked:

@@ -1,28 +1,32 @@
 """The unsampled fast path: a standard sampler's "drop" decided without building a span.
 
-With an SDK tracer provider installed, ``tracer.start_span`` for a call that
+With an SDK tracer provider installed, `tracer.start_span` for a call that
 will not be sampled still generates ids, runs the sampler, builds a
-``SamplingResult``, a ``SpanContext`` and a ``NonRecordingSpan`` (about 3 us
-here), and ``propagate.inject`` then runs the composite propagator (about
+`SamplingResult`, a `SpanContext` and a `NonRecordingSpan` (about 3 us
+here), and `propagate.inject` then runs the composite propagator (about
 3 us more) to write one header. For the samplers the SDK ships and
-``OTEL_TRACES_SAMPLER`` selects (``ParentBased``, ``always_off``/``always_on``,
-``TraceIdRatioBased``) the decision is a few attribute reads, so
-:class:`QuickTrace` makes it itself and, when the global propagator is the
-default W3C one, writes ``traceparent`` (and the parent's ``tracestate``)
-directly::
+`OTEL_TRACES_SAMPLER` selects (`ParentBased`, `always_off`/`always_on`,
+`TraceIdRatioBased`) the decision is a few attribute reads, so
+`QuickTrace` makes it itself and, when the global propagator is the
+default W3C one, writes `traceparent` (and the parent's `tracestate`)
+directly:
 
-    00-<trace id, 32 hex>-<span id, 16 hex>-<flags, 2 hex>
+```text
+00-<trace id, 32 hex>-<span id, 16 hex>-<flags, 2 hex>
+```
 
 Anything else (a custom sampler or id generator wrapper the SDK does not
 describe, a sampler that would record, other propagators, baggage in the
-context) returns None or a plain ``NonRecordingSpan``, and the caller takes the
+context) returns None or a plain `NonRecordingSpan`, and the caller takes the
 SDK's own path. Skipped spans are never recorded spans: the SDK creates a
-``NonRecordingSpan`` for them too, and calls no span processor. The inbound
+`NonRecordingSpan` for them too, and calls no span processor. The inbound
 middleware uses the same decision for the SERVER span of a request whose
-caller's trace is not sampled (``unsampled(parent_context, as_span=True)``)::
+caller's trace is not sampled (`unsampled(parent_context, as_span=True)`):
 
-    quick = QuickTrace(tracer)
-    decided = quick.unsampled()     # None: ask the SDK
+```python
+quick = QuickTrace(tracer)
+decided = quick.unsampled()     # None: ask the SDK
+```
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class Unsampled:
         self, traceparent: str | None, tracestate: str | None, span: trace.Span | None
     ) -> None:
         self.traceparent = traceparent
-        """The ``traceparent`` value to write (None: inject ``span`` with the global propagator)."""
+        """The `traceparent` value to write (None: inject `span` with the global propagator)."""
         self.tracestate = tracestate
         self.span = span
 
@@ -68,7 +72,7 @@ def _sdk() -> tuple[Any, Any]:
 
 
 def _default_propagator(textmap: object) -> bool:
-    """Whether ``textmap`` is OpenTelemetry's default: W3C trace context (and baggage) only."""
+    """Whether `textmap` is OpenTelemetry's default: W3C trace context (and baggage) only."""
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.propagators.composite import CompositePropagator
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -87,11 +91,12 @@ def _default_propagator(textmap: object) -> bool:
 class QuickTrace:
     """Decides, for one tracer, whether a new call span would surely be dropped.
 
-    Example::
-
+    Example:
+        ```python
         decided = QuickTrace(tracer).unsampled()
         if decided is None:
             span = tracer.start_span("meshlib.call GET")
+        ```
     """
 
     def __init__(self, tracer: trace.Tracer) -> None:
@@ -103,7 +108,7 @@ class QuickTrace:
         self._textmap_default = False
 
     def _resolve(self) -> Any:
-        """The SDK tracer behind ``tracer`` (a global-provider proxy resolves once set), or None."""
+        """The SDK tracer behind `tracer` (a global-provider proxy resolves once set), or None."""
         tracer: Any = self._tracer
         real = getattr(tracer, "_real_tracer", None)
         if real is None and hasattr(tracer, "_real_tracer"):
@@ -152,8 +157,8 @@ class QuickTrace:
     ) -> Unsampled | None:
         """The context of a span the sampler drops, or None when the SDK must decide.
 
-        The parent is the current span, or the one in ``context`` (a server's
-        extracted caller context). ``as_span``: always give a ``NonRecordingSpan``
+        The parent is the current span, or the one in `context` (a server's
+        extracted caller context). `as_span`: always give a `NonRecordingSpan`
         (a server puts it in the context the app runs in), never header values.
         """
         tracer = self._sdk_tracer

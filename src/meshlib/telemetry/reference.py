@@ -1,10 +1,12 @@
 """The telemetry reference page, rendered from `meshlib.telemetry.names` so it cannot drift.
 
-The docs build replaces the marker ``<!-- generated: telemetry-reference -->``
-with this Markdown (see ``docs/hooks.py``)::
+The docs build replaces the marker `<!-- generated: telemetry-reference -->`
+with this Markdown (see `docs/hooks.py`):
 
-    from meshlib.telemetry.reference import render_telemetry_reference
-    print(render_telemetry_reference())
+```python
+from meshlib.telemetry.reference import render_telemetry_reference
+print(render_telemetry_reference())
+```
 """
 
 from __future__ import annotations

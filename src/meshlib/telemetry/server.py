@@ -1,28 +1,30 @@
-"""Server-side telemetry: one SERVER span per request and ``http.server.request.duration``.
+"""Server-side telemetry: one SERVER span per request and `http.server.request.duration`.
 
 Names and attributes follow the stable OpenTelemetry HTTP semantic
-conventions (constants from ``opentelemetry.semconv``, never typed by hand):
-the span is named ``"{method} {http.route}"`` when the framework knows the
-route template, else ``"{method}"`` (``"HTTP"`` for unknown methods); 5xx
+conventions (constants from `opentelemetry.semconv`, never typed by hand):
+the span is named `"{method} {http.route}"` when the framework knows the
+route template, else `"{method}"` (`"HTTP"` for unknown methods); 5xx
 responses and exceptions mark it as an error, 4xx do not.
 
-meshlib's own decisions use the names in :mod:`meshlib.telemetry.names`:
+meshlib's own decisions use the names in `meshlib.telemetry.names`:
 span attributes and events (only when the span records) and counters a user
 can alert on:
 
-* ``meshlib.server.denied`` {``meshlib.authz.rule``, ``meshlib.caller``, ``meshlib.shadow``}
-  and the span attributes ``meshlib.authz.decision`` / ``meshlib.authz.rule`` on every
+* `meshlib.server.denied` {`meshlib.authz.rule`, `meshlib.caller`, `meshlib.shadow`}
+  and the span attributes `meshlib.authz.decision` / `meshlib.authz.rule` on every
   decision, allow included;
-* ``meshlib.server.shed`` {``meshlib.shed.reason`` (``rate_limit``, ``concurrency_limit``,
-  ``deadline``, ``no_policy``), ``meshlib.limit`` (where in the policy), ``meshlib.shadow``};
-* ``meshlib.server.rejected`` {``meshlib.reject.reason``, ``meshlib.shadow``}: a path not in
-  normal form, refused with 400 (:mod:`meshlib.inbound.paths`).
+* `meshlib.server.shed` {`meshlib.shed.reason` (`rate_limit`, `concurrency_limit`,
+  `deadline`, `no_policy`), `meshlib.limit` (where in the policy), `meshlib.shadow`};
+* `meshlib.server.rejected` {`meshlib.reject.reason`, `meshlib.shadow`}: a path not in
+  normal form, refused with 400 (`meshlib.inbound.paths`).
 
 The tracer and meter come from the providers passed in, or the global ones
 through OpenTelemetry's proxies, so providers configured after the
-middleware was built are honoured::
+middleware was built are honoured:
 
-    telemetry = ServerTelemetry(tracer_provider=provider)
+```python
+telemetry = ServerTelemetry(tracer_provider=provider)
+```
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ _METHODS = frozenset(
 
 
 def known_method(method: str) -> str:
-    """The semconv method value: the method itself if standard, else ``_OTHER``."""
+    """The semconv method value: the method itself if standard, else `_OTHER`."""
     return method if method in _METHODS else "_OTHER"
 
 
@@ -85,7 +87,7 @@ def _server_address(host: str | None, scheme: str) -> tuple[str | None, int | No
 
 
 def split_host(host: str | None, scheme: str) -> tuple[str | None, int | None]:
-    """``server.address`` and ``server.port`` from a Host header (``"[::1]:8080"`` -> ``("::1", 8080)``)."""
+    """`server.address` and `server.port` from a Host header (`"[::1]:8080"` -> `("::1", 8080)`)."""
     if not host:
         return None, None
     name, port = host, ""
@@ -139,11 +141,11 @@ class ServerTelemetry:
         self.quick = QuickTrace(self.tracer)
 
     def start(self, info: RequestInfo, parent: Context) -> trace.Span:
-        """Start the SERVER span of a request, a child of ``parent`` (the caller's context).
+        """Start the SERVER span of a request, a child of `parent` (the caller's context).
 
         When one of the SDK's own samplers surely drops it, the span is the
-        ``NonRecordingSpan`` the SDK would have made, built without the sampler
-        call and the attribute dict (:mod:`meshlib.telemetry.quicktrace`).
+        `NonRecordingSpan` the SDK would have made, built without the sampler
+        call and the attribute dict (`meshlib.telemetry.quicktrace`).
         """
         dropped = self.quick.unsampled(parent, as_span=True)
         if dropped is not None and dropped.span is not None:
@@ -239,7 +241,7 @@ class ServerTelemetry:
         error: BaseException | None,
         seconds: float,
     ) -> None:
-        """End the span and record ``http.server.request.duration``."""
+        """End the span and record `http.server.request.duration`."""
         method = known_method(info.method)
         attributes: dict[str, AttributeValue] = {
             HTTP_REQUEST_METHOD: method,

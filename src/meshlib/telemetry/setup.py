@@ -4,29 +4,31 @@ meshlib's spans and metrics always go to the *global* OpenTelemetry providers,
 looked up at use time. Who sets those providers is the application's choice:
 
 - An application that already configured OpenTelemetry (its own SDK
-  ``TracerProvider``/``MeterProvider``, or ``opentelemetry-instrument``) keeps
+  `TracerProvider`/`MeterProvider`, or `opentelemetry-instrument`) keeps
   full control: meshlib leaves every signal that has a provider alone.
-- Otherwise ``configure_telemetry(settings)`` builds providers with the
-  OpenTelemetry SDK (the ``servicemeshlib[otel]`` extra; ``[otlp]`` and
-  ``[prometheus]`` include it), with a resource naming the service and this
-  instance. The standard ``OTEL_*`` variables come first: the exporter from
-  ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, ``none``) or an
-  ``OTEL_EXPORTER_OTLP_ENDPOINT``, the sampler from ``OTEL_TRACES_SAMPLER``
-  / ``OTEL_TRACES_SAMPLER_ARG``, the endpoint from ``OTEL_EXPORTER_OTLP_*``.
-  meshlib's ``MESH_TELEMETRY``, ``MESH_OTLP_ENDPOINT`` and
-  ``MESH_TRACE_SAMPLE_RATIO`` are aliases used when the standard ones are not
-  set (``MESH_TELEMETRY``, when set, wins, being the explicit choice for
-  meshlib); ``MESH_PROMETHEUS_PORT`` adds a scrape endpoint.
+- Otherwise `configure_telemetry(settings)` builds providers with the
+  OpenTelemetry SDK (the `servicemeshlib[otel]` extra; `[otlp]` and
+  `[prometheus]` include it), with a resource naming the service and this
+  instance. The standard `OTEL_*` variables come first: the exporter from
+  `OTEL_TRACES_EXPORTER` (`otlp`, `console`, `none`) or an
+  `OTEL_EXPORTER_OTLP_ENDPOINT`, the sampler from `OTEL_TRACES_SAMPLER`
+  / `OTEL_TRACES_SAMPLER_ARG`, the endpoint from `OTEL_EXPORTER_OTLP_*`.
+  meshlib's `MESH_TELEMETRY`, `MESH_OTLP_ENDPOINT` and
+  `MESH_TRACE_SAMPLE_RATIO` are aliases used when the standard ones are not
+  set (`MESH_TELEMETRY`, when set, wins, being the explicit choice for
+  meshlib); `MESH_PROMETHEUS_PORT` adds a scrape endpoint.
 
-Nothing happens at import time; call it once at startup (again is harmless)::
+Nothing happens at import time; call it once at startup (again is harmless):
 
-    from meshlib.telemetry.setup import configure_telemetry
+```python
+from meshlib.telemetry.setup import configure_telemetry
 
-    handle = configure_telemetry(MeshSettings(service_name="orders", telemetry="console"))
-    ...
-    handle.shutdown()          # flushes exporters; also runs at interpreter exit
+handle = configure_telemetry(MeshSettings(service_name="orders", telemetry="console"))
+...
+handle.shutdown()          # flushes exporters; also runs at interpreter exit
+```
 
-``httpx_instrumentation_active()`` tells whether opentelemetry-instrumentation-httpx
+`httpx_instrumentation_active()` tells whether opentelemetry-instrumentation-httpx
 is patching httpx too; meshlib then keeps one CLIENT span per attempt (its own).
 """
 
@@ -82,16 +84,17 @@ _handle: TelemetryHandle | None = None
 class TelemetryHandle:
     """What `configure_telemetry` did, and how to undo it.
 
-    ``tracer_provider`` / ``meter_provider`` are the providers meshlib created
+    `tracer_provider` / `meter_provider` are the providers meshlib created
     and installed globally, or None where it left the signal alone (mode
-    ``none``, or the application had a provider already; see ``external``).
+    `none`, or the application had a provider already; see `external`).
 
-    Example::
-
+    Example:
+        ```python
         handle = configure_telemetry(settings)
         if handle.external:
             print("the application configured", handle.external)
         handle.shutdown()
+        ```
     """
 
     mode: Mode
@@ -122,16 +125,17 @@ _MODES: tuple[Mode, ...] = ("none", "console", "otlp")
 
 
 def telemetry_mode(settings: MeshSettings) -> Mode:
-    """The exporter mode: ``MESH_TELEMETRY`` when set, else an OTLP endpoint, else ``OTEL_*``.
+    """The exporter mode: `MESH_TELEMETRY` when set, else an OTLP endpoint, else `OTEL_*`.
 
-    In order: ``MESH_TELEMETRY`` (set explicitly), ``MESH_OTLP_ENDPOINT``
-    (implies ``otlp``), the first of ``OTEL_TRACES_EXPORTER`` that meshlib
-    knows (``otlp``, ``console``, ``none``), ``OTEL_EXPORTER_OTLP_ENDPOINT``
-    or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (``otlp``), else ``none``.
+    In order: `MESH_TELEMETRY` (set explicitly), `MESH_OTLP_ENDPOINT`
+    (implies `otlp`), the first of `OTEL_TRACES_EXPORTER` that meshlib
+    knows (`otlp`, `console`, `none`), `OTEL_EXPORTER_OTLP_ENDPOINT`
+    or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (`otlp`), else `none`.
 
-    Example::
-
+    Example:
+        ```python
         telemetry_mode(MeshSettings(otlp_endpoint="http://127.0.0.1:4318"))  # "otlp"
+        ```
     """
     if "telemetry" in settings.model_fields_set:
         return settings.telemetry
@@ -149,11 +153,12 @@ def telemetry_mode(settings: MeshSettings) -> Mode:
 
 
 def default_instance_id(settings: MeshSettings) -> str:
-    """``settings.instance_id``, or ``host:pid`` of this process.
+    """`settings.instance_id`, or `host:pid` of this process.
 
-    Example::
-
+    Example:
+        ```python
         default_instance_id(MeshSettings())   # "web-1:4242"
+        ```
     """
     return settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
 
@@ -161,10 +166,11 @@ def default_instance_id(settings: MeshSettings) -> str:
 def tracer_provider_configured() -> bool:
     """True when something other than the API's default proxy/no-op tracer provider is global.
 
-    Example::
-
+    Example:
+        ```python
         if not tracer_provider_configured():
             ...  # meshlib's spans go nowhere until someone sets a provider
+        ```
     """
     return is_real_provider(trace.get_tracer_provider())
 
@@ -172,9 +178,10 @@ def tracer_provider_configured() -> bool:
 def meter_provider_configured() -> bool:
     """True when something other than the API's default proxy/no-op meter provider is global.
 
-    Example::
-
+    Example:
+        ```python
         meter_provider_configured()   # False in a fresh process
+        ```
     """
     return is_real_provider(metrics.get_meter_provider())
 
@@ -182,23 +189,24 @@ def meter_provider_configured() -> bool:
 def httpx_instrumentation_active(client: Any = None) -> bool:
     """True when opentelemetry-instrumentation-httpx patches httpx in this process.
 
-    ``HTTPXClientInstrumentor().instrument()`` wraps ``httpx.HTTPTransport.handle_request``
-    and ``AsyncHTTPTransport.handle_async_request`` with ``wrapt``, so every
+    `HTTPXClientInstrumentor().instrument()` wraps `httpx.HTTPTransport.handle_request`
+    and `AsyncHTTPTransport.handle_async_request` with `wrapt`, so every
     attempt meshlib sends through its per-endpoint transports would get a
     second CLIENT span. meshlib's attempts run with OpenTelemetry's
     "suppress HTTP instrumentation" context key set, which that wrapper
     honours, so each attempt keeps exactly one CLIENT span: meshlib's, with
-    ``http.request.resend_count``. Plain httpx clients keep the instrumentor's spans.
+    `http.request.resend_count`. Plain httpx clients keep the instrumentor's spans.
 
-    With ``client``, also report ``HTTPXClientInstrumentor.instrument_client(client)``
+    With `client`, also report `HTTPXClientInstrumentor.instrument_client(client)`
     on that one client: on a MeshClient this adds a CLIENT span around the
     whole call (retries included), which the HTTP semantic conventions do not
     describe; do not instrument a MeshClient that way.
 
-    Example::
-
+    Example:
+        ```python
         HTTPXClientInstrumentor().instrument()
         httpx_instrumentation_active()   # True
+        ```
     """
     if client is not None and getattr(client, "_is_instrumented_by_opentelemetry", False):
         return True
@@ -216,17 +224,18 @@ def httpx_instrumentation_active(client: Any = None) -> bool:
 
 
 def configure_telemetry(settings: MeshSettings | None = None) -> TelemetryHandle:
-    """Install tracer and meter providers built from ``settings``, once per process.
+    """Install tracer and meter providers built from `settings`, once per process.
 
     Signals the application already configured are left alone (listed in
-    ``handle.external``). ``OTEL_SDK_DISABLED=true`` turns everything off.
+    `handle.external`). `OTEL_SDK_DISABLED=true` turns everything off.
     The breaker-state and ejected-endpoint gauges of all mesh clients are
     registered on the global meter provider either way.
     Later calls return the first handle, whatever their settings.
 
-    Example::
-
+    Example:
+        ```python
         handle = configure_telemetry(MeshSettings(service_name="orders", otlp_endpoint="http://127.0.0.1:4318"))
+        ```
     """
     global _handle
     with _lock:
@@ -367,7 +376,7 @@ def _meter_provider(resource: Resource, readers: list[MetricReader]) -> MeterPro
 
 
 def _otlp_url(settings: MeshSettings, signal: Literal["traces", "metrics"]) -> str | None:
-    """``MESH_OTLP_ENDPOINT`` is a base URL, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is (which wins)."""
+    """`MESH_OTLP_ENDPOINT` is a base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` is (which wins)."""
     if not settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return None  # the exporter reads OTEL_EXPORTER_OTLP_* itself
     return f"{settings.otlp_endpoint.rstrip('/')}/v1/{signal}"

@@ -4,21 +4,21 @@ State is read at collection time from `meshlib.outbound.stats.snapshot`, the
 same process-wide view the control plane's reports use, so a request never
 pays for these instruments and the numbers agree with the dashboard:
 
-- ``meshlib.client.breaker.state``: per destination and endpoint, 0 closed,
-  1 half-open, 2 open. Alert on ``max > 0`` for a while.
-- ``meshlib.client.ejected_endpoints``: per destination, how many endpoints
+- `meshlib.client.breaker.state`: per destination and endpoint, 0 closed,
+  1 half-open, 2 open. Alert on `max > 0` for a while.
+- `meshlib.client.ejected_endpoints`: per destination, how many endpoints
   outlier detection has taken out right now.
-- ``meshlib.client.latency.time`` and ``meshlib.client.latency.calls``: per
+- `meshlib.client.latency.time` and `meshlib.client.latency.calls`: per
   edge (caller -> destination), the latency split summed over every call,
   sampled or not (`meshlib.outbound.stats.split_by_edge`); the split
   histograms only see sampled calls.
 
-::
+```python
+from meshlib.telemetry.state_metrics import observe_mesh_state
 
-    from meshlib.telemetry.state_metrics import observe_mesh_state
-
-    observe_mesh_state()                           # global provider, once per process
-    observe_mesh_state(meter_provider=provider)    # a provider of your own
+observe_mesh_state()                           # global provider, once per process
+observe_mesh_state(meter_provider=provider)    # a provider of your own
+```
 """
 
 from __future__ import annotations
@@ -61,15 +61,16 @@ def _split_by_edge() -> dict[tuple[str, str], dict[str, float]]:
 class MeshStateMetrics:
     """The breaker-state and ejected-endpoint instruments over a snapshot function.
 
-    ``snapshot`` defaults to `meshlib.outbound.stats.snapshot`; tests and
+    `snapshot` defaults to `meshlib.outbound.stats.snapshot`; tests and
     custom transports may pass another with the same shape. `close` silences
     the instruments (OpenTelemetry cannot remove them).
 
-    Example::
-
+    Example:
+        ```python
         state = MeshStateMetrics(meter_provider=provider)
         ...
         state.close()
+        ```
     """
 
     def __init__(
@@ -150,12 +151,13 @@ def observe_mesh_state(*, meter_provider: MeterProvider | None = None) -> MeshSt
 
     Once per meter provider: repeated calls return the first registration
     (until it is closed), so every mesh transport may call this when it is
-    built. ``meter_provider=None`` means the global provider, one configured
+    built. `meter_provider=None` means the global provider, one configured
     later included.
 
-    Example::
-
+    Example:
+        ```python
         observe_mesh_state()
+        ```
     """
     global _global
     with _lock:
