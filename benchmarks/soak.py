@@ -1,20 +1,20 @@
 """Soak: a mesh client over many calls, failures and policy swaps, watched for growth.
 
-``python benchmarks/soak.py [--calls 100000] [--swap-every 100] [--modes sync,async]``
-(``nox -s soak``, or ``nox -s bench -- --soak`` after the tables).
+`python benchmarks/soak.py [--calls 100000] [--swap-every 100] [--modes sync,async]`
+(`nox -s soak`, or `nox -s bench -- --soak` after the tables).
 
-For each mode, in a fresh interpreter of its own: one client (``MeshClient``
-shared by ``--threads`` threads, or ``AsyncMeshClient`` with ``--concurrency``
-calls in flight) makes ``--calls`` calls to two upstream processes that answer
+For each mode, in a fresh interpreter of its own: one client (`MeshClient`
+shared by `--threads` threads, or `AsyncMeshClient` with `--concurrency`
+calls in flight) makes `--calls` calls to two upstream processes that answer
 503 to one request in twenty, and to a service whose endpoint refuses
 connections (one call in fifty), while the policy swaps between two
-documents every ``--swap-every`` calls (endpoints and a service added and
+documents every `--swap-every` calls (endpoints and a service added and
 removed, breaker, retry and balancer settings changed). Telemetry is what
 production runs: the SDK with 1% parent-based sampling and a periodic metric
-reader (``benchmarks/telemetry.py``).
+reader (`benchmarks/telemetry.py`).
 
 At the start, after the warm-up (10% of the calls), in the middle, at the end
-and after ``close()`` it prints the process's RSS, open file descriptors,
+and after `close()` it prints the process's RSS, open file descriptors,
 threads and a census of live objects (after a full collection): the mesh's
 per-destination state, pools and connections, responses, requests,
 tracebacks and spans. The goals, checked and printed (MET or MISSED) but not
@@ -205,7 +205,7 @@ def url_for(index: int) -> str:
 
 
 class Swapper:
-    """Swaps the policy every ``every`` calls, from whichever worker makes that call."""
+    """Swaps the policy every `every` calls, from whichever worker makes that call."""
 
     def __init__(self, store: Any, docs: tuple[Any, Any], every: int) -> None:
         self.store = store
@@ -215,7 +215,7 @@ class Swapper:
         self._lock = threading.Lock()
 
     def after(self, index: int) -> None:
-        """Call after call ``index`` (0-based) is done."""
+        """Call after call `index` (0-based) is done."""
         if (index + 1) % self.every == 0:
             with self._lock:
                 self.swaps += 1
@@ -228,7 +228,7 @@ def outcome(result: Any) -> str:
 
 
 def run_sync(client: Any, swapper: Swapper, first: int, last: int, threads: int) -> Counter[str]:
-    """Calls ``first`` .. ``last - 1`` from ``threads`` threads sharing ``client``."""
+    """Calls `first` .. `last - 1` from `threads` threads sharing `client`."""
     import httpx
 
     indexes = iter(range(first, last))
@@ -260,7 +260,7 @@ def run_sync(client: Any, swapper: Swapper, first: int, last: int, threads: int)
 async def run_async(
     client: Any, swapper: Swapper, first: int, last: int, concurrency: int
 ) -> Counter[str]:
-    """Calls ``first`` .. ``last - 1`` with ``concurrency`` in flight on one event loop."""
+    """Calls `first` .. `last - 1` with `concurrency` in flight on one event loop."""
     import httpx
 
     indexes = iter(range(first, last))

@@ -1,6 +1,6 @@
 """The soak's upstream: a small ASGI app answering 503 to one request in twenty, in its own process.
 
-``uvicorn benchmarks.soak_upstream:app`` (started by ``benchmarks/soak.py``).
+`uvicorn benchmarks.soak_upstream:app` (started by `benchmarks/soak.py`).
 The failures are spread evenly (every 20th request per process), so every run
 of the soak sees the same 5% whatever its length.
 """
