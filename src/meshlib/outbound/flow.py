@@ -51,7 +51,7 @@ from meshlib.outbound.steps import ATTEMPTS_EXTENSION, Attempt, Flow, Send, Slee
 from meshlib.policy.store import PolicyStore
 from meshlib.telemetry import names, oplog
 from meshlib.telemetry.client import CallTelemetry, ClientTelemetry
-from meshlib.telemetry.requestid import REQUEST_ID_HEADER, current_request_id, new_request_id
+from meshlib.telemetry.requestid import stamp_request_id
 
 __all__ = ["ATTEMPTS_EXTENSION", "ATTEMPT_HEADER", "Attempt", "Outbound", "Send", "Sleep", "Step"]
 
@@ -181,9 +181,7 @@ class Outbound:
         budget = dest.budget
         assert budget is not None
         budget.record_request()
-        headers = request.headers
-        if REQUEST_ID_HEADER not in headers:  # one id for the call, its retries included
-            headers[REQUEST_ID_HEADER] = current_request_id.get() or new_request_id()
+        stamp_request_id(request.headers)  # one id for the call, its retries included
         original_url = request.url
         try:
             response = yield from self._attempts(request, plan, dest, call, start, deadline_at)

@@ -19,12 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import httpx
+
 __all__ = [
     "REQUEST_ID_HEADER",
     "accept_request_id",
     "current_request_id",
     "new_request_id",
     "request_id_scope",
+    "stamp_request_id",
 ]
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -34,6 +37,10 @@ current_request_id: ContextVar[str | None] = ContextVar("meshlib_request_id", de
 """The id of the request being served, set by the inbound middleware around the app."""
 
 _MAX_LENGTH = 200
+_HEADER = REQUEST_ID_HEADER.encode()
+# UUID4: version nibble 4 (bits 76-79) and variant 10 (bits 62-63).
+_KEEP = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)
 
 
 def new_request_id() -> str:
@@ -44,8 +51,29 @@ def new_request_id() -> str:
         new_request_id()   # '0f8fad5b-d9cb-469f-a165-70867728950e'
         ```
     """
-    h = f"{random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48):032x}"
+    h = f"{random.getrandbits(128) & _KEEP | _VERSION_4:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def stamp_request_id(headers: httpx.Headers) -> None:
+    """Add `x-request-id` to an outbound request that has none: the current request's, or a new one.
+
+    Example:
+        ```python
+        stamp_request_id(request.headers)
+        ```
+    """
+    items = getattr(headers, "_list", None)
+    if items is None:  # pragma: no cover - a future httpx without its header list
+        if REQUEST_ID_HEADER not in headers:
+            headers[REQUEST_ID_HEADER] = current_request_id.get() or new_request_id()
+        return
+    # httpx keeps (raw name, lower-case name, value) triples: scanning them is a third of `in`.
+    for item in items:
+        if item[1] == _HEADER:
+            return
+    value = current_request_id.get() or new_request_id()
+    items.append((_HEADER, _HEADER, value.encode("ascii")))
 
 
 def accept_request_id(value: str | None) -> tuple[str, bool]:
