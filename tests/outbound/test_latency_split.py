@@ -66,6 +66,25 @@ class Callee:
         return wires, seen["handled"]
 
 
+@pytest.fixture
+def ahead() -> Iterator[None]:
+    """This process ahead of other work while it measures, where allowed (root; CI runs as root).
+
+    The machine is shared: a client thread not scheduled when its answer arrives is real wire
+    time to meshlib but not to the proxy's clock, and that is the noise, not the split, under test.
+    """
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
 @pytest.fixture(scope="module", params=["middleware", "plain"])
 def callee(request: pytest.FixtureRequest) -> Iterator[Callee]:
     """The flaky app (behind MeshMiddleware or not) and the delay proxy, in a child process."""
@@ -78,7 +97,7 @@ def callee(request: pytest.FixtureRequest) -> Iterator[Callee]:
     )
     # Ahead of other work where allowed (root): its clock readings are the truth.
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, child.pid, -5)
+        os.setpriority(os.PRIO_PROCESS, child.pid, -10)
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
@@ -167,6 +186,7 @@ def _problems(
     return problems
 
 
+@pytest.mark.usefixtures("ahead")
 @pytest.mark.parametrize("mode", ["sampled", "asked"])
 def test_split_per_attempt_and_per_call_matches_injected_truth(
     driver: Driver, callee: Callee, mode: str, monkeypatch: pytest.MonkeyPatch
@@ -177,7 +197,7 @@ def test_split_per_attempt_and_per_call_matches_injected_truth(
     saw (request in to last response chunk out: both delays, the server), plus the
     client's own hop (measured by single calls in the same run), minus the handler's; waits = the drivers' sleeps as they really ran; meshlib ~ 0. A busy machine
     can stall any one run by more than 2 ms, so each part must be within it in one of up to
-    eight runs (a bias of more than 2 ms fails every run).
+    twelve runs (a bias of more than 2 ms fails every run).
     """
     kind = callee.kind
     sleeps = SleepLog(monkeypatch)
@@ -193,7 +213,7 @@ def test_split_per_attempt_and_per_call_matches_injected_truth(
     failing: dict[str, list[str]] = {}
     passed: set[str] = set()
     driver.request(client, "GET", "http://payments/flaky/0/warm")  # the connection, made once
-    for _ in range(8):
+    for _ in range(12):
         hop = _client_hop(driver, client, callee)
         assert -0.01 < hop < 0.01, hop
         sleeps.slept.clear()
