@@ -133,6 +133,12 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["ca", "issue", "x", "--ttl", "soon"], "'soon' is not a duration"),
         (["ca", "issue", "x", "--dir", "nowhere"], "run `meshlib ca init` first"),
         (["ca", "issue", "x", "--ip", "localhost"], "IP SAN 'localhost'"),
+        (["ca", "issue", "x", "--dns", "a b"], "DNS SAN 'a b' is not a host name"),
+        (["ca", "issue", "x", "--dns=-a.example"], "DNS SAN '-a.example' is not a host name"),
+        (["ca", "issue", "x", "--dns", "a..b"], "DNS SAN 'a..b' is not a host name"),
+        (["ca", "issue", "x", "--dns", "x" * 64], "is not a host name"),
+        (["ca", "issue", "x", "--dns", "*.*.example"], "is not a host name"),
+        (["ca", "issue", "x", "--dns", "bücher.example"], "give its IDNA form"),
     ],
 )
 def test_cli_errors(
@@ -152,6 +158,19 @@ def test_cli_errors(
     assert message in err
     assert "force=True" not in err
     assert "Errno" not in err
+
+
+def test_wildcard_and_plain_host_names_are_issued(tmp_path: Path) -> None:
+    """Host names, IDNA A-labels and one leading wildcard label are accepted as DNS SANs."""
+    ca = DevCA.create("example.org", tmp_path)
+    issued = ca.issue("web", dns=["localhost", "*.svc.example", "xn--bcher-kva.example"])
+    cert = x509.load_pem_x509_certificate(issued.cert_path.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [
+        "localhost",
+        "*.svc.example",
+        "xn--bcher-kva.example",
+    ]
 
 
 def test_cli_force_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

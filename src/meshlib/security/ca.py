@@ -23,6 +23,7 @@ import datetime as dt
 import errno
 import ipaddress
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,28 @@ _BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between hosts
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _dns_name(name: str) -> str:
+    """`name` if it is a host name a certificate may carry (RFC 1123 labels, `*.` first at most).
+
+    Raises:
+        ValueError: naming the SAN and what is wrong with it.
+    """
+    labels = name.split(".")
+    if labels[0] == "*" and len(labels) > 2:
+        labels = labels[1:]
+    if not name.isascii():
+        raise ValueError(f"DNS SAN {name!r} is not ASCII: give its IDNA form (xn--...)")
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"DNS SAN {name!r} is not a host name: labels of 1-63 letters, digits and inner "
+            "hyphens separated by dots, at most 253 characters, a leading '*.' at most"
+        )
+    return name
 
 
 def _refuse_to_replace(path: Path, what: str = "it") -> None:
@@ -284,7 +307,7 @@ class DevCA:
         server and client authentication.
 
         Raises:
-            ValueError: a bad service name, SPIFFE ID or IP address.
+            ValueError: a bad service name, SPIFFE ID, DNS name or IP address.
             FileExistsError: the files exist and `force` is false.
         """
         spiffe = str(
@@ -292,6 +315,7 @@ class DevCA:
             if identity
             else SpiffeID.for_service(self.trust_domain, service)
         )
+        names = [_dns_name(d) for d in dns]
         addresses = []
         for ip in ips:
             try:
@@ -307,7 +331,7 @@ class DevCA:
         start = not_before if not_before is not None else self._now() - _BACKDATE
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe)]
-        sans += [x509.DNSName(d) for d in dns]
+        sans += [x509.DNSName(d) for d in names]
         sans += [x509.IPAddress(a) for a in addresses]
         cert = (
             x509.CertificateBuilder()
