@@ -198,7 +198,7 @@ def test_explain_authz_without_mutual_tls_judges_an_anonymous_caller(
     )
     out = capsys.readouterr().out
     assert "with mTLS on" not in out
-    assert "identity     spiffe://example.org/payments  (not checked: tls.mode disabled" in out
+    assert "identity     not checked (tls.mode disabled: no certificate to prove one)" in out
     assert (
         "authz        denied by services.payments.inbound.authz.rules[0] (tls.mode disabled: no "
         "client certificate, so payments sees an anonymous caller; with tls.mode mutual, orders "
@@ -219,11 +219,46 @@ def test_explain_authz_under_mutual_tls_judges_the_proven_identity(
         "authz        allowed by services.payments.inbound.authz.rules[0] (tls.mode mutual: "
         "orders's certificate proves its identity)"
     ) in out
-    assert "identity     spiffe://example.org/payments\n" in out
+    assert "identity     spiffe://example.org/payments (pinned: the certificate must carry it)" in out
     assert main([*args[:-2], "--json", "GET", "https://payments/v1/a"]) == 0
     authz = json.loads(capsys.readouterr().out)["authz"]
     assert authz["identity_proven"] is True
     assert "with_mutual_tls" not in authz
+
+
+def test_explain_under_tls_checks_the_host_name_unless_an_identity_is_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tls.mode tls pins no SPIFFE ID by default (the peer may be outside the mesh): explain says so."""
+    path = tmp_path / "mesh.yaml"
+    path.write_text(MUTUAL_YAML.replace("mode: mutual", "mode: tls"))
+    assert main(_explain("--policy", str(path), "GET", "https://payments/v1/a")) == 0
+    assert "identity     the host name, as any HTTPS client" in capsys.readouterr().out
+    pinned = MUTUAL_YAML.replace("mode: mutual", "mode: tls").replace(
+        "  payments:\n", "  payments:\n    identity: spiffe://example.org/pay\n"
+    )
+    path.write_text(pinned)
+    assert main(_explain("--policy", str(path), "GET", "https://payments/v1/a")) == 0
+    assert "identity     spiffe://example.org/pay (pinned" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://payments//v1/a", "has an empty segment ('//')"),
+        ("https://payments/v1%2f..%2fadmin", "has a '.' or '..' segment"),
+        ("https://payments/v1/a%2fb", "has an encoded '/' or '\\' (%2F, %5C)"),
+    ],
+)
+def test_explain_refuses_a_path_the_callee_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, reason: str
+) -> None:
+    """A path not in normal form is refused by the callee before any rule; explain says so."""
+    path = tmp_path / "mesh.yaml"
+    path.write_text(MUTUAL_YAML)
+    assert main(_explain("--policy", str(path), "--from", "orders", "GET", url)) == 0
+    out = capsys.readouterr().out
+    assert f"authz        denied by the path check (400: the path {reason}), before any rule" in out
 
 
 def test_explain_aligns_every_column_whatever_the_value_length(

@@ -219,7 +219,7 @@ def _report(
         "route": effective.route_name,
         "route_match": _route_match(policy, effective),
         "endpoints": [e.url for e in effective.endpoints] if routed else [url],
-        "identity": policy.service_identity(host) if routed else None,
+        "identity": policy.peer_identity(host, effective.tls.mode) if routed else None,
         "split": [{"service": t.service, "weight": t.weight} for t in effective.split],
         "tls_mode": effective.tls.mode,
         "retry": retry_for_method(effective, method, headers),
@@ -244,12 +244,22 @@ def _authz(
     The caller's identity reaches the callee only in its client certificate,
     so under any `tls.mode` but `mutual` the callee judges an anonymous caller.
     """
-    from meshlib.inbound.authz import CompiledAuthz
+    import httpx
 
-    authz = CompiledAuthz.compile(policy.services[host].inbound.authz, f"services.{host}")
-    path = urlsplit(url).path or "/"
+    from meshlib.clock import SYSTEM_CLOCK
+    from meshlib.inbound.admission import LimiterRegistry
+    from meshlib.inbound.paths import PATH_PROBLEMS, path_problem
+    from meshlib.inbound.plan import InboundPlan
+
+    plan = InboundPlan.compile(policy, host, LimiterRegistry(SYSTEM_CLOCK))
+    target = httpx.URL(url)  # the path as a client sends it (dot segments resolved) and decoded
+    path = target.path or "/"
     proven = effective.tls.mode == "mutual"
-    decision = authz.decide(method, path, identity if proven else None)
+    problem = path_problem(path, target.raw_path.partition(b"?")[0])
+    if problem is not None and plan.path_sensitive and not plan.path_shadow:
+        rule = f"the path check (400: the path {PATH_PROBLEMS[problem]})"
+        return {"allowed": False, "rule": rule, "tls_mode": effective.tls.mode, "path": problem}
+    decision = plan.authz.decide(method, path, identity if proven else None)
     verdict: dict[str, Any] = {
         "allowed": decision.allowed,
         "rule": decision.rule,
@@ -257,7 +267,7 @@ def _authz(
         "identity_proven": proven,
     }
     if not proven:
-        with_mtls = authz.decide(method, path, identity)
+        with_mtls = plan.authz.decide(method, path, identity)
         verdict["with_mutual_tls"] = {"allowed": with_mtls.allowed, "rule": with_mtls.rule}
     return verdict
 
@@ -276,6 +286,8 @@ def _verdict(decision: Mapping[str, Any]) -> str:
 def _authz_line(report: Mapping[str, Any]) -> str:
     authz = report["authz"]
     caller = report["caller"]["service"]
+    if "path" in authz:  # refused before any rule: the callee routes no such path
+        return f"{_verdict(authz)}, before any rule"
     if authz["identity_proven"]:
         return f"{_verdict(authz)} (tls.mode mutual: {caller}'s certificate proves its identity)"
     line = (
@@ -288,6 +300,15 @@ def _authz_line(report: Mapping[str, Any]) -> str:
     return line + ")"
 
 
+def _identity_line(report: Mapping[str, Any]) -> str:
+    """What the caller checks of the destination's certificate under its `tls.mode`."""
+    if report["tls_mode"] == "disabled":
+        return "not checked (tls.mode disabled: no certificate to prove one)"
+    if report["identity"] is None:
+        return "the host name, as any HTTPS client (tls.mode tls pins no SPIFFE ID without `identity`)"
+    return f"{report['identity']} (pinned: the certificate must carry it)"
+
+
 def _print_report(report: dict[str, Any]) -> None:
     print(report["call"])
     if report["in_mesh"]:
@@ -297,9 +318,7 @@ def _print_report(report: dict[str, Any]) -> None:
         route = report["route"] or "(no route matched: service level)"
         print(f"  route        {route}{f'  match: {shown}' if shown else ''}")
         print(f"  endpoints    {', '.join(report['endpoints']) or '(none)'}")
-        checked = report["tls_mode"] != "disabled"
-        note = "" if checked else "  (not checked: tls.mode disabled, no certificate to prove it)"
-        print(f"  identity     {report['identity']}{note}")
+        print(f"  identity     {_identity_line(report)}")
         for target in report["split"]:
             print(f"  split        {target['service']} weight {target['weight']}")
     else:
