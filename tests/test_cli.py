@@ -219,7 +219,9 @@ def test_explain_authz_under_mutual_tls_judges_the_proven_identity(
         "authz        allowed by services.payments.inbound.authz.rules[0] (tls.mode mutual: "
         "orders's certificate proves its identity)"
     ) in out
-    assert "identity     spiffe://example.org/payments (pinned: the certificate must carry it)" in out
+    assert (
+        "identity     spiffe://example.org/payments (pinned: the certificate must carry it)" in out
+    )
     assert main([*args[:-2], "--json", "GET", "https://payments/v1/a"]) == 0
     authz = json.loads(capsys.readouterr().out)["authz"]
     assert authz["identity_proven"] is True

@@ -305,7 +305,9 @@ def _identity_line(report: Mapping[str, Any]) -> str:
     if report["tls_mode"] == "disabled":
         return "not checked (tls.mode disabled: no certificate to prove one)"
     if report["identity"] is None:
-        return "the host name, as any HTTPS client (tls.mode tls pins no SPIFFE ID without `identity`)"
+        return (
+            "the host name, as any HTTPS client (tls.mode tls pins no SPIFFE ID without `identity`)"
+        )
     return f"{report['identity']} (pinned: the certificate must carry it)"
 
 
