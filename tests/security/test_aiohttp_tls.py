@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -16,31 +17,16 @@ from meshlib.outbound.client import AsyncMeshClient
 from meshlib.policy.model import Policy
 from meshlib.security.tls import client_context, server_context
 from tests.security.conftest import ORDERS, PAYMENTS, PKI, raw_tls_server, serve_identity
+from tests.security.test_end_to_end import _policy as end_to_end_policy
 from tests.security.test_rotation import _install
 
 NO_KEEPALIVE = httpx.Limits(max_connections=10, max_keepalive_connections=0)
 
 
 def _policy(pki: PKI, port: int, cert: Path, key: Path, identity: str = PAYMENTS) -> Policy:
-    return Policy.model_validate(
-        {
-            "version": 1,
-            "trust_domain": "example.org",
-            "defaults": {"retry": {"attempts": 1}},
-            "services": {
-                "payments": {
-                    "endpoints": [f"https://127.0.0.1:{port}"],
-                    "identity": identity,
-                    "tls": {
-                        "mode": "mutual",
-                        "ca": str(pki.ca.cert_path),
-                        "cert": str(cert),
-                        "key": str(key),
-                    },
-                }
-            },
-        }
-    )
+    """The end-to-end tests' policy, with the client's certificate and key at ``cert``/``key``."""
+    files = SimpleNamespace(cert_path=cert, key_path=key)
+    return end_to_end_policy(pki, port, files, identity)  # type: ignore[arg-type]
 
 
 def test_client_certificate_rotation_reaches_new_connections(pki: PKI, tmp_path: Path) -> None:
