@@ -299,3 +299,19 @@ def test_parse_server_timing() -> None:
     assert parse_server_timing("db;dur=2") is None
     assert parse_server_timing("app;dur=soon") is None
     assert parse_server_timing(None) is None
+
+
+def test_service_time_from_server_timing_or_envoy() -> None:
+    """Server-Timing's app entry wins (repeated fields joined); else Envoy's upstream service time."""
+    from meshlib.telemetry.latency import parse_service_time
+
+    envoy = (b"x-envoy-upstream-service-time", b"42")
+    assert parse_service_time([envoy]) == pytest.approx(0.042)
+    assert parse_service_time(
+        [(b"Server-Timing", b"db;dur=1"), (b"server-timing", b"app;dur=7")]
+    ) == (pytest.approx(0.007))
+    assert parse_service_time([(b"server-timing", b"app;dur=7"), envoy]) == pytest.approx(0.007)
+    assert parse_service_time([(b"server-timing", b"db;dur=1"), envoy]) == pytest.approx(0.042)
+    assert parse_service_time([(b"x-envoy-upstream-service-time", b"-1")]) is None
+    assert parse_service_time([(b"x-envoy-upstream-service-time", b"9" * 20)]) is None
+    assert parse_service_time([(b"content-type", b"text/plain")]) is None
