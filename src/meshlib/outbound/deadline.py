@@ -42,25 +42,42 @@ __all__ = ["AsyncDeadlineBody", "SyncDeadlineBody"]
 
 
 class _DeadlineBody:
-    """What both body wrappers hold; nothing that would keep a destination or pool alive."""
+    """What both body wrappers hold; nothing that would keep a destination or pool alive.
 
-    __slots__ = ("_clock", "_counter", "_deadline", "_destination", "_extensions", "_request")
+    `read_timeout` is the longest one wait for data may last (httpx's `read`
+    timeout in force), `counter` the deadline metric to count an expiry in.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_counter",
+        "_deadline",
+        "_destination",
+        "_extensions",
+        "_read_timeout",
+        "_request",
+        "_stream",
+    )
 
     def __init__(
         self,
+        stream: Any,
         deadline: float,
         clock: Clock,
         request: httpx.Request,
         destination: str,
         extensions: dict[str, Any] | None = None,
         counter: Any = None,
+        read_timeout: float | None = None,
     ) -> None:
+        self._stream = stream
         self._deadline = deadline
         self._clock = clock
         self._request = request
         self._destination = destination
         self._extensions = extensions
         self._counter = counter
+        self._read_timeout = read_timeout
 
     def _expired(self) -> DeadlineExceeded:
         if self._counter is not None:
@@ -84,11 +101,7 @@ class SyncDeadlineBody(_DeadlineBody, httpx.SyncByteStream):
         ```
     """
 
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: httpx.SyncByteStream, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._stream = stream
+    __slots__ = ()
 
     def __iter__(self) -> Iterator[bytes]:
         deadline, clock = self._deadline, self._clock
@@ -110,8 +123,8 @@ class SyncDeadlineBody(_DeadlineBody, httpx.SyncByteStream):
 class AsyncDeadlineBody(_DeadlineBody, httpx.AsyncByteStream):
     """An async response body that ends at the call's deadline, however the bytes trickle.
 
-    `read_timeout` is the longest one wait for data may last (httpx's `read`
-    timeout in force): while more time than that is left, no timer is needed.
+    While more time is left than one read may wait (`read_timeout`), no timer
+    is needed.
 
     Example:
         ```python
@@ -119,18 +132,7 @@ class AsyncDeadlineBody(_DeadlineBody, httpx.AsyncByteStream):
         ```
     """
 
-    __slots__ = ("_read_timeout", "_stream")
-
-    def __init__(
-        self,
-        stream: httpx.AsyncByteStream,
-        *args: Any,
-        read_timeout: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._stream = stream
-        self._read_timeout = read_timeout
+    __slots__ = ()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         deadline, clock = self._deadline, self._clock

@@ -223,9 +223,12 @@ class Destination:
         at = _dt.datetime.fromtimestamp(self.clock.wall() + wait, _dt.timezone.utc)
         when = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         every = "its endpoint" if len(endpoints) == 1 else f"all {len(endpoints)} endpoints"
+        if soonest.breaker.state == "half-open":
+            next_call = f"a probe to {soonest.url} is in flight; its outcome decides (at {when})"
+        else:
+            next_call = f"{soonest.url} lets a probe through in {wait:.3f} s (at {when})"
         return CircuitOpenError(
-            f"the circuit breaker of {every} of {self.name!r} is open; failing fast. "
-            f"{soonest.url} lets a probe through in {wait:.3f} s (at {when})",
+            f"the circuit breaker of {every} of {self.name!r} is open; failing fast. {next_call}",
             destination=self.name,
             endpoint=soonest.url,
             retry_after=wait,

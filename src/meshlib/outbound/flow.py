@@ -368,29 +368,17 @@ class Outbound:
         if read is not None and read > left > 0.0:
             # httpcore reads the read timeout when the body starts: no wait past the deadline.
             request.extensions["timeout"] = {**timeouts, "read": left}
-        body: Any
-        if self.is_async:
-            body = AsyncDeadlineBody(
-                response.stream,  # type: ignore[arg-type]
-                deadline_at,
-                self.clock,
-                request,
-                destination,
-                response.extensions,
-                self.telemetry.deadline_exceeded,
-                read_timeout=read,
-            )
-        else:
-            body = SyncDeadlineBody(
-                response.stream,  # type: ignore[arg-type]
-                deadline_at,
-                self.clock,
-                request,
-                destination,
-                response.extensions,
-                self.telemetry.deadline_exceeded,
-            )
-        response.stream = body
+        body = AsyncDeadlineBody if self.is_async else SyncDeadlineBody
+        response.stream = body(
+            response.stream,
+            deadline_at,
+            self.clock,
+            request,
+            destination,
+            response.extensions,
+            self.telemetry.deadline_exceeded,
+            read,
+        )
 
     def _next_wait(
         self,
