@@ -46,6 +46,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.procs import ProcessSet, free_port
+from benchmarks.report import machine_info
+from benchmarks.servers import system_tools
 
 __all__ = ["main"]
 
@@ -72,7 +74,6 @@ _COLUMNS = (
     "Destination",
     "EndpointState",
     "Breaker",
-    "Plan",
     "transports",
     "connections",
     "Response",
@@ -345,47 +346,57 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     return growth
 
 
-def format_result(result: dict[str, Any], args: argparse.Namespace) -> str:
-    """The mode's table and verdict, as printed."""
+def title(result: dict[str, Any], args: dict[str, Any]) -> str:
+    """What a mode's run did, in one line."""
     mode = result["mode"]
-    workers = f"{args.threads} threads" if mode == "sync" else f"{args.concurrency} in flight"
-    lines = [
-        f"== soak/{mode}: {args.calls} calls, {workers}, a policy swap every "
-        f"{args.swap_every} calls ({result['swaps']} swaps), upstream 503 for 1 in 20",
-        "",
-    ]
-    header = ["checkpoint", "calls", "s", "RSS MiB", "fds", "threads", "gc objects", *_COLUMNS]
-    table = [header]
+    workers = f"{args['threads']} threads" if mode == "sync" else f"{args['concurrency']} in flight"
+    return (
+        f"soak/{mode}: {args['calls']} calls, {workers}, a policy swap every "
+        f"{args['swap_every']} calls ({result['swaps']} swaps), upstream 503 for 1 in 20"
+    )
+
+
+def table(result: dict[str, Any]) -> list[list[str]]:
+    """The checkpoints as rows of cells, the header first."""
+    rows = [["checkpoint", "calls", "s", "RSS MiB", "fds", "threads", "gc objects", *_COLUMNS]]
     for row in result["rows"]:
         counts = row["census"]
-        table.append(
+        rows.append(
             [
                 row["checkpoint"],
                 str(row["calls"]),
                 f"{row['seconds']:.0f}",
                 f"{row['rss_mb']:.1f}",
                 str(row["fds"]),
-                f"{row['os_threads']}",
+                str(row["os_threads"]),
                 str(counts.get("gc objects", 0)),
                 *(str(counts.get(column, 0)) for column in _COLUMNS),
             ]
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for r in table:
-        lines.append("  ".join(cell.rjust(width) for cell, width in zip(r, widths, strict=True)))
+    return rows
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    """The outcomes and the verdict, one line each."""
     growth = result["verdict"]
     outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(result["outcomes"].items()))
-    lines += [
-        "",
+    left = growth["mesh_objects_after_close"] or "none"
+    return [
         f"outcomes: {outcomes}",
         f"after warm-up: RSS {growth['rss_mb']:+.2f} MiB (goal < {RSS_GOAL_MB:g}), "
         f"fds {growth['fds']:+d}, threads {growth['threads']:+d}; after close: fds "
-        f"{growth['fds_after_close']:+d} vs start, mesh objects left "
-        f"{growth['mesh_objects_after_close'] or 'none'} -> "
-        f"{'MET' if growth['met'] else 'MISSED'}",
-        "",
+        f"{growth['fds_after_close']:+d} and threads {growth['threads_after_close']:+d} against "
+        f"the start, mesh objects left {left} -> {'MET' if growth['met'] else 'MISSED'}",
     ]
-    return "\n".join(lines)
+
+
+def format_result(result: dict[str, Any], args: dict[str, Any]) -> str:
+    """The mode's table and verdict, as printed."""
+    rows = table(result)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"== {title(result, args)}", ""]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, "", *summary(result), ""])
 
 
 # --------------------------------------------------------------------------------- driving
@@ -418,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         result = soak(args.child, args)
         args.result.write_text(json.dumps(result))
         return 0
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    machine = machine_info(system_tools())
+    load = machine["loadavg_start"] or (0.0, 0.0, 0.0)
     print(
         f"# soak on {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
@@ -438,19 +450,21 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(child, check=True, cwd=_REPO, timeout=3600)
                 result = json.loads(result_file.read_text())
                 result["verdict"] = verdict(result)
-                print(format_result(result, args), flush=True)
+                print(format_result(result, vars(args)), flush=True)
                 results.append(result)
         finally:
             procs.stop_all()
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        document = json.dumps(
-            {"load": load, "args": vars(args) | {"out": str(args.out)}, "results": results},
-            default=str,
-            indent=1,
-        )
-        (args.out / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(document)
-        (args.out / "soak-latest.json").write_text(document)
+        document = {
+            "machine": machine,
+            "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "args": {k: v for k, v in vars(args).items() if k not in ("out", "child", "result")},
+            "results": results,
+        }
+        text = json.dumps(document, default=str, indent=1)
+        (args.out / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text)
+        (args.out / "soak-latest.json").write_text(text)
     return 0
 
 
