@@ -52,6 +52,7 @@ from benchmarks.servers import system_tools
 __all__ = ["main"]
 
 RSS_GOAL_MB = 5.0
+UPSTREAMS = 2
 WARMUP_SHARE = 0.1
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -319,10 +320,18 @@ def soak(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- reporting
 
 
-def verdict(result: dict[str, Any]) -> dict[str, Any]:
-    """Growth after warm-up and whether the goals are met."""
+def verdict(result: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    """Growth after warm-up and whether the goals are met.
+
+    A pool opens connections as the calls in flight need them, up to one per
+    call in flight and upstream, and may reach that bound slowly: descriptors
+    may rise after the warm-up by connections only, which must stay within the
+    bound, while every other descriptor stays flat.
+    """
     rows = {row["checkpoint"]: row for row in result["rows"]}
-    warm, end, start, closed = rows["warm"], rows["end"], rows["start"], rows["closed"]
+    start, warm, middle = rows["start"], rows["warm"], rows["middle"]
+    end, closed = rows["end"], rows["closed"]
+    workers = args["threads"] if result["mode"] == "sync" else args["concurrency"]
     mesh_left = {
         name: count
         for name, count in closed["census"].items()
@@ -331,6 +340,9 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     growth = {
         "rss_mb": round(end["rss_mb"] - warm["rss_mb"], 2),
         "fds": end["fds"] - warm["fds"],
+        "other_fds": _other_fds(end) - _other_fds(warm),
+        "connections": max(row["census"].get("connections", 0) for row in (warm, middle, end)),
+        "connection_bound": workers * UPSTREAMS,
         "threads": end["os_threads"] - warm["os_threads"],
         "fds_after_close": closed["fds"] - start["fds"],
         "threads_after_close": closed["os_threads"] - start["os_threads"],
@@ -338,12 +350,19 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     }
     growth["met"] = (
         growth["rss_mb"] < RSS_GOAL_MB
-        and growth["fds"] <= 0
+        and growth["other_fds"] <= 0
+        and growth["connections"] <= growth["connection_bound"]
         and growth["threads"] <= 0
         and growth["fds_after_close"] <= 0
+        and growth["threads_after_close"] <= 0
         and not mesh_left
     )
     return growth
+
+
+def _other_fds(row: dict[str, Any]) -> int:
+    """Descriptors that are not pooled connections (listening, event loop, files)."""
+    return int(row["fds"]) - int(row["census"].get("connections", 0))
 
 
 def title(result: dict[str, Any], args: dict[str, Any]) -> str:
@@ -384,7 +403,9 @@ def summary(result: dict[str, Any]) -> list[str]:
     return [
         f"outcomes: {outcomes}",
         f"after warm-up: RSS {growth['rss_mb']:+.2f} MiB (goal < {RSS_GOAL_MB:g}), "
-        f"fds {growth['fds']:+d}, threads {growth['threads']:+d}; after close: fds "
+        f"fds {growth['fds']:+d} (connections: at most {growth['connections']}, bound "
+        f"{growth['connection_bound']} = one per call in flight and upstream; other descriptors "
+        f"{growth['other_fds']:+d}), threads {growth['threads']:+d}; after close: fds "
         f"{growth['fds_after_close']:+d} and threads {growth['threads_after_close']:+d} against "
         f"the start, mesh objects left {left} -> {'MET' if growth['met'] else 'MISSED'}",
     ]
@@ -449,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                 child += [f"--threads={args.threads}", f"--concurrency={args.concurrency}"]
                 subprocess.run(child, check=True, cwd=_REPO, timeout=3600)
                 result = json.loads(result_file.read_text())
-                result["verdict"] = verdict(result)
+                result["verdict"] = verdict(result, vars(args))
                 print(format_result(result, vars(args)), flush=True)
                 results.append(result)
         finally:

@@ -20,7 +20,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.soak import summary, table, title
+from benchmarks.soak import summary, table, title, verdict
 
 __all__ = ["main", "render"]
 
@@ -47,6 +47,7 @@ def render(documents: list[dict[str, Any]]) -> str:
     for number, document in enumerate(documents, 1):
         lines += [f"#### Soak run {number}", "", _machine(document), ""]
         for result in document["results"]:
+            result["verdict"] = verdict(result, document["args"])  # the current rules
             rows = table(result)
             lines += [f"**{title(result, document['args'])}**", ""]
             lines.append("| " + " | ".join(rows[0]) + " |")
