@@ -1,13 +1,14 @@
-"""Put the figures of real soak runs into ``docs/explanation/benchmarks.md`` (never typed by hand).
+"""Put the figures of real soak runs into `docs/explanation/benchmarks.md` (never typed by hand).
 
-::
+```console
+$ python benchmarks/soak.py --out benchmarks/results/soak-a
+$ python benchmarks/soak.py --out benchmarks/results/soak-b
+$ python benchmarks/soak_figures.py benchmarks/results/soak-{a,b}/soak-latest.json
+```
 
-    python benchmarks/soak.py --out benchmarks/results/soak-a
-    python benchmarks/soak.py --out benchmarks/results/soak-b
-    python benchmarks/soak_figures.py benchmarks/results/soak-a/soak-latest.json benchmarks/results/soak-b/soak-latest.json
-
-Replaces what lies between the ``<!-- soak: start -->`` and ``<!-- soak: end -->``
-markers with each run's machine, checkpoint tables and verdicts.
+Replaces what lies between the `<!-- soak: start -->` and `<!-- soak: end -->`
+markers with each run's machine, checkpoint tables and verdicts (recomputed
+with the current rules).
 """
 
 from __future__ import annotations
