@@ -2,8 +2,8 @@
 
 The server's handler sleeps a known time; the proxy holds every chunk a known
 time each way. Over retries (503, 503, 200), each attempt's service, network
-and meshlib parts, and the call's sums and waits, must match the truth within
-2 ms, with the callee behind MeshMiddleware (Server-Timing) and without it
+parts, and the call's sums and waits, must match the truth within 2 ms (and
+meshlib's part hold no wire time), with the callee behind MeshMiddleware (Server-Timing) and without it
 (service time unknown: the wire time is reported as its own part).
 """
 
@@ -36,6 +36,11 @@ from tests.support.otel import LocalTelemetry
 HANDLER_S = 0.030
 DELAY_S = 0.012
 TOLERANCE = 0.002
+MESHLIB_BOUND = DELAY_S / 2
+"""meshlib's part is the client's own CPU (meshlib and the HTTP stack before the wire), which
+coverage and a busy machine inflate and which is a speed, judged by the benchmarks; what the
+split must never put there is network or service time, the smallest of which here is a 12 ms
+proxy hop, so half of that is the bound."""
 _keys = itertools.count()
 
 
@@ -161,8 +166,10 @@ def _problems(
     """Each part checked, by name: None when within TOLERANCE of the truth, else what was off."""
     problems: dict[str, str | None] = {}
 
-    def check(what: str, measured: float | None, expected: float) -> None:
-        off = measured is None or abs(measured - expected) > TOLERANCE
+    def check(
+        what: str, measured: float | None, expected: float, tolerance: float = TOLERANCE
+    ) -> None:
+        off = measured is None or abs(measured - expected) > tolerance
         problems[what] = f"measured {measured}, truth {expected:.6f}" if off else None
 
     wires, handled = truth["wires"], truth["handled"]
@@ -175,7 +182,8 @@ def _problems(
             check(f"{name} network", part.network, network)
         else:
             check(f"{name} unknown", part.unknown, service + network)
-        check(f"{name} meshlib", part.meshlib, 0.0)
+        low, high = -TOLERANCE, MESHLIB_BOUND  # see MESHLIB_BOUND
+        check(f"{name} meshlib", part.meshlib, (low + high) / 2, (high - low) / 2)
     check("call waits", split.waits, sum(truth["slept"]))
     network = sum(wires) - sum(handled)
     if kind == "middleware":
@@ -195,7 +203,8 @@ def test_split_per_attempt_and_per_call_matches_injected_truth(
 
     Truth per attempt: service = the handler's own time; network = the wire time the proxy
     saw (request in to last response chunk out: both delays, the server), plus the
-    client's own hop (measured by single calls in the same run), minus the handler's; waits = the drivers' sleeps as they really ran; meshlib ~ 0. A busy machine
+    client's own hop (measured by single calls in the same run), minus the handler's; waits = the drivers' sleeps as they really ran; meshlib ~ 0 (at most
+    `MESHLIB_BOUND`: its own CPU, never a hop of wire time). A busy machine
     can stall any one run by more than 2 ms, so each part must be within it in one of up to
     twelve runs (a bias of more than 2 ms fails every run).
     """
