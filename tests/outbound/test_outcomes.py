@@ -17,7 +17,6 @@ import pytest
 from meshlib.clock import FakeClock
 from meshlib.errors import CircuitOpenError, DeadlineExceeded
 from meshlib.outbound import ATTEMPTS_EXTENSION
-from meshlib.outbound.aiohttp_transport import AiohttpTransport
 from meshlib.outbound.retry import parse_retry_after
 from meshlib.telemetry import names
 from meshlib.telemetry.latency import edge_latency, parse_server_timing
@@ -91,10 +90,6 @@ def test_full_local_pool_never_opens_a_breaker(driver: Driver, up) -> None:
     """Ten callers behind max_connections=1 get PoolTimeouts; the healthy endpoint is not blamed."""
     # The policy sets no pool timeout of its own (the attempt timeout bounds the wait); a
     # client's shorter timeout= applies, and makes the callers give up on the pool quickly.
-    if driver.endpoint_transport is AiohttpTransport and not hasattr(
-        AiohttpTransport, "_acquire"
-    ):  # pragma: no cover - until the aiohttp transport reports pool waits as PoolTimeout
-        pytest.skip("this AiohttpTransport reports a full pool as ConnectTimeout")
     _upstream, server = up
     policy = mesh_policy(
         [server.url],
