@@ -320,3 +320,14 @@ def test_service_name_in_code_shows_the_client_on_the_dashboard(
     assert len(warnings) == 1
     assert "service_name='billing'" in warnings[0].getMessage()
     assert "reports as 'orders'" in warnings[0].getMessage()
+
+
+def test_control_plane_clients_share_one_default_tls_context() -> None:
+    """Every control-plane client of a process reuses one CA bundle load, over meshlib's aiohttp pool."""
+    from meshlib.controlplane.connection import control_plane_client
+    from meshlib.outbound.aiohttp_transport import AiohttpTransport
+
+    first, second = control_plane_client(True), control_plane_client(True)
+    transports = [client._transport for client in (first, second)]
+    assert all(isinstance(t, AiohttpTransport) for t in transports)
+    assert transports[0]._ssl is transports[1]._ssl

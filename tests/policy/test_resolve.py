@@ -101,6 +101,13 @@ def test_resolution_is_memoised_per_snapshot(policy) -> None:  # type: ignore[no
     assert resolver_for(copy).policy is copy
 
 
+def test_the_load_time_checks_fill_the_snapshots_resolver(policy) -> None:  # type: ignore[no-untyped-def]
+    """What validation merged for each service is what calls get, not merged a second time."""
+    cached = resolver_for(policy).layered("payments")
+    assert resolver_for(policy).layered("payments") is cached
+    assert resolve(policy, "payments", "GET", "/nowhere") is cached
+
+
 def test_leaves_cover_every_setting(policy) -> None:  # type: ignore[no-untyped-def]
     """`leaves()` lists each leaf setting once, for `policy explain`."""
     names = [name for name, _ in resolve(policy, "payments").leaves()]

@@ -42,7 +42,11 @@ import httpx
 import tenacity
 
 from meshlib.controlplane.backoff import Backoff
-from meshlib.controlplane.connection import ControlPlaneLoop, control_plane_verify
+from meshlib.controlplane.connection import (
+    ControlPlaneLoop,
+    control_plane_client,
+    control_plane_verify,
+)
 from meshlib.controlplane.files import write_atomic
 from meshlib.controlplane.reporter import StateReporter
 from meshlib.controlplane.telemetry import RateLimitedLog, fetch_failed
@@ -260,7 +264,7 @@ class ControlPlaneSource:
             logger.warning("cannot cache the policy in %s: %s", self.cache_file, exc)
 
     def _new_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(headers=self._headers, verify=self._verify, trust_env=False)
+        return control_plane_client(self._verify, headers=self._headers)
 
     async def _first_fetch(self) -> list[str]:
         """Try every URL once; returns the errors (empty when a version was applied)."""

@@ -43,7 +43,12 @@ import tenacity
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.controlplane.backoff import delay_for
-from meshlib.controlplane.connection import ControlPlaneLoop, control_plane_verify, request_any
+from meshlib.controlplane.connection import (
+    ControlPlaneLoop,
+    control_plane_client,
+    control_plane_verify,
+    request_any,
+)
 from meshlib.discovery import telemetry
 from meshlib.errors import SettingsError
 from meshlib.policy.durations import format_duration
@@ -256,9 +261,7 @@ class Registrar:
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                verify=self._verify, trust_env=False, timeout=self.timeout
-            )
+            self._client = control_plane_client(self._verify, timeout=self.timeout)
         assert self._loop is not None
         return await request_any(
             self._client,

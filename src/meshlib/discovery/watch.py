@@ -33,7 +33,7 @@ import tenacity
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.controlplane.backoff import Backoff
-from meshlib.controlplane.connection import ControlPlaneLoop
+from meshlib.controlplane.connection import ControlPlaneLoop, control_plane_client
 from meshlib.policy.model import Endpoint
 
 __all__ = ["RegistryWatcher", "endpoints_from_listing"]
@@ -181,8 +181,8 @@ class RegistryWatcher:
     async def _poll(self, wait: float) -> bool:
         client = self._client
         if client is None:
-            client = self._client = httpx.AsyncClient(
-                verify=self.verify, trust_env=False, limits=httpx.Limits(max_connections=2)
+            client = self._client = control_plane_client(
+                self.verify, limits=httpx.Limits(max_connections=2)
             )
         assert self._loop is not None
         kwargs = self._request(wait)

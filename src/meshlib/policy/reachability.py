@@ -55,7 +55,7 @@ def check_reachability(policy: Policy, resolver: Resolver) -> list[PolicyIssue]:
     }
     for name, service in policy.services.items():
         where = ("services", name)
-        effective = resolver.effective(name)
+        effective = resolver.layered(name)
         tls = effective.tls
         if tls.mode != "disabled":
             promise = f"tls.mode is {tls.mode!r} (set in {effective.source_of('tls.mode')})"

@@ -239,10 +239,14 @@ class Resolver:
         if service is not None and service not in self._policy.services:
             service = None
         index = -1 if service is None else self.route_index(service, method, path, headers)
-        key = (service, index)
+        return self.layered(service, index)
+
+    def layered(self, service: str | None, route_index: int = -1) -> EffectivePolicy:
+        """[`effective`][meshlib.policy.resolve.Resolver.effective], memoised per (service, route)."""
+        key = (service, route_index)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = self.effective(service, index)
+            found = self._cache[key] = self.effective(service, route_index)
         return found
 
     def effective(self, service: str | None, route_index: int = -1) -> EffectivePolicy:
@@ -333,13 +337,14 @@ def _check_effective(
 def check_policy(policy: Policy) -> None:
     """Cross-field rules the models cannot check alone; raises PolicyError naming each field."""
     issues: list[PolicyIssue] = []
-    resolver = Resolver(policy)
-    _check_effective(resolver.effective(None), ("defaults",), issues)
+    # The snapshot's own memoising resolver: what is merged here is what calls will use.
+    resolver = resolver_for(policy)
+    _check_effective(resolver.layered(None), ("defaults",), issues)
     for name, svc in policy.services.items():
-        _check_effective(resolver.effective(name), ("services", name), issues)
+        _check_effective(resolver.layered(name), ("services", name), issues)
         for i, route in enumerate(svc.routes):
             where: tuple[str | int, ...] = ("services", name, "routes", i)
-            _check_effective(resolver.effective(name, i), where, issues)
+            _check_effective(resolver.layered(name, i), where, issues)
             for j, target in enumerate(route.split):
                 if target.service not in policy.services:
                     known = ", ".join(sorted(policy.services)) or "none"
